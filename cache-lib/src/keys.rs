@@ -1,0 +1,403 @@
+//! The Redis key layout, shared by the library and the invalidator daemon.
+//!
+//! This module is the only place that builds Redis key names. Everything
+//! lives under `{namespace}:`:
+//!
+//! | Redis key | holds |
+//! |---|---|
+//! | `{ns}:{K}` | the cached value of key `K` (readable by any client) |
+//! | `{ns}:@sc:lease:{K}` | the fill lease of `K` (a token, short expiry) |
+//! | `{ns}:@sc:deps:{K}` | set of dependency ids `K` is registered under |
+//! | `{ns}:@sc:dep:{dep}` | set of keys that depend on `dep` |
+//!
+//! A dependency id is `t:{table}` for a whole table or
+//! `r:{table}:{row}` for one row, where `{table}` is `schema.name` and
+//! `{row}` is the primary key rendered as text (see [`row_id`]). `:`, `,`
+//! and `%` inside table names and key values are percent-encoded so ids
+//! never collide.
+//!
+//! Cache keys starting with the reserved marker `@sc:` are refused by the
+//! library, so a user key can never alias the bookkeeping.
+//!
+//! ```
+//! use smartcache::keys::{Namespace, TableName};
+//! let ns = Namespace::new("cache").unwrap();
+//! assert_eq!(ns.value_key("product:1"), "cache:product:1");
+//! let t = TableName::parse("products").unwrap();
+//! assert_eq!(ns.dep_set_key(&t.row_dep(&["1"])), "cache:@sc:dep:r:public.products:1");
+//! ```
+
+use std::fmt;
+
+/// The default namespace, as in the contract.
+pub const DEFAULT_NAMESPACE: &str = "cache";
+
+/// Prefix (after `{ns}:`) reserved for smartcache's own bookkeeping.
+pub const RESERVED_MARKER: &str = "@sc:";
+
+const LEASE: &str = "@sc:lease:";
+const ENTRY_DEPS: &str = "@sc:deps:";
+const DEP_SET: &str = "@sc:dep:";
+
+/// A validated namespace: the first segment of every Redis key we touch.
+///
+/// ```
+/// let ns = smartcache::keys::Namespace::new("shop").unwrap();
+/// assert_eq!(ns.prefix(), "shop:");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    prefix: String,
+}
+
+/// Why a namespace, cache key or table name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidName(pub String);
+
+impl fmt::Display for InvalidName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidName {}
+
+impl Namespace {
+    /// Checks the namespace: non-empty, no `:`, no whitespace, no glob
+    /// characters (it ends up in `SCAN MATCH` patterns).
+    ///
+    /// ```
+    /// use smartcache::keys::Namespace;
+    /// assert!(Namespace::new("cache").is_ok());
+    /// assert!(Namespace::new("a:b").is_err());
+    /// ```
+    pub fn new(name: &str) -> Result<Self, InvalidName> {
+        let bad = name.is_empty()
+            || name.len() > 128
+            || name
+                .chars()
+                .any(|c| c == ':' || c.is_whitespace() || c.is_control() || "*?[]\\{}".contains(c));
+        if bad {
+            return Err(InvalidName(format!(
+                "namespace {name:?} is not usable: use 1-128 characters without ':', spaces, \
+                 braces or glob characters (*?[]\\)"
+            )));
+        }
+        Ok(Self {
+            prefix: format!("{name}:"),
+        })
+    }
+
+    /// The namespace name without the trailing `:`.
+    pub fn name(&self) -> &str {
+        &self.prefix[..self.prefix.len() - 1]
+    }
+
+    /// `{ns}:`, the prefix of every key in the namespace.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Redis key holding the value of cache key `key`.
+    pub fn value_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Redis key holding the fill lease of `key`.
+    pub fn lease_key(&self, key: &str) -> String {
+        format!("{}{LEASE}{key}", self.prefix)
+    }
+
+    /// Redis key of the set of dependency ids that `key` is registered under.
+    pub fn entry_deps_key(&self, key: &str) -> String {
+        format!("{}{ENTRY_DEPS}{key}", self.prefix)
+    }
+
+    /// Redis key of the set of cache keys that depend on `dep`.
+    pub fn dep_set_key(&self, dep: &DepId) -> String {
+        format!("{}{DEP_SET}{}", self.prefix, dep.0)
+    }
+
+    /// The cache key `K` of a Redis key `{ns}:K`, or `None` when the Redis
+    /// key is outside the namespace or is bookkeeping.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.cache_key_of("cache:post"), Some("post"));
+    /// assert_eq!(ns.cache_key_of("cache:@sc:lease:post"), None);
+    /// assert_eq!(ns.cache_key_of("other:post"), None);
+    /// ```
+    pub fn cache_key_of<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
+        let k = redis_key.strip_prefix(&self.prefix)?;
+        (!k.starts_with(RESERVED_MARKER)).then_some(k)
+    }
+
+    /// `SCAN MATCH` pattern for every Redis key in the namespace.
+    pub fn match_all(&self) -> String {
+        format!("{}*", glob_escape(&self.prefix))
+    }
+
+    /// `SCAN MATCH` pattern for the row dependency sets of `table`.
+    pub fn match_row_dep_sets(&self, table: &TableName) -> String {
+        format!(
+            "{}{}",
+            glob_escape(&format!("{}{DEP_SET}r:{}:", self.prefix, table.encoded())),
+            "*"
+        )
+    }
+
+    /// The dependency id of a Redis dependency-set key built by
+    /// [`Namespace::dep_set_key`].
+    pub fn dep_id_of(&self, redis_key: &str) -> Option<DepId> {
+        redis_key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(DEP_SET)
+            .map(|d| DepId(d.to_owned()))
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::new(DEFAULT_NAMESPACE).expect("default namespace is valid")
+    }
+}
+
+/// Checks a cache key given by a caller: non-empty and not in the reserved
+/// `@sc:` space.
+///
+/// ```
+/// assert!(smartcache::keys::check_cache_key("product:1").is_ok());
+/// assert!(smartcache::keys::check_cache_key("@sc:lease:x").is_err());
+/// ```
+pub fn check_cache_key(key: &str) -> Result<(), InvalidName> {
+    if key.is_empty() {
+        return Err(InvalidName("cache key is empty".into()));
+    }
+    if key.starts_with(RESERVED_MARKER) {
+        return Err(InvalidName(format!(
+            "cache key {key:?} starts with the reserved marker {RESERVED_MARKER:?}; pick another key"
+        )));
+    }
+    Ok(())
+}
+
+/// A schema-qualified table name, as the trigger reports it.
+///
+/// ```
+/// use smartcache::keys::TableName;
+/// let t = TableName::parse("shop.products").unwrap();
+/// assert_eq!((t.schema(), t.name()), ("shop", "products"));
+/// assert_eq!(TableName::parse("products").unwrap().to_string(), "public.products");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    schema: String,
+    name: String,
+}
+
+impl TableName {
+    /// A table in `schema`. Names are taken literally (case-sensitive, no
+    /// SQL case folding).
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `name` or `schema.name` (split at the first `.`); an
+    /// unqualified name is in schema `public`.
+    pub fn parse(s: &str) -> Result<Self, InvalidName> {
+        let (schema, name) = match s.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("public", s),
+        };
+        if schema.is_empty() || name.is_empty() || name.len() > 63 || schema.len() > 63 {
+            return Err(InvalidName(format!(
+                "table name {s:?} is not usable: write `table` or `schema.table`, each part 1-63 bytes"
+            )));
+        }
+        Ok(Self::new(schema, name))
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The table name within its schema.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn encoded(&self) -> String {
+        format!("{}.{}", encode(&self.schema), encode(&self.name))
+    }
+
+    /// The dependency id of the whole table.
+    pub fn table_dep(&self) -> DepId {
+        DepId(format!("t:{}", self.encoded()))
+    }
+
+    /// The dependency id of one row, given its primary-key values as text
+    /// (in key-column order; see [`row_id`]).
+    pub fn row_dep<S: AsRef<str>>(&self, pk: &[S]) -> DepId {
+        DepId(format!("r:{}:{}", self.encoded(), row_id(pk)))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A dependency id: `t:{table}` or `r:{table}:{row}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DepId(String);
+
+impl DepId {
+    /// The id as stored in Redis sets.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps an id read back from Redis.
+    pub fn from_raw(raw: impl Into<String>) -> Self {
+        Self(raw.into())
+    }
+}
+
+impl fmt::Display for DepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Renders a primary key as the row part of a dependency id: each value as
+/// text, `%`, `:` and `,` percent-encoded, joined by `,`.
+///
+/// The text of a value is what PostgreSQL's JSON rendering gives without
+/// quotes: `42`, `1.50`, `550e8400-e29b-41d4-a716-446655440000`,
+/// `2024-05-01T10:00:00+00:00`, `true`.
+///
+/// ```
+/// assert_eq!(smartcache::keys::row_id(&["7"]), "7");
+/// assert_eq!(smartcache::keys::row_id(&["a,b", "c:d"]), "a%2Cb,c%3Ad");
+/// ```
+pub fn row_id<S: AsRef<str>>(pk: &[S]) -> String {
+    let mut out = String::new();
+    for (i, v) in pk.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&encode(v.as_ref()));
+    }
+    out
+}
+
+fn encode(s: &str) -> String {
+    if !s.contains(['%', ':', ',']) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 6);
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            ',' => out.push_str("%2C"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes `SCAN MATCH` glob characters so `s` matches only itself.
+///
+/// ```
+/// assert_eq!(smartcache::keys::glob_escape("a*b[1]"), r"a\*b\[1\]");
+/// ```
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "*?[]\\^".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Lua script that invalidates entries atomically.
+///
+/// `ARGV[1]` is the namespace prefix (`{ns}:`), `ARGV[2]` the number `n` of
+/// cache keys that follow, then `n` cache keys, then dependency ids. For a
+/// cache key it deletes the value, its lease (defeating an in-flight fill)
+/// and its dependency registrations; for a dependency id it does that for
+/// every member of the set and deletes the set. Returns the number of
+/// values deleted.
+///
+/// Atomicity matters: a fill registering under a dependency set while the
+/// set is being emptied would otherwise lose its registration.
+pub const INVALIDATE_LUA: &str = r#"
+local ns = ARGV[1]
+local n = tonumber(ARGV[2])
+local removed = 0
+local function drop(k)
+  removed = removed + redis.call('UNLINK', ns .. k)
+  redis.call('UNLINK', ns .. '@sc:lease:' .. k)
+  local dk = ns .. '@sc:deps:' .. k
+  for _, d in ipairs(redis.call('SMEMBERS', dk)) do
+    redis.call('SREM', ns .. '@sc:dep:' .. d, k)
+  end
+  redis.call('UNLINK', dk)
+end
+for i = 3, 2 + n do drop(ARGV[i]) end
+for i = 3 + n, #ARGV do
+  local sk = ns .. '@sc:dep:' .. ARGV[i]
+  local members = redis.call('SMEMBERS', sk)
+  redis.call('UNLINK', sk)
+  for _, m in ipairs(members) do drop(m) end
+end
+return removed
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_ids_of_different_keys_never_collide() {
+        assert_ne!(row_id(&["a,b", "c"]), row_id(&["a", "b,c"]));
+        assert_ne!(row_id(&["a:b"]), row_id(&["a", "b"]));
+        assert_ne!(row_id(&["%2C"]), row_id(&[","]));
+    }
+
+    #[test]
+    fn table_names_with_separators_stay_distinct() {
+        let a = TableName::new("public", "a:b");
+        let b = TableName::new("public", "a");
+        assert_ne!(a.row_dep(&["c"]), b.row_dep(&["b:c"]));
+    }
+
+    #[test]
+    fn row_dep_set_pattern_escapes_glob_characters() {
+        let ns = Namespace::new("cache").unwrap();
+        let t = TableName::new("public", "odd*name");
+        assert_eq!(ns.match_row_dep_sets(&t), r"cache:@sc:dep:r:public.odd\*name:*");
+    }
+
+    #[test]
+    fn reserved_keys_are_not_cache_keys() {
+        let ns = Namespace::new("cache").unwrap();
+        assert_eq!(ns.cache_key_of("cache:@sc:dep:t:public.x"), None);
+        assert_eq!(ns.cache_key_of("cache:@scx"), Some("@scx"));
+    }
+
+    #[test]
+    fn dep_id_round_trips_through_its_set_key() {
+        let ns = Namespace::new("cache").unwrap();
+        let dep = TableName::new("s", "t").row_dep(&["1", "2"]);
+        assert_eq!(ns.dep_id_of(&ns.dep_set_key(&dep)), Some(dep));
+    }
+}

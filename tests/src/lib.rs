@@ -1,0 +1,1 @@
+//! Shared fixture for the end-to-end tests.
