@@ -1,1 +1,22 @@
-//! The invalidator daemon.
+//! `smartcache-invalidator`: the daemon that learns of committed changes
+//! from PostgreSQL (trigger → outbox → doorbell) and deletes exactly the
+//! affected Redis keys.
+//!
+//! The binary is a thin shell around [`run`]; tests call the same function
+//! with their own shutdown future.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+mod delivery;
+pub mod mapping;
+pub mod outbox;
+pub mod pg;
+pub mod schema;
+pub mod shutdown;
+pub mod sql;
+
+pub use delivery::run;

@@ -1,0 +1,263 @@
+//! The command line: clap definitions and what each command does.
+
+use crate::catalog;
+use crate::config::{Config, ConfigError, Overrides};
+use crate::schema;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Deletes exactly the Redis keys that committed PostgreSQL changes affect.
+#[derive(Debug, Parser)]
+#[command(name = "smartcache-invalidator", version, about)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after the command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file [default: smartcache.toml in the working directory, if it exists]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL connection string [default: postgres://postgres@127.0.0.1:5432/postgres]
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Redis URL [default: redis://127.0.0.1:6379/0]
+    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Namespace: first segment of every Redis key [default: cache]
+    #[arg(long, global = true, env = "SMARTCACHE_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// Log format (filter with RUST_LOG, default info)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the SQL objects and attach triggers to the configured tables
+    Install {
+        /// Print the SQL and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove every object that install created
+    Uninstall,
+    /// Run the daemon until SIGTERM or SIGINT
+    Run {
+        /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9187)
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// Validate the config, connect to both servers, verify the installed triggers
+    Check,
+    /// List cached keys with their size and dependencies
+    Keys {
+        /// Glob on cache keys, without the namespace
+        #[arg(default_value = "*")]
+        pattern: String,
+    },
+    /// Delete cache entries by hand, inside the namespace only
+    Clear(ClearArgs),
+}
+
+/// What `clear` deletes; exactly one of the three.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ClearArgs {
+    /// Cache keys to delete (exact names, no globs)
+    pub keys: Vec<String>,
+    /// Delete every entry of this table: its key templates and everything
+    /// registered as depending on it or its rows
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+    /// Delete every entry of the namespace
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl GlobalArgs {
+    /// Loads the config with these flags on top.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let overrides = Overrides {
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+            namespace: self.namespace.clone(),
+        };
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+async fn connect_pg(config: &Config) -> anyhow::Result<crate::pg::Session> {
+    let pg_config = crate::pg::config(&config.database_url)
+        .map_err(|e| ConfigError(format!("{}: setting `database_url`: {e}", config.origin())))?;
+    crate::pg::connect(&pg_config).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to PostgreSQL ({}): {e}; check database_url and that the server is up",
+            redact(&config.database_url)
+        )
+    })
+}
+
+/// Hides a password in a connection URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `install`: prints the plan, applies it unless `dry_run`.
+pub async fn install(config: &Config, dry_run: bool) -> anyhow::Result<()> {
+    let mut session = connect_pg(config).await?;
+    let tables = catalog::resolve(&session.client, config).await?;
+    let installed = schema::inspect(&session.client).await?;
+    let plan = schema::plan_install(&installed, &tables, &config.channel)?;
+    if dry_run {
+        println!("-- smartcache-invalidator install --dry-run: nothing was changed");
+        for stmt in &plan.statements {
+            println!("{};\n", stmt.trim_end().trim_end_matches(';'));
+        }
+        if plan.statements.is_empty() {
+            println!("-- already up to date");
+        }
+        return Ok(());
+    }
+    if plan.statements.is_empty() {
+        println!("already up to date: nothing to change");
+        return Ok(());
+    }
+    schema::apply(&mut session.client, &plan).await?;
+    for line in &plan.summary {
+        println!("{line}");
+    }
+    println!("installed schema version {}", schema::SCHEMA_VERSION);
+    Ok(())
+}
+
+/// `uninstall`.
+pub async fn uninstall(config: &Config) -> anyhow::Result<()> {
+    let mut session = connect_pg(config).await?;
+    let pending = schema::uninstall(&mut session.client).await?;
+    if pending > 0 {
+        println!("warning: {pending} pending outbox rows were discarded; affected keys were not invalidated");
+    }
+    println!("removed the smartcache schema and its triggers");
+    Ok(())
+}
+
+/// `check`: returns an error naming every problem found.
+pub async fn check(config: &Config) -> anyhow::Result<()> {
+    println!("config: ok ({})", config.origin());
+    let session = connect_pg(config).await?;
+    println!("postgresql: connected");
+    let tables = catalog::resolve(&session.client, config).await?;
+    println!("tables: {} configured, all exist with their columns", tables.len());
+    let mut problems = Vec::new();
+    match redis_info(config).await {
+        Ok(policy) => {
+            println!("redis: connected (maxmemory-policy {policy})");
+            if policy.starts_with("allkeys-") {
+                problems.push(format!(
+                    "redis maxmemory-policy is {policy}: Redis may evict dependency sets and leases, \
+                     and then invalidations miss entries; use noeviction or a volatile-* policy"
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("redis: {e}")),
+    }
+    let installed = schema::inspect(&session.client).await?;
+    let drift = schema::drift(&installed, &tables, &config.channel);
+    if drift.is_empty() {
+        println!("triggers: match the config");
+    }
+    problems.extend(drift);
+    if problems.is_empty() {
+        println!("ok");
+        return Ok(());
+    }
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    anyhow::bail!(
+        "check found {} problem(s); run `smartcache-invalidator install` to fix trigger drift",
+        problems.len()
+    )
+}
+
+async fn redis_info(config: &Config) -> anyhow::Result<String> {
+    let client = redis::Client::open(config.redis_url.as_str())
+        .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))?;
+    let mut con = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out connecting to {}", config.redis_url))?
+    .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", config.redis_url))?;
+    let (_, policy): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut con)
+        .await
+        .unwrap_or_else(|_| (String::new(), "unknown".to_owned()));
+    Ok(policy)
+}
+
+/// `keys [PATTERN]`.
+pub async fn keys(_config: &Config, _pattern: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`keys` is not implemented yet")
+}
+
+/// `clear …`.
+pub async fn clear(_config: &Config, _args: &ClearArgs) -> anyhow::Result<()> {
+    anyhow::bail!("`clear` is not implemented yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn global_flags_after_the_command_are_accepted() {
+        let cli = Cli::try_parse_from(["x", "check", "--namespace", "n"]).unwrap();
+        assert_eq!(cli.global.namespace.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn clear_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["x", "clear"]).is_err());
+        assert!(Cli::try_parse_from(["x", "clear", "a", "--all"]).is_err());
+        assert!(Cli::try_parse_from(["x", "clear", "--all"]).is_ok());
+    }
+}

@@ -1,0 +1,432 @@
+//! Configuration: TOML file, environment and flags, in that order of
+//! precedence (flag > environment > file > default).
+//!
+//! Flags and environment variables are read by clap (`env = …`), so this
+//! module only merges the file under them and validates the result. The
+//! checks that need the database (tables and columns exist) live in
+//! [`crate::catalog`].
+
+use serde::Deserialize;
+use smartcache::keys::{Namespace, TableName};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default `database_url`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Default `redis_url`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Default NOTIFY channel.
+pub const DEFAULT_CHANNEL: &str = "smartcache";
+/// Config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "smartcache.toml";
+
+/// A configuration problem. The daemon exits with status 2 on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The file as written; every field optional so that flags and environment
+/// can fill the gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    namespace: Option<String>,
+    channel: Option<String>,
+    batch_size: Option<usize>,
+    poll_interval_ms: Option<u64>,
+    #[serde(default)]
+    tables: Vec<FileTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTable {
+    name: String,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// Values given on the command line or in the environment; `None` means
+/// "not given", so the file or the default applies.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--database-url` / `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// `--redis-url` / `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `--namespace` / `SMARTCACHE_NAMESPACE`.
+    pub namespace: Option<String>,
+}
+
+/// The validated configuration of the daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL connection string (URL or key=value form).
+    pub database_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Namespace of every Redis key we touch.
+    pub namespace: Namespace,
+    /// NOTIFY channel of the doorbell.
+    pub channel: String,
+    /// Outbox rows claimed per transaction.
+    pub batch_size: usize,
+    /// How often an idle daemon looks at the outbox without a doorbell.
+    pub poll_interval: Duration,
+    /// Watched tables with their key templates.
+    pub tables: Vec<TableSpec>,
+    /// Where the file settings came from, for messages.
+    pub source: Option<PathBuf>,
+}
+
+/// One watched table.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Schema-qualified name.
+    pub name: TableName,
+    /// Key templates, e.g. `product:{id}`.
+    pub keys: Vec<Template>,
+}
+
+impl TableSpec {
+    /// Columns the templates read, sorted, without duplicates.
+    pub fn template_columns(&self) -> BTreeSet<&str> {
+        self.keys.iter().flat_map(|t| t.columns()).collect()
+    }
+}
+
+impl Config {
+    /// Loads `path` (or `smartcache.toml` if it exists when `path` is
+    /// `None`) and applies `overrides` on top.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (file, source) = match path {
+            Some(p) => (read_file(p)?, Some(p.to_path_buf())),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                (read_file(&p)?, Some(p))
+            }
+            None => (FileConfig::default(), None),
+        };
+        Self::from_parts(file, source, overrides)
+    }
+
+    /// Parses TOML text as if it were the file `source` (used by tests and
+    /// by `load`).
+    pub fn from_toml(
+        text: &str,
+        source: &Path,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file = parse(text, source)?;
+        Self::from_parts(file, Some(source.to_path_buf()), overrides)
+    }
+
+    fn from_parts(
+        file: FileConfig,
+        source: Option<PathBuf>,
+        o: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let origin = Origin(source.as_deref());
+        let namespace_name = o
+            .namespace
+            .clone()
+            .or(file.namespace)
+            .unwrap_or_else(|| smartcache::keys::DEFAULT_NAMESPACE.to_owned());
+        let namespace = Namespace::new(&namespace_name)
+            .map_err(|e| ConfigError(format!("{origin}: setting `namespace`: {e}")))?;
+        let channel = file.channel.unwrap_or_else(|| DEFAULT_CHANNEL.to_owned());
+        if channel.is_empty() || channel.len() > 63 {
+            return Err(ConfigError(format!(
+                "{origin}: setting `channel`: {channel:?} must be 1-63 bytes"
+            )));
+        }
+        let batch_size = file.batch_size.unwrap_or(1000);
+        if !(1..=100_000).contains(&batch_size) {
+            return Err(ConfigError(format!(
+                "{origin}: setting `batch_size`: {batch_size} is outside 1..=100000"
+            )));
+        }
+        let poll_ms = file.poll_interval_ms.unwrap_or(500);
+        if !(10..=60_000).contains(&poll_ms) {
+            return Err(ConfigError(format!(
+                "{origin}: setting `poll_interval_ms`: {poll_ms} is outside 10..=60000"
+            )));
+        }
+        let mut tables: Vec<TableSpec> = Vec::new();
+        for t in file.tables {
+            let name = TableName::parse(&t.name)
+                .map_err(|e| ConfigError(format!("{origin}: [[tables]] {:?}: {e}", t.name)))?;
+            if tables.iter().any(|s| s.name == name) {
+                return Err(ConfigError(format!(
+                    "{origin}: table `{name}` is listed twice in [[tables]]; merge its keys into one entry"
+                )));
+            }
+            let keys = t
+                .keys
+                .iter()
+                .map(|k| {
+                    Template::parse(k).map_err(|e| {
+                        ConfigError(format!(
+                            "{origin}: table `{name}`: key template {k:?}: {e}"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            tables.push(TableSpec { name, keys });
+        }
+        Ok(Self {
+            database_url: o
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            redis_url: o
+                .redis_url
+                .clone()
+                .or(file.redis_url)
+                .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            namespace,
+            channel,
+            batch_size,
+            poll_interval: Duration::from_millis(poll_ms),
+            tables,
+            source,
+        })
+    }
+
+    /// The spec of `table`, if configured.
+    pub fn table(&self, table: &TableName) -> Option<&TableSpec> {
+        self.tables.iter().find(|t| &t.name == table)
+    }
+
+    /// Names the config's origin in messages.
+    pub fn origin(&self) -> impl fmt::Display + '_ {
+        Origin(self.source.as_deref())
+    }
+}
+
+struct Origin<'a>(Option<&'a Path>);
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "config file {}", p.display()),
+            None => f.write_str("configuration (no config file)"),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read config file {}: {e}; pass an existing file with --config",
+            path.display()
+        ))
+    })?;
+    parse(&text, path)
+}
+
+fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(", line {}", text[..s.start].lines().count().max(1)))
+            .unwrap_or_default();
+        ConfigError(format!(
+            "config file {}{line}: {}",
+            path.display(),
+            e.message()
+        ))
+    })
+}
+
+/// A key template such as `product:{id}`: literal text and `{column}`
+/// placeholders; `{{` and `}}` stand for literal braces.
+///
+/// ```
+/// use smartcache_invalidator::config::Template;
+/// let t = Template::parse("category:{category_id}").unwrap();
+/// assert_eq!(t.columns().collect::<Vec<_>>(), ["category_id"]);
+/// assert_eq!(t.render(|c| (c == "category_id").then(|| "7")), Some("category:7".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Column(String),
+}
+
+impl Template {
+    /// Parses a template; the error says what is wrong with it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut col = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some('{') => return Err("`{` inside a `{column}` placeholder".into()),
+                            Some(c) => col.push(c),
+                            None => return Err("unclosed `{`; write `{{` for a literal brace".into()),
+                        }
+                    }
+                    if col.is_empty() {
+                        return Err("empty placeholder `{}`; write `{column}`".into());
+                    }
+                    if !lit.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut lit)));
+                    }
+                    parts.push(Part::Column(col));
+                }
+                '}' => return Err("unmatched `}`; write `}}` for a literal brace".into()),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        if parts.is_empty() {
+            return Err("template is empty".into());
+        }
+        let t = Self {
+            source: s.to_owned(),
+            parts,
+        };
+        if let Some(Part::Literal(l)) = t.parts.first() {
+            if l.starts_with(smartcache::keys::RESERVED_MARKER) {
+                return Err(format!(
+                    "keys starting with {:?} are reserved for smartcache's bookkeeping",
+                    smartcache::keys::RESERVED_MARKER
+                ));
+            }
+        }
+        Ok(t)
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// The columns it reads, in order of appearance.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Column(c) => Some(c.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Builds the key from column values; `None` when a column is NULL
+    /// (no key is produced for a NULL value).
+    pub fn render<'a>(&self, value: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Literal(l) => out.push_str(l),
+                Part::Column(c) => out.push_str(value(c)?),
+            }
+        }
+        Some(out)
+    }
+
+    /// `SCAN MATCH` pattern (without namespace) for every key the template
+    /// can produce: literals escaped, placeholders as `*`.
+    pub fn scan_pattern(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(l) => smartcache::keys::glob_escape(l),
+                Part::Column(_) => "*".to_owned(),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("x.toml"), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = load("").unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.namespace.name(), "cache");
+        assert_eq!(c.channel, "smartcache");
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let o = Overrides {
+            namespace: Some("flag".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml("namespace = \"file\"", Path::new("x.toml"), &o).unwrap();
+        assert_eq!(c.namespace.name(), "flag");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let e = load("namespace = \"a\"\n\nbogus = 1\n").unwrap_err().0;
+        assert!(e.contains("x.toml") && e.contains("line 3") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_template_names_the_table() {
+        let e = load("[[tables]]\nname = \"products\"\nkeys = [\"p:{id\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("public.products") && e.contains("unclosed"), "{e}");
+    }
+
+    #[test]
+    fn template_renders_and_skips_nulls() {
+        let t = Template::parse("c:{a}:{{x}}").unwrap();
+        assert_eq!(t.render(|_| Some("1")), Some("c:1:{x}".into()));
+        assert_eq!(t.render(|_| None), None);
+    }
+
+    #[test]
+    fn scan_pattern_escapes_literals() {
+        let t = Template::parse("a*[{id}]").unwrap();
+        assert_eq!(t.scan_pattern(), r"a\*\[*\]");
+    }
+
+    #[test]
+    fn template_errors() {
+        for bad in ["", "{}", "a}", "{a{b}}", "@sc:x"] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The daemon: drain the outbox into Redis, sleep until the doorbell or the
+//! poll timer, repeat; reconnect when PostgreSQL goes away, back off while
+//! Redis is down. Nothing is deleted from the outbox before Redis has
+//! applied it, so every failure ends in a replay, never a loss.
+
+use crate::catalog;
+use crate::config::{Config, ConfigError};
+use crate::mapping::Work;
+use crate::outbox::{self, CLAIM_SQL, DEAD_LETTER_SQL, DELETE_SQL};
+use crate::pg;
+use crate::schema;
+use crate::shutdown::Shutdown;
+use redis::aio::ConnectionManager;
+use smartcache::invalidate::{invalidate, scan_matching};
+use smartcache::keys::DepId;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` completes. The batch in hand is
+/// finished first; whatever is not applied stays in the outbox for the
+/// next start.
+///
+/// ```no_run
+/// # async fn demo() -> anyhow::Result<()> {
+/// use smartcache_invalidator::config::{Config, Overrides};
+/// let config = Config::load(None, &Overrides::default())?;
+/// smartcache_invalidator::run(config, async { tokio::signal::ctrl_c().await.ok(); }).await
+/// # }
+/// ```
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stop = Shutdown::new(shutdown);
+    let daemon = Daemon::new(config)?;
+    daemon.run(stop).await
+}
+
+/// Why a batch failed; decides between backing off and reconnecting.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+struct Daemon {
+    config: Arc<Config>,
+    pg_config: tokio_postgres::Config,
+    redis: ConnectionManager,
+}
+
+impl Daemon {
+    fn new(config: Config) -> anyhow::Result<Self> {
+        let pg_config = pg::config(&config.database_url).map_err(|e| {
+            ConfigError(format!("{}: setting `database_url`: {e}", config.origin()))
+        })?;
+        let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| {
+            ConfigError(format!("{}: setting `redis_url`: {e}", config.origin()))
+        })?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        Ok(Self {
+            config: Arc::new(config),
+            pg_config,
+            redis,
+        })
+    }
+
+    async fn run(mut self, mut stop: Shutdown) -> anyhow::Result<()> {
+        let mut backoff = Backoff::default();
+        let mut validated = false;
+        while !stop.is_set() {
+            let session = match pg::connect(&self.pg_config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot connect to PostgreSQL; retrying");
+                    backoff.sleep(&mut stop).await;
+                    continue;
+                }
+            };
+            if !validated {
+                self.validate(&session.client).await?;
+                validated = true;
+            }
+            match self.session(session, &mut stop, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, "PostgreSQL session lost; reconnecting and replaying the outbox");
+                    backoff.sleep(&mut stop).await;
+                }
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    /// Checks, once, that the config matches the database; a mismatch is
+    /// a configuration error, drift in the triggers only a warning.
+    async fn validate(&self, client: &Client) -> anyhow::Result<()> {
+        let tables = catalog::resolve(client, &self.config).await?;
+        let installed = schema::inspect(client).await?;
+        if installed.version.is_none() {
+            return Err(ConfigError(
+                "smartcache is not installed in this database; run `smartcache-invalidator install` first"
+                    .to_owned(),
+            )
+            .into());
+        }
+        for problem in schema::drift(&installed, &tables, &self.config.channel) {
+            warn!(%problem, "installed triggers differ from the config; run `smartcache-invalidator install`");
+        }
+        Ok(())
+    }
+
+    /// One PostgreSQL connection's life: LISTEN, drain, wait, drain…
+    async fn session(
+        &mut self,
+        session: pg::Session,
+        stop: &mut Shutdown,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
+        let pg::Session {
+            mut client,
+            doorbell,
+            mut driver,
+        } = session;
+        // A lost outbox DELETE only replays an idempotent invalidation, so
+        // our own commits need not wait for the WAL flush.
+        client
+            .batch_execute(&format!(
+                "SET synchronous_commit = off; LISTEN {}",
+                crate::sql::ident(&self.config.channel)
+            ))
+            .await?;
+        info!(channel = %self.config.channel, "listening; draining the outbox");
+        backoff.reset();
+        loop {
+            let applied = self.drain(&mut client, stop).await?;
+            if stop.is_set() {
+                return Ok(());
+            }
+            if applied > 0 {
+                client
+                    .execute("UPDATE smartcache.wakeup SET idle = true WHERE NOT idle", &[])
+                    .await?;
+                // A writer that read idle = false just before may have
+                // committed without ringing: look once more.
+                continue;
+            }
+            tokio::select! {
+                _ = stop.wait() => return Ok(()),
+                _ = doorbell.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                end = &mut driver => {
+                    return Err(match end {
+                        Ok(Err(e)) => e.into(),
+                        _ => anyhow::anyhow!("PostgreSQL closed the connection"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies batches until the outbox is empty or shutdown is asked for.
+    /// Redis failures back off here, keeping the rows; PostgreSQL failures
+    /// end the session.
+    async fn drain(
+        &mut self,
+        client: &mut Client,
+        stop: &mut Shutdown,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let mut applied = 0;
+        let mut backoff = Backoff::default();
+        let mut marked_busy = false;
+        while !stop.is_set() {
+            match self.batch(client).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    applied += n;
+                    backoff.reset();
+                    if !marked_busy {
+                        client
+                            .execute("UPDATE smartcache.wakeup SET idle = false WHERE idle", &[])
+                            .await?;
+                        marked_busy = true;
+                    }
+                }
+                Err(BatchError::Redis(e)) => {
+                    warn!(error = %e, "Redis unavailable; outbox rows kept, retrying");
+                    backoff.sleep(stop).await;
+                }
+                Err(BatchError::Postgres(e)) => return Err(e),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Claims up to `batch_size` rows, deletes their keys in Redis, then
+    /// deletes the rows, all in one transaction.
+    async fn batch(&mut self, client: &mut Client) -> Result<u64, BatchError> {
+        let started = Instant::now();
+        let tx = client.transaction().await?;
+        let limit = self.config.batch_size as i64;
+        let rows = tx.query(CLAIM_SQL, &[&limit]).await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut work = Work::default();
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut dead = Vec::new();
+        for row in &rows {
+            match outbox::parse(row) {
+                Ok(event) => {
+                    work.add(&self.config, &event);
+                    ids.push(event.id);
+                }
+                Err(d) => dead.push(d),
+            }
+        }
+        let (keys, deps) = self.expand(work).await?;
+        let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
+        for d in &dead {
+            warn!(outbox_id = d.id, error = %d.error, "unreadable outbox row moved to smartcache.dead_letter");
+            tx.execute(DEAD_LETTER_SQL, &[&d.id, &d.error]).await?;
+            ids.push(d.id);
+        }
+        tx.execute(DELETE_SQL, &[&ids]).await?;
+        tx.commit().await?;
+        debug!(
+            events = rows.len(),
+            keys = keys.len(),
+            dep_sets = deps.len(),
+            deleted,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "batch applied"
+        );
+        Ok(rows.len() as u64)
+    }
+
+    /// Turns truncations into the keys and dependency sets that exist now.
+    async fn expand(&mut self, work: Work) -> Result<(Vec<String>, Vec<DepId>), BatchError> {
+        let ns = &self.config.namespace;
+        let mut keys: Vec<String> = work.keys.into_iter().collect();
+        let mut deps: Vec<DepId> = work.deps.into_iter().collect();
+        for table in &work.truncated {
+            if let Some(spec) = self.config.table(table) {
+                for template in &spec.keys {
+                    let pattern = ns.match_cache_keys(&template.scan_pattern());
+                    for redis_key in scan_matching(&mut self.redis, &pattern).await? {
+                        if let Some(k) = ns.cache_key_of(&redis_key) {
+                            keys.push(k.to_owned());
+                        }
+                    }
+                }
+            }
+            let pattern = ns.match_row_dep_sets(table);
+            for redis_key in scan_matching(&mut self.redis, &pattern).await? {
+                deps.extend(ns.dep_id_of(&redis_key));
+            }
+        }
+        Ok((keys, deps))
+    }
+}
+
+/// Capped exponential backoff that shutdown interrupts.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(50),
+        }
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    async fn sleep(&mut self, stop: &mut Shutdown) {
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = stop.wait() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

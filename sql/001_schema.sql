@@ -1,0 +1,113 @@
+-- smartcache schema, version 1.
+--
+-- Applied by `smartcache-invalidator install` inside one transaction; every
+-- statement is idempotent. The per-table triggers are not here: install
+-- generates them from the config (see `smartcache-invalidator install
+-- --dry-run` for the exact statements).
+--
+-- Design: the outbox is the truth, NOTIFY is only a doorbell.
+--   * A row trigger writes what changed (table, operation, primary key and
+--     the columns the key templates use, for OLD and NEW) into
+--     smartcache.outbox in the writer's own transaction, so only committed
+--     changes ever reach the daemon and nothing is lost while no daemon runs.
+--   * A NOTIFY in every writing transaction would serialise commits (the
+--     notify queue lock is held across the commit's WAL flush). So the
+--     trigger rings only while smartcache.wakeup.idle is true, which the
+--     daemon sets when it has drained the outbox and clears when it starts
+--     draining. Under sustained writes the daemon is busy and nobody rings;
+--     a bounded poll in the daemon catches the rare race.
+--   * Row data never travels in a NOTIFY payload (8000-byte limit): the
+--     payload is empty.
+
+CREATE SCHEMA IF NOT EXISTS smartcache;
+
+COMMENT ON SCHEMA smartcache IS
+    'Objects of the smartcache invalidator; managed by smartcache-invalidator install/uninstall.';
+
+-- One row: the installed schema version.
+CREATE TABLE IF NOT EXISTS smartcache.version (
+    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    schema_version integer NOT NULL
+);
+
+-- One row: the doorbell state, read by every capturing trigger.
+CREATE TABLE IF NOT EXISTS smartcache.wakeup (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    channel   text    NOT NULL,
+    idle      boolean NOT NULL DEFAULT true
+);
+
+-- Committed changes not yet applied to Redis. The daemon claims rows with
+-- FOR UPDATE SKIP LOCKED, deletes the affected keys, then deletes the rows
+-- in the same transaction.
+CREATE TABLE IF NOT EXISTS smartcache.outbox (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_schema text        NOT NULL,
+    table_name   text        NOT NULL,
+    op           "char"      NOT NULL,  -- I, U, D or T (truncate)
+    old_key      text[],                -- primary key of OLD, as text
+    new_key      text[],                -- primary key of NEW, as text
+    old_row      jsonb,                 -- template columns of OLD: {"col": "text" | null}
+    new_row      jsonb,                 -- template columns of NEW
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Outbox rows the daemon could not interpret (hand-inserted or garbled).
+-- They are moved here so they never block the queue; inspect, then delete.
+CREATE TABLE IF NOT EXISTS smartcache.dead_letter (
+    id       bigint PRIMARY KEY,
+    event    jsonb       NOT NULL,
+    error    text        NOT NULL,
+    moved_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Row trigger. Arguments: the number n of primary-key columns, the n key
+-- column names, then the other template columns. Values are captured as
+-- text the way jsonb renders them (42, 1.50, uuid, 2024-05-01T10:00:00).
+CREATE OR REPLACE FUNCTION smartcache.capture() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    n_pk    int    := TG_ARGV[0]::int;
+    pk_cols text[] := TG_ARGV[1:n_pk];
+    cols    text[] := TG_ARGV[1:];
+    o       jsonb;
+    n       jsonb;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        o := to_jsonb(OLD);
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        n := to_jsonb(NEW);
+    END IF;
+    INSERT INTO smartcache.outbox (table_schema, table_name, op, old_key, new_key, old_row, new_row)
+    VALUES (
+        TG_TABLE_SCHEMA,
+        TG_TABLE_NAME,
+        left(TG_OP, 1),
+        CASE WHEN o IS NOT NULL AND n_pk > 0
+             THEN ARRAY(SELECT o ->> c FROM unnest(pk_cols) WITH ORDINALITY AS k(c, i) ORDER BY i) END,
+        CASE WHEN n IS NOT NULL AND n_pk > 0
+             THEN ARRAY(SELECT n ->> c FROM unnest(pk_cols) WITH ORDINALITY AS k(c, i) ORDER BY i) END,
+        (SELECT jsonb_object_agg(c, o ->> c) FROM unnest(cols) AS c WHERE o IS NOT NULL),
+        (SELECT jsonb_object_agg(c, n ->> c) FROM unnest(cols) AS c WHERE n IS NOT NULL)
+    );
+    IF (SELECT idle FROM smartcache.wakeup) THEN
+        PERFORM pg_notify((SELECT channel FROM smartcache.wakeup), '');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+-- Statement trigger for TRUNCATE: every key the table's templates can
+-- produce is invalidated.
+CREATE OR REPLACE FUNCTION smartcache.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO smartcache.outbox (table_schema, table_name, op)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'T');
+    IF (SELECT idle FROM smartcache.wakeup) THEN
+        PERFORM pg_notify((SELECT channel FROM smartcache.wakeup), '');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
