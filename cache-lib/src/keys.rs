@@ -146,6 +146,18 @@ impl Namespace {
         )
     }
 
+    /// `SCAN MATCH` pattern for the value keys whose cache key matches the
+    /// glob `pattern` (bookkeeping keys match too when the pattern allows
+    /// it; filter them with [`Namespace::cache_key_of`]).
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.match_cache_keys("product:*"), "cache:product:*");
+    /// ```
+    pub fn match_cache_keys(&self, pattern: &str) -> String {
+        format!("{}{pattern}", glob_escape(&self.prefix))
+    }
+
     /// The dependency id of a Redis dependency-set key built by
     /// [`Namespace::dep_set_key`].
     pub fn dep_id_of(&self, redis_key: &str) -> Option<DepId> {
@@ -361,6 +373,142 @@ for i = 3 + n, #ARGV do
 end
 return removed
 "#;
+
+/// Prepends the shared registration helpers to a script body.
+macro_rules! concat_lua {
+    ($body:literal) => {
+        concat!(
+            r#"
+local ns = ARGV[1]
+local function unregister(k)
+  local dk = ns .. '@sc:deps:' .. k
+  for _, d in ipairs(redis.call('SMEMBERS', dk)) do
+    redis.call('SREM', ns .. '@sc:dep:' .. d, k)
+  end
+  redis.call('DEL', dk)
+end
+local function register(k, first)
+  for i = first, #ARGV do
+    redis.call('SADD', ns .. '@sc:dep:' .. ARGV[i], k)
+    redis.call('SADD', ns .. '@sc:deps:' .. k, ARGV[i])
+  end
+end
+"#,
+            $body
+        )
+    };
+}
+
+/// Lua script run on a miss: returns the value if it is there, else tries to
+/// take the fill lease and, when it gets it, registers the dependencies
+/// *before* the caller reads the database.
+///
+/// `ARGV`: namespace prefix, cache key, lease token, lease milliseconds,
+/// then dependency ids. Returns `{1, value}` (a value is cached), `{2}`
+/// (lease taken, dependencies registered) or `{0}` (another filler holds
+/// the lease).
+///
+/// Registering at lease time is what makes a later invalidation of any
+/// dependency find this key and delete its lease, so the fill that follows
+/// is refused (see [`FILL_LUA`]). Stale registrations from an earlier fill
+/// are replaced, so they follow the dependencies the code declares now.
+pub const ACQUIRE_LUA: &str = concat_lua!(
+    r#"
+local k, token, lease_ms = ARGV[2], ARGV[3], ARGV[4]
+local v = redis.call('GET', ns .. k)
+if v then return {1, v} end
+if redis.call('SET', ns .. '@sc:lease:' .. k, token, 'NX', 'PX', lease_ms) then
+  unregister(k)
+  register(k, 5)
+  return {2}
+end
+return {0}
+"#
+);
+
+/// Lua script that stores a computed value only if the fill lease still
+/// holds our token, and drops the lease.
+///
+/// `ARGV`: namespace prefix, cache key, lease token, value, TTL in
+/// milliseconds (`0` for none). Returns `1` if stored, `0` if the lease was
+/// gone or taken over: an invalidation ran since the lease was taken, so the
+/// value may be stale and must not be cached.
+pub const FILL_LUA: &str = concat_lua!(
+    r#"
+local k, token, value, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local lk = ns .. '@sc:lease:' .. k
+if redis.call('GET', lk) ~= token then return 0 end
+redis.call('DEL', lk)
+if ttl > 0 then
+  redis.call('SET', ns .. k, value, 'PX', ttl)
+else
+  redis.call('SET', ns .. k, value)
+end
+return 1
+"#
+);
+
+/// Lua script that gives a fill lease back without storing (the computation
+/// failed or was cancelled), and drops the dependency registrations when no
+/// value is cached, so they do not linger.
+///
+/// `ARGV`: namespace prefix, cache key, lease token. Returns `1` if the lease
+/// was ours.
+pub const RELEASE_LUA: &str = concat_lua!(
+    r#"
+local k, token = ARGV[2], ARGV[3]
+local lk = ns .. '@sc:lease:' .. k
+if redis.call('GET', lk) ~= token then return 0 end
+redis.call('DEL', lk)
+if redis.call('EXISTS', ns .. k) == 0 then unregister(k) end
+return 1
+"#
+);
+
+/// Lua script for an unconditional store: sets the value, replaces its
+/// dependency registrations and deletes any fill lease, so a fill that
+/// started before this write (and may carry older data) is refused.
+///
+/// `ARGV`: namespace prefix, cache key, value, TTL in milliseconds (`0` for
+/// none), then dependency ids. Returns `1`.
+pub const STORE_LUA: &str = concat_lua!(
+    r#"
+local k, value, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('DEL', ns .. '@sc:lease:' .. k)
+unregister(k)
+if ttl > 0 then
+  redis.call('SET', ns .. k, value, 'PX', ttl)
+else
+  redis.call('SET', ns .. k, value)
+end
+register(k, 5)
+return 1
+"#
+);
+
+/// Lua script describing cache entries for the admin view.
+///
+/// `ARGV`: namespace prefix, then cache keys. Returns, per key, `{size,
+/// {dependency ids...}}`, where `size` is the value length in bytes
+/// (`STRLEN`; `MEMORY USAGE` for a non-string value written by another
+/// program) or `-1` if the key vanished meanwhile.
+pub const DESCRIBE_LUA: &str = concat_lua!(
+    r#"
+local out = {}
+for i = 2, #ARGV do
+  local k = ARGV[i]
+  local t = redis.call('TYPE', ns .. k)['ok']
+  local size = -1
+  if t == 'string' then
+    size = redis.call('STRLEN', ns .. k)
+  elseif t ~= 'none' then
+    size = redis.call('MEMORY', 'USAGE', ns .. k) or 0
+  end
+  out[#out + 1] = {size, redis.call('SMEMBERS', ns .. '@sc:deps:' .. k)}
+end
+return out
+"#
+);
 
 #[cfg(test)]
 mod tests {

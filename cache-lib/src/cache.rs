@@ -1,0 +1,756 @@
+//! The cache handle, its builder and the management calls.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError, RedisResult};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::breaker::{Breaker, LogLimiter};
+use crate::dep::Dep;
+use crate::entry::Entry;
+use crate::error::{redact_url, Error};
+use crate::flight::Flights;
+use crate::invalidate::{invalidate, scan_matching};
+use crate::keys::{check_cache_key, Namespace, TableName, DEFAULT_NAMESPACE};
+use crate::lease;
+
+/// Keys per `SCAN` step and per `UNLINK`/describe batch.
+const BATCH: usize = 500;
+
+/// A handle on the cache: cheap to clone, share one per process.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), smartcache::Error> {
+/// use smartcache::{Cache, Dep};
+/// let cache = Cache::builder("redis://127.0.0.1:6379/0").namespace("cache").build().await?;
+/// let name: String = cache
+///     .get_or_compute("product:1:name", [Dep::row("products", [1])], || async {
+///         Ok::<_, smartcache::Error>("Teapot".to_string())
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.ns.name())
+            .field("url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) con: ConnectionManager,
+    pub(crate) ns: Namespace,
+    pub(crate) url: String,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) lease_wait: Duration,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) timeout: Duration,
+    pub(crate) admin_timeout: Duration,
+    pub(crate) breaker: Breaker,
+    pub(crate) log: LogLimiter,
+    pub(crate) flights: Flights,
+}
+
+/// One cached entry, as listed by [`Cache::keys`].
+///
+/// ```no_run
+/// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+/// for info in cache.keys("product:*").await? {
+///     println!("{} {} bytes, deps {:?}", info.key, info.size_bytes, info.deps);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The cache key (without the namespace).
+    pub key: String,
+    /// Size of the value in bytes (`STRLEN`; for a non-string value written
+    /// by another program, Redis's `MEMORY USAGE`).
+    pub size_bytes: u64,
+    /// Dependency ids the entry is registered under (`t:schema.table`,
+    /// `r:schema.table:row`), sorted.
+    pub deps: Vec<String>,
+}
+
+/// Settings for a [`Cache`]; start with [`Cache::builder`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), smartcache::Error> {
+/// use std::time::Duration;
+/// let cache = smartcache::Cache::builder("redis://127.0.0.1:6379/0")
+///     .namespace("shop")
+///     .lease_ttl(Duration::from_secs(5))
+///     .default_ttl(None)
+///     .clear_on_start(false)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "call .build() to get a Cache"]
+pub struct CacheBuilder {
+    url: String,
+    namespace: String,
+    lease_ttl: Duration,
+    lease_wait: Option<Duration>,
+    default_ttl: Option<Duration>,
+    clear_on_start: bool,
+    timeout: Duration,
+    connect_timeout: Duration,
+    admin_timeout: Duration,
+    breaker_cooldown: Duration,
+    log_interval: Duration,
+}
+
+impl CacheBuilder {
+    fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            lease_ttl: Duration::from_secs(5),
+            lease_wait: None,
+            default_ttl: None,
+            clear_on_start: false,
+            timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            admin_timeout: Duration::from_secs(30),
+            breaker_cooldown: Duration::from_secs(2),
+            log_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// The namespace: every Redis key smartcache touches starts with
+    /// `{namespace}:`. Default `cache`. Must match the invalidator's.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/").namespace("shop");
+    /// ```
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long a fill lease lasts if its holder never comes back (a crash).
+    /// A computation that takes longer than this is returned uncached.
+    /// Default 5 s.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/")
+    ///     .lease_ttl(std::time::Duration::from_secs(2));
+    /// ```
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a miss waits for another process that holds the lease
+    /// before computing uncached itself. Default: the lease TTL.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/")
+    ///     .lease_wait(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = Some(wait);
+        self
+    }
+
+    /// Expiry of entries that do not set their own. Default `None`: entries
+    /// live until the invalidator (or a `clear`) deletes them.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/")
+    ///     .default_ttl(Some(std::time::Duration::from_secs(86_400)));
+    /// ```
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Delete the whole namespace when the cache is built. Default off.
+    ///
+    /// The decorator this library replaces did this on every process start,
+    /// because without an invalidator a restart was the only moment stale
+    /// entries went away. With the invalidator entries are never stale, and
+    /// with several replicas of an app each deploy (or crash-restart of any
+    /// one replica) would flush the cache of all of them, sending the full
+    /// load to the database at the worst moment. Turn it on only for a single
+    /// process that owns its namespace, e.g. in development.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/").clear_on_start(true);
+    /// ```
+    pub fn clear_on_start(mut self, clear: bool) -> Self {
+        self.clear_on_start = clear;
+        self
+    }
+
+    /// Time allowed to each Redis call on a request path before it is
+    /// abandoned and the value is computed uncached. Default 250 ms.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/")
+    ///     .timeout(std::time::Duration::from_millis(100));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Time allowed to connect to Redis. Default 1 s.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/")
+    ///     .connect_timeout(std::time::Duration::from_millis(300));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// After a Redis failure, request paths skip Redis for this long, then
+    /// one request probes it. Default 2 s.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/")
+    ///     .breaker_cooldown(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    fn settings(&self) -> Result<(redis::Client, Namespace, String), Error> {
+        let ns = Namespace::new(&self.namespace)?;
+        let url = redact_url(&self.url);
+        let client = redis::Client::open(self.url.as_str()).map_err(|source| Error::InvalidUrl {
+            url: url.clone(),
+            source,
+        })?;
+        Ok((client, ns, url))
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.admin_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+    }
+
+    fn finish(&self, con: ConnectionManager, ns: Namespace, url: String) -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                con,
+                ns,
+                url,
+                lease_ttl: self.lease_ttl,
+                lease_wait: self.lease_wait.unwrap_or(self.lease_ttl),
+                default_ttl: self.default_ttl,
+                timeout: self.timeout,
+                admin_timeout: self.admin_timeout,
+                breaker: Breaker::new(self.breaker_cooldown),
+                log: LogLimiter::new(self.log_interval),
+                flights: Flights::default(),
+            }),
+        }
+    }
+
+    /// Connects to Redis and returns the cache; fails with
+    /// [`Error::Connect`] if Redis cannot be reached, so a command-line tool
+    /// or a start-up check learns it at once.
+    ///
+    /// Once built, the cache never fails a request because of Redis: it
+    /// reconnects by itself. An app that must start even while Redis is
+    /// down uses [`CacheBuilder::build_lazy`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), smartcache::Error> {
+    /// let cache = smartcache::Cache::builder("redis://127.0.0.1:6379/0").build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn build(self) -> Result<Cache, Error> {
+        let (client, ns, url) = self.settings()?;
+        let connect = ConnectionManager::new_with_config(client, self.manager_config());
+        let con = match tokio::time::timeout(self.connect_timeout * 3, connect).await {
+            Ok(Ok(con)) => con,
+            Ok(Err(source)) => return Err(Error::Connect { url, source }),
+            Err(_) => {
+                return Err(Error::Connect {
+                    url,
+                    source: RedisError::from((redis::ErrorKind::Io, "connection timed out")),
+                })
+            }
+        };
+        let cache = self.finish(con, ns, url);
+        cache.ping().await?;
+        if self.clear_on_start {
+            let n = cache.clear_all().await?;
+            info!(namespace = cache.inner.ns.name(), entries = n, "cleared on start");
+        }
+        Ok(cache)
+    }
+
+    /// Returns the cache without waiting for Redis: if Redis is down, every
+    /// call computes uncached until it comes back. Only a bad URL or
+    /// namespace is an error. Call [`Cache::ping`] to check the connection.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), smartcache::Error> {
+    /// let cache = smartcache::Cache::builder("redis://127.0.0.1:6379/0").build_lazy().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn build_lazy(self) -> Result<Cache, Error> {
+        let (client, ns, url) = self.settings()?;
+        let con = ConnectionManager::new_lazy_with_config(client, self.manager_config())
+            .map_err(|source| Error::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let cache = self.finish(con, ns, url);
+        if self.clear_on_start {
+            match cache.clear_all().await {
+                Ok(n) => info!(namespace = cache.inner.ns.name(), entries = n, "cleared on start"),
+                Err(e) => warn!(error = %crate::error_chain(&e), "clear_on_start failed"),
+            }
+        }
+        Ok(cache)
+    }
+}
+
+/// Whether a Redis error means Redis is unreachable or broken (as opposed to
+/// a command the server refused).
+fn is_outage(e: &RedisError) -> bool {
+    !matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_)
+            | redis::ErrorKind::UnexpectedReturnType
+            | redis::ErrorKind::Extension
+    ) || e.is_timeout()
+}
+
+impl Inner {
+    /// Runs `fut` within `timeout`, feeding the outcome to the breaker.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(v)) => {
+                if self.breaker.is_open() && self.breaker.success() {
+                    info!(namespace = self.ns.name(), "Redis answers again; caching resumes");
+                }
+                Ok(v)
+            }
+            Ok(Err(source)) => {
+                if is_outage(&source) {
+                    self.breaker.failure();
+                }
+                Err(Error::Redis { op, source })
+            }
+            Err(_) => {
+                self.breaker.failure();
+                Err(Error::Timeout { op, timeout })
+            }
+        }
+    }
+
+    /// A Redis call on a request path: skipped while the breaker is open,
+    /// bounded by the short timeout; a failure is logged (rate-limited) and
+    /// becomes `None`, so the caller goes on without the cache.
+    pub(crate) async fn try_redis<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Option<T> {
+        if !self.breaker.allow() {
+            return None;
+        }
+        match self.bounded(op, self.timeout, fut).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.warn_limited(&e, "Redis call failed; serving uncached");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn warn_limited(&self, e: &dyn std::error::Error, msg: &'static str) {
+        if let Some(suppressed) = self.log.permit() {
+            warn!(
+                namespace = self.ns.name(),
+                error = %crate::error_chain(e),
+                suppressed,
+                "{msg}"
+            );
+        }
+    }
+
+    /// A management call: not skipped by the breaker, longer timeout,
+    /// errors returned.
+    async fn admin<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, Error> {
+        self.bounded(op, self.admin_timeout, fut).await
+    }
+}
+
+impl Cache {
+    /// Starts configuring a cache for the Redis at `url`
+    /// (`redis://[user:password@]host[:port][/db]`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), smartcache::Error> {
+    /// let cache = smartcache::Cache::builder("redis://127.0.0.1:6379/0").build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: &str) -> CacheBuilder {
+        CacheBuilder::new(url)
+    }
+
+    /// Connects with the default settings and namespace `cache`; the same as
+    /// `Cache::builder(url).build()`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), smartcache::Error> {
+    /// let cache = smartcache::Cache::connect("redis://127.0.0.1:6379/0").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder(url).build().await
+    }
+
+    /// The namespace of this cache.
+    ///
+    /// ```no_run
+    /// # fn demo(cache: smartcache::Cache) {
+    /// assert_eq!(cache.namespace().prefix(), "cache:");
+    /// # }
+    /// ```
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.ns
+    }
+
+    /// Checks that Redis answers (`PING`), with the management timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) {
+    /// if let Err(e) = cache.ping().await {
+    ///     eprintln!("Redis is not answering: {e}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut con = self.inner.con.clone();
+        self.inner
+            .admin("PING", redis::cmd("PING").query_async::<()>(&mut con))
+            .await
+    }
+
+    /// Options for one entry: dependencies, TTL; then `get_or_compute`,
+    /// `fetch` (which also says whether it was a hit) or `set`.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// use smartcache::Dep;
+    /// let fetched = cache
+    ///     .entry("top_sellers")
+    ///     .depends_on(Dep::table("orders"))
+    ///     .ttl(std::time::Duration::from_secs(3600))
+    ///     .fetch(|| async { Ok::<_, smartcache::Error>(vec![3, 1, 2]) })
+    ///     .await?;
+    /// println!("{:?} {:?}", fetched.value, fetched.status);
+    /// # Ok(()) }
+    /// ```
+    pub fn entry(&self, key: impl Into<String>) -> Entry<'_> {
+        Entry::new(self, key.into())
+    }
+
+    /// The value of `key` as JSON-decoded `T`, computing and caching it on a
+    /// miss; the entry is registered under `deps` and has the default TTL.
+    ///
+    /// Concurrent misses in this process share one computation; across
+    /// processes a fill lease lets one compute while others wait briefly. A
+    /// value computed from data read before a commit is never stored after
+    /// that commit's invalidation. If Redis is down, the value is computed
+    /// and returned uncached. Only an invalid key or dependency name, or the
+    /// computation's own error, is returned as an error.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> anyhow::Result<()> {
+    /// use smartcache::Dep;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Product { id: i64, name: String }
+    /// let p: Product = cache
+    ///     .get_or_compute("product:1", [Dep::row("products", [1])], || async {
+    ///         Ok::<_, anyhow::Error>(Product { id: 1, name: "Teapot".into() })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_compute<T, E, F, Fut>(
+        &self,
+        key: &str,
+        deps: impl IntoIterator<Item = Dep>,
+        compute: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.entry(key).deps(deps).get_or_compute(compute).await
+    }
+
+    /// [`Cache::get_or_compute`] for raw bytes, stored as they are.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let png: Vec<u8> = cache
+    ///     .get_or_compute_bytes("thumb:1", [], || async { Ok::<_, smartcache::Error>(vec![0x89, b'P']) })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_compute_bytes<E, F, Fut>(
+        &self,
+        key: &str,
+        deps: impl IntoIterator<Item = Dep>,
+        compute: F,
+    ) -> Result<Vec<u8>, E>
+    where
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        self.entry(key).deps(deps).get_or_compute_bytes(compute).await
+    }
+
+    /// The cached value of `key` as JSON-decoded `T`, if any.
+    ///
+    /// `Ok(None)` also when Redis is unavailable or the value is not valid
+    /// JSON for `T` (both logged); an error only for an invalid key.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let n: Option<u64> = cache.get("visits").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let Some(bytes) = self.get_bytes(key).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                self.inner
+                    .warn_limited(&e, "cached value is not valid JSON for the requested type; treated as a miss");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The cached bytes of `key`, if any (`Ok(None)` also when Redis is
+    /// unavailable).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let raw: Option<Vec<u8>> = cache.get_bytes("thumb:1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        check_cache_key(key)?;
+        let mut con = self.inner.con.clone();
+        let vkey = self.inner.ns.value_key(key);
+        Ok(self
+            .inner
+            .try_redis("GET", con.get::<_, Option<Vec<u8>>>(&vkey))
+            .await
+            .flatten())
+    }
+
+    /// Stores `value` (as JSON) under `key`, registered under `deps`, with
+    /// the default TTL, whatever was there. A fill of `key` in flight
+    /// elsewhere is refused afterwards, so it cannot overwrite this with
+    /// older data. Returns `Ok(false)` if Redis was unavailable (logged).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// use smartcache::Dep;
+    /// cache.set("product:1", &serde_json::json!({"id": 1}), [Dep::row("products", [1])]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        deps: impl IntoIterator<Item = Dep>,
+    ) -> Result<bool, Error> {
+        self.entry(key).deps(deps).set(value).await
+    }
+
+    /// [`Cache::set`] for raw bytes.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// cache.set_bytes("thumb:1", b"\x89PNG", []).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_bytes(
+        &self,
+        key: &str,
+        value: &[u8],
+        deps: impl IntoIterator<Item = Dep>,
+    ) -> Result<bool, Error> {
+        self.entry(key).deps(deps).set_bytes(value).await
+    }
+
+    /// Deletes exactly the entry `key` (clearing `post` leaves `posts`
+    /// alone), with its lease and dependency registrations. Returns whether a
+    /// value was there.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let was_cached = cache.clear("product:1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self, key: &str) -> Result<bool, Error> {
+        check_cache_key(key)?;
+        let mut con = self.inner.con.clone();
+        let n = self
+            .inner
+            .admin(
+                "clear",
+                invalidate(&mut con, &self.inner.ns, &[key.to_owned()], &[]),
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Deletes every entry registered as depending on `table` (`table` or
+    /// `schema.table`), on the whole table or on any of its rows. Returns how
+    /// many values were deleted. Entries that the invalidator finds through
+    /// key templates only are not known here; use [`Cache::clear`] for them.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let n = cache.clear_table("shop.products").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear_table(&self, table: &str) -> Result<u64, Error> {
+        let table = TableName::parse(table)?;
+        let ns = &self.inner.ns;
+        let mut con = self.inner.con.clone();
+        let sets = self
+            .inner
+            .admin(
+                "SCAN row dependency sets",
+                scan_matching(&mut con, &ns.match_row_dep_sets(&table)),
+            )
+            .await?;
+        let mut deps = vec![table.table_dep()];
+        deps.extend(sets.iter().filter_map(|k| ns.dep_id_of(k)));
+        self.inner
+            .admin("clear_table", invalidate(&mut con, ns, &[], &deps))
+            .await
+    }
+
+    /// Deletes everything in the namespace (values, leases, dependency
+    /// sets) with `SCAN` + `UNLINK` in batches; never `FLUSHDB`, and nothing
+    /// outside `{namespace}:` is touched. Returns how many values were
+    /// deleted.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let n = cache.clear_all().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear_all(&self) -> Result<u64, Error> {
+        let ns = &self.inner.ns;
+        let pattern = ns.match_all();
+        let mut con = self.inner.con.clone();
+        let mut cursor: u64 = 0;
+        let mut values = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .inner
+                .admin(
+                    "SCAN",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut con),
+                )
+                .await?;
+            if !batch.is_empty() {
+                let _: u64 = self
+                    .inner
+                    .admin("UNLINK", redis::cmd("UNLINK").arg(&batch).query_async(&mut con))
+                    .await?;
+                values += batch.iter().filter(|k| ns.cache_key_of(k).is_some()).count() as u64;
+            }
+            if next == 0 {
+                return Ok(values);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Lists the entries whose cache key matches the glob `pattern`
+    /// (`*` for all; Redis `MATCH` syntax), with their size and
+    /// dependencies, sorted by key. Bookkeeping keys are skipped.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// for k in cache.keys("product:*").await? {
+    ///     println!("{}\t{}\t{}", k.key, k.size_bytes, k.deps.join(","));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn keys(&self, pattern: &str) -> Result<Vec<KeyInfo>, Error> {
+        let ns = &self.inner.ns;
+        let mut con = self.inner.con.clone();
+        let found = self
+            .inner
+            .admin("SCAN", scan_matching(&mut con, &ns.match_cache_keys(pattern)))
+            .await?;
+        let keys: Vec<&str> = found.iter().filter_map(|k| ns.cache_key_of(k)).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            let described = self
+                .inner
+                .admin("describe keys", lease::describe(&mut con, ns, chunk))
+                .await?;
+            for (key, d) in chunk.iter().zip(described) {
+                if let Some((size_bytes, deps)) = d {
+                    out.push(KeyInfo {
+                        key: (*key).to_owned(),
+                        size_bytes,
+                        deps,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
