@@ -16,7 +16,7 @@ use smartcache::keys::DepId;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tracing::{debug, info, warn};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -54,6 +54,31 @@ struct Daemon {
     config: Arc<Config>,
     pg_config: tokio_postgres::Config,
     redis: ConnectionManager,
+}
+
+/// Statements of the hot path, prepared once per connection.
+struct Statements {
+    claim: Statement,
+    delete: Statement,
+    dead_letter: Statement,
+    busy: Statement,
+    idle: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            claim: client.prepare(CLAIM_SQL).await?,
+            delete: client.prepare(DELETE_SQL).await?,
+            dead_letter: client.prepare(DEAD_LETTER_SQL).await?,
+            busy: client
+                .prepare("UPDATE smartcache.wakeup SET idle = false WHERE idle")
+                .await?,
+            idle: client
+                .prepare("UPDATE smartcache.wakeup SET idle = true WHERE NOT idle")
+                .await?,
+        })
+    }
 }
 
 impl Daemon {
@@ -143,23 +168,27 @@ impl Daemon {
                 crate::sql::ident(&self.config.channel)
             ))
             .await?;
+        let st = Statements::prepare(&client).await?;
         info!(channel = %self.config.channel, "listening; draining the outbox");
         backoff.reset();
         loop {
-            let applied = self.drain(&mut client, stop).await?;
+            let applied = self.drain(&mut client, &st, stop).await?;
             if stop.is_set() {
+                // Nobody listens now: writers should not ring.
+                client.execute(&st.busy, &[]).await?;
                 return Ok(());
             }
             if applied > 0 {
-                client
-                    .execute("UPDATE smartcache.wakeup SET idle = true WHERE NOT idle", &[])
-                    .await?;
+                client.execute(&st.idle, &[]).await?;
                 // A writer that read idle = false just before may have
                 // committed without ringing: look once more.
                 continue;
             }
             tokio::select! {
-                _ = stop.wait() => return Ok(()),
+                _ = stop.wait() => {
+                    client.execute(&st.busy, &[]).await?;
+                    return Ok(());
+                }
                 _ = doorbell.notified() => {}
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
                 end = &mut driver => {
@@ -178,21 +207,20 @@ impl Daemon {
     async fn drain(
         &mut self,
         client: &mut Client,
+        st: &Statements,
         stop: &mut Shutdown,
     ) -> Result<u64, tokio_postgres::Error> {
         let mut applied = 0;
         let mut backoff = Backoff::default();
         let mut marked_busy = false;
         while !stop.is_set() {
-            match self.batch(client).await {
+            match self.batch(client, st).await {
                 Ok(0) => break,
                 Ok(n) => {
                     applied += n;
                     backoff.reset();
                     if !marked_busy {
-                        client
-                            .execute("UPDATE smartcache.wakeup SET idle = false WHERE idle", &[])
-                            .await?;
+                        client.execute(&st.busy, &[]).await?;
                         marked_busy = true;
                     }
                 }
@@ -208,11 +236,11 @@ impl Daemon {
 
     /// Claims up to `batch_size` rows, deletes their keys in Redis, then
     /// deletes the rows, all in one transaction.
-    async fn batch(&mut self, client: &mut Client) -> Result<u64, BatchError> {
+    async fn batch(&mut self, client: &mut Client, st: &Statements) -> Result<u64, BatchError> {
         let started = Instant::now();
         let tx = client.transaction().await?;
         let limit = self.config.batch_size as i64;
-        let rows = tx.query(CLAIM_SQL, &[&limit]).await?;
+        let rows = tx.query(&st.claim, &[&limit]).await?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -233,10 +261,10 @@ impl Daemon {
         let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
         for d in &dead {
             warn!(outbox_id = d.id, error = %d.error, "unreadable outbox row moved to smartcache.dead_letter");
-            tx.execute(DEAD_LETTER_SQL, &[&d.id, &d.error]).await?;
+            tx.execute(&st.dead_letter, &[&d.id, &d.error]).await?;
             ids.push(d.id);
         }
-        tx.execute(DELETE_SQL, &[&ids]).await?;
+        tx.execute(&st.delete, &[&ids]).await?;
         tx.commit().await?;
         debug!(
             events = rows.len(),

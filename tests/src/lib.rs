@@ -1,1 +1,200 @@
-//! Shared fixture for the end-to-end tests.
+//! Shared fixture for the end-to-end tests: each test gets its own
+//! database on the shared PostgreSQL server and its own Redis namespace,
+//! so tests run in parallel without seeing each other.
+
+#![allow(unreachable_pub, missing_docs)]
+
+pub mod db;
+
+use db::TestDb;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use smartcache::keys::Namespace;
+use smartcache_invalidator::catalog;
+use smartcache_invalidator::config::{Config, Overrides};
+use smartcache_invalidator::schema;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// Redis URL; `SMARTCACHE_TEST_REDIS_URL` overrides it.
+pub fn redis_url() -> String {
+    std::env::var("SMARTCACHE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+/// How long a test waits for the daemon before failing.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One test's world: a database, a namespace, connections to both.
+pub struct Env {
+    pub db: TestDb,
+    pub ns: Namespace,
+    pub pg: Client,
+    pub redis: MultiplexedConnection,
+}
+
+impl Env {
+    /// Creates the database and runs `setup_sql` in it.
+    pub async fn new(tag: &str, setup_sql: &str) -> Self {
+        let db = TestDb::create(tag).await;
+        let pg = db.connect().await;
+        pg.batch_execute(setup_sql).await.expect("setup SQL");
+        let ns = Namespace::new(&format!("t_{}", db::unique_name(tag))).unwrap();
+        let redis = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to Redis");
+        Self { db, ns, pg, redis }
+    }
+
+    /// A config for this database and namespace with `tables_toml` (the
+    /// `[[tables]]` part) and a short poll interval.
+    pub fn config(&self, tables_toml: &str) -> Config {
+        let text = format!(
+            "database_url = {:?}\nredis_url = {:?}\nnamespace = {:?}\npoll_interval_ms = 100\n{tables_toml}",
+            self.db.url,
+            redis_url(),
+            self.ns.name()
+        );
+        Config::from_toml(&text, Path::new("test.toml"), &Overrides::default())
+            .expect("valid test config")
+    }
+
+    /// What `smartcache-invalidator install` does.
+    pub async fn install(&mut self, config: &Config) {
+        let tables = catalog::resolve(&self.pg, config).await.expect("resolve");
+        let installed = schema::inspect(&self.pg).await.expect("inspect");
+        let plan = schema::plan_install(&installed, &tables, &config.channel).unwrap();
+        schema::apply(&mut self.pg, &plan).await.expect("install");
+    }
+
+    /// Starts the daemon in-process.
+    pub fn start_daemon(&self, config: &Config) -> Daemon {
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(smartcache_invalidator::run(config.clone(), async {
+            let _ = rx.await;
+        }));
+        Daemon { stop: Some(tx), task }
+    }
+
+    /// Stores `value` under each cache key.
+    pub async fn put(&mut self, keys: &[&str]) {
+        for k in keys {
+            let _: () = self
+                .redis
+                .set(self.ns.value_key(k), "cached")
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Whether the cache key has a value.
+    pub async fn cached(&mut self, key: &str) -> bool {
+        self.redis.exists(self.ns.value_key(key)).await.unwrap()
+    }
+
+    /// Waits until none of `keys` has a value; panics after [`PATIENCE`].
+    pub async fn wait_gone(&mut self, keys: &[&str]) {
+        let start = Instant::now();
+        loop {
+            let mut left = Vec::new();
+            for k in keys {
+                if self.cached(k).await {
+                    left.push(*k);
+                }
+            }
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "keys still cached after {PATIENCE:?}: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the outbox is empty.
+    pub async fn wait_drained(&self) {
+        let start = Instant::now();
+        loop {
+            let n: i64 = self
+                .pg
+                .query_one("SELECT count(*) FROM smartcache.outbox", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if n == 0 {
+                return;
+            }
+            assert!(start.elapsed() < PATIENCE, "outbox still has {n} rows");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Cache keys of the namespace that hold a value, sorted.
+    pub async fn cached_keys(&mut self) -> Vec<String> {
+        let found =
+            smartcache::invalidate::scan_matching(&mut self.redis, &self.ns.match_all())
+                .await
+                .unwrap();
+        let mut keys: Vec<String> = found
+            .iter()
+            .filter_map(|k| self.ns.cache_key_of(k).map(str::to_owned))
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let ns = self.ns.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let Ok(client) = redis::Client::open(redis_url()) else { return };
+                let Ok(mut con) = client.get_multiplexed_async_connection().await else { return };
+                if let Ok(keys) = smartcache::invalidate::scan_matching(&mut con, &ns.match_all()).await {
+                    for chunk in keys.chunks(1000) {
+                        let _: Result<(), _> = con.unlink(chunk).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A daemon running in-process.
+pub struct Daemon {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    /// Asks it to stop and waits; panics if it failed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let result = tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task did not panic");
+        result.expect("daemon exited cleanly");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
