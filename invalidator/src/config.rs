@@ -234,7 +234,7 @@ fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let line = e
             .span()
-            .map(|s| format!(", line {}", text[..s.start].lines().count().max(1)))
+            .map(|s| format!(", line {}", text[..s.start].matches('\n').count() + 1))
             .unwrap_or_default();
         ConfigError(format!(
             "config file {}{line}: {}",

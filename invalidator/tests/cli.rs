@@ -1,0 +1,273 @@
+//! The command line against a real database: install, uninstall, check,
+//! and the refusal of bad configuration with exit status 2.
+
+#[path = "../../tests/src/db.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod db;
+
+use db::TestDb;
+use std::io::Write;
+use std::process::Output;
+
+const BIN: &str = env!("CARGO_BIN_EXE_smartcache-invalidator");
+
+struct Case {
+    db: TestDb,
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    async fn new(tag: &str, setup: &str) -> Self {
+        let db = TestDb::create(tag).await;
+        db.connect().await.batch_execute(setup).await.unwrap();
+        Self {
+            db,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes a config with this database and `rest` appended (line 3 on).
+    fn config(&self, rest: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join("smartcache.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        write!(
+            f,
+            "database_url = {:?}\nnamespace = \"cli\"\n{rest}",
+            self.db.url
+        )
+        .unwrap();
+        path
+    }
+
+    fn run(&self, config: &std::path::Path, args: &[&str]) -> Output {
+        std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("SMARTCACHE_NAMESPACE")
+            .output()
+            .unwrap()
+    }
+
+    /// Our objects in the database: triggers, functions, the schema.
+    async fn footprint(&self) -> Vec<String> {
+        let c = self.db.connect().await;
+        let rows = c
+            .query(
+                "SELECT 'trigger ' || tgname || ' ' || tgrelid::regclass || ' ' || encode(tgargs, 'escape') \
+                   FROM pg_trigger WHERE tgname LIKE 'smartcache%' \
+                 UNION ALL SELECT 'function ' || p.oid::regprocedure FROM pg_proc p \
+                   JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'smartcache' \
+                 UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname = 'smartcache' \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const SETUP: &str = "CREATE TABLE products (id int PRIMARY KEY, category_id int, name text);
+                     CREATE TABLE orders (id int PRIMARY KEY, product_id int);";
+
+#[tokio::test]
+async fn install_twice_is_a_no_op() {
+    let case = Case::new("install_twice", SETUP).await;
+    let cfg = case.config(
+        "[[tables]]\nname = \"products\"\nkeys = [\"product:{id}\", \"category:{category_id}\"]\n",
+    );
+    let first = case.run(&cfg, &["install"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let after_first = case.footprint().await;
+    assert!(after_first
+        .iter()
+        .any(|l| l.starts_with("trigger smartcache_capture products")));
+    let second = case.run(&cfg, &["install"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(
+        text(&second).contains("nothing to change"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(case.footprint().await, after_first);
+    let check = case.run(&cfg, &["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+}
+
+#[tokio::test]
+async fn uninstall_leaves_nothing_behind() {
+    let case = Case::new("uninstall", SETUP).await;
+    let cfg = case.config("[[tables]]\nname = \"products\"\n[[tables]]\nname = \"orders\"\n");
+    assert_eq!(case.run(&cfg, &["install"]).status.code(), Some(0));
+    assert!(!case.footprint().await.is_empty());
+    let out = case.run(&cfg, &["uninstall"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(case.footprint().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn install_removes_triggers_of_tables_no_longer_configured() {
+    let case = Case::new("reconfigure", SETUP).await;
+    let both = case.config("[[tables]]\nname = \"products\"\n[[tables]]\nname = \"orders\"\n");
+    assert_eq!(case.run(&both, &["install"]).status.code(), Some(0));
+    let one = case.config("[[tables]]\nname = \"products\"\n");
+    let drift = case.run(&one, &["check"]);
+    assert_eq!(drift.status.code(), Some(1), "{}", text(&drift));
+    assert!(text(&drift).contains("orders"), "{}", text(&drift));
+    let out = case.run(&one, &["install"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!case.footprint().await.iter().any(|l| l.contains("orders")));
+    assert_eq!(case.run(&one, &["check"]).status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_sql_and_changes_nothing() {
+    let case = Case::new("dry_run", SETUP).await;
+    let cfg = case.config("[[tables]]\nname = \"products\"\nkeys = [\"p:{id}\"]\n");
+    let out = case.run(&cfg, &["install", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CREATE TABLE IF NOT EXISTS smartcache.outbox"));
+    assert!(stdout.contains(
+        r#"CREATE TRIGGER "smartcache_capture" AFTER INSERT OR UPDATE OR DELETE ON "public"."products""#
+    ));
+    assert_eq!(case.footprint().await, Vec::<String>::new());
+}
+
+/// Runs `install` with a bad config: exit 2, every needle in stderr,
+/// nothing installed.
+async fn refused(tag: &str, config: &str, needles: &[&str]) {
+    let case = Case::new(tag, SETUP).await;
+    let cfg = case.config(config);
+    let out = case.run(&cfg, &["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {}", text(&out));
+    }
+    assert_eq!(
+        case.footprint().await,
+        Vec::<String>::new(),
+        "nothing installed"
+    );
+}
+
+#[tokio::test]
+async fn unparsable_toml_is_refused_with_file_and_line() {
+    refused(
+        "bad_toml",
+        "\n[[tables]\nname = 1\n",
+        &["smartcache.toml", "line 4"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_setting_is_refused_naming_it() {
+    refused(
+        "unknown_key",
+        "bogus_setting = 1\n",
+        &["smartcache.toml", "line 3", "bogus_setting"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_table_is_refused_naming_it() {
+    refused(
+        "unknown_table",
+        "[[tables]]\nname = \"nope\"\n",
+        &["public.nope", "does not exist"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_template_column_is_refused_naming_it() {
+    refused(
+        "unknown_column",
+        "[[tables]]\nname = \"products\"\nkeys = [\"p:{nope}\"]\n",
+        &["public.products", "`nope`"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_template_is_refused_naming_the_table() {
+    refused(
+        "bad_template",
+        "[[tables]]\nname = \"products\"\nkeys = [\"p:{id\"]\n",
+        &["public.products", "unclosed"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sql_injection_through_a_table_name_is_only_a_missing_table() {
+    let case = Case::new("injection", SETUP).await;
+    let cfg = case.config("[[tables]]\nname = 'products\"; DROP TABLE orders; --'\n");
+    let out = case.run(&cfg, &["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    let orders: Option<String> = case
+        .db
+        .connect()
+        .await
+        .query_one("SELECT to_regclass('orders')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders.as_deref(), Some("orders"));
+}
+
+#[tokio::test]
+async fn missing_config_file_is_a_usage_error() {
+    let case = Case::new("missing_file", SETUP).await;
+    let out = case.run(&case.dir.path().join("absent.toml"), &["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("absent.toml"));
+}
+
+#[tokio::test]
+async fn unknown_command_line_flag_is_a_usage_error() {
+    let out = std::process::Command::new(BIN)
+        .args(["install", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn flags_beat_environment_which_beats_the_file() {
+    let case = Case::new("precedence", SETUP).await;
+    let cfg = case.config("");
+    // The file names this database, the environment one that does not
+    // exist: the environment must win over the file, the flag over both.
+    let bad = db::with_database(&case.db.url, "no_such_database_xyz");
+    let env_wins = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "install"])
+        .env("DATABASE_URL", &bad)
+        .output()
+        .unwrap();
+    assert_eq!(env_wins.status.code(), Some(1), "{}", text(&env_wins));
+    assert!(text(&env_wins).contains("no_such_database_xyz"));
+    let flag_wins = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "install"])
+        .args(["--database-url", &case.db.url])
+        .env("DATABASE_URL", &bad)
+        .output()
+        .unwrap();
+    assert_eq!(flag_wins.status.code(), Some(0), "{}", text(&flag_wins));
+}
