@@ -402,9 +402,16 @@ impl<'c> Entry<'c> {
                 },
                 Some(Acquired::Lease) => {
                     let lease = Lease::new(inner.clone(), &self.key, token);
-                    // On error (or cancellation) the lease is released by Drop.
-                    let value = compute().await?;
+                    // If this future is dropped mid-way, Drop releases the lease.
+                    let value = match compute().await {
+                        Ok(value) => value,
+                        Err(e) => {
+                            lease.release().await;
+                            return Err(e);
+                        }
+                    };
                     let Some(bytes) = codec.encode(self, &value) else {
+                        lease.release().await;
                         return Ok(((value, None), CacheStatus::Uncached));
                     };
                     let status = if lease.fill(&bytes, self.ttl.unwrap_or(inner.default_ttl)).await

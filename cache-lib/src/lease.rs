@@ -205,6 +205,20 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Gives the lease back without storing.
+    pub(crate) async fn release(mut self) {
+        self.armed = false;
+        let mut con = self.inner.con.clone();
+        self.inner
+            .try_redis(
+                "release",
+                release(&mut con, &self.inner.ns, &self.key, &self.token),
+            )
+            .await;
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.armed {
