@@ -131,9 +131,7 @@ fn redact(url: &str) -> String {
 /// `install`: prints the plan, applies it unless `dry_run`.
 pub async fn install(config: &Config, dry_run: bool) -> anyhow::Result<()> {
     let mut session = connect_pg(config).await?;
-    let tables = catalog::resolve(&session.client, config).await?;
-    let installed = schema::inspect(&session.client).await?;
-    let plan = schema::plan_install(&installed, &tables, &config.channel)?;
+    let plan = schema::install_plan(&session.client, config).await?;
     if dry_run {
         println!("-- smartcache-invalidator install --dry-run: nothing was changed");
         for stmt in &plan.statements {

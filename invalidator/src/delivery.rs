@@ -41,6 +41,16 @@ pub async fn run(
     daemon.run(stop).await
 }
 
+/// First wait after activity before looking at the outbox again.
+const QUICK_LOOK: Duration = Duration::from_millis(1);
+
+/// What one drain did.
+#[derive(Debug, Default)]
+struct Drained {
+    applied: u64,
+    marked_busy: bool,
+}
+
 /// Why a batch failed; decides between backing off and reconnecting.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
@@ -171,26 +181,32 @@ impl Daemon {
         let st = Statements::prepare(&client).await?;
         info!(channel = %self.config.channel, "listening; draining the outbox");
         backoff.reset();
+        // After activity, look again soon: a writer whose trigger saw
+        // `idle = false` just before we went idle committed without
+        // ringing. The wait doubles up to the poll interval.
+        let mut next_look = QUICK_LOOK;
         loop {
-            let applied = self.drain(&mut client, &st, stop).await?;
+            let drained = self.drain(&mut client, &st, stop).await?;
+            if drained.marked_busy {
+                client.execute(&st.idle, &[]).await?;
+            }
             if stop.is_set() {
                 // Nobody listens now: writers should not ring.
                 client.execute(&st.busy, &[]).await?;
                 return Ok(());
             }
-            if applied > 0 {
-                client.execute(&st.idle, &[]).await?;
-                // A writer that read idle = false just before may have
-                // committed without ringing: look once more.
-                continue;
+            if drained.applied > 0 {
+                next_look = QUICK_LOOK;
             }
+            let wait = next_look.min(self.config.poll_interval);
+            next_look = (next_look * 2).min(self.config.poll_interval);
             tokio::select! {
                 _ = stop.wait() => {
                     client.execute(&st.busy, &[]).await?;
                     return Ok(());
                 }
                 _ = doorbell.notified() => {}
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 end = &mut driver => {
                     return Err(match end {
                         Ok(Err(e)) => e.into(),
@@ -209,19 +225,23 @@ impl Daemon {
         client: &mut Client,
         st: &Statements,
         stop: &mut Shutdown,
-    ) -> Result<u64, tokio_postgres::Error> {
-        let mut applied = 0;
+    ) -> Result<Drained, tokio_postgres::Error> {
+        let mut drained = Drained::default();
         let mut backoff = Backoff::default();
-        let mut marked_busy = false;
+        let mut batches = 0;
         while !stop.is_set() {
             match self.batch(client, st).await {
                 Ok(0) => break,
                 Ok(n) => {
-                    applied += n;
+                    drained.applied += n;
+                    batches += 1;
                     backoff.reset();
-                    if !marked_busy {
+                    // Rows arrived while we worked: sustained load. Ask
+                    // writers to stop ringing so their commits don't
+                    // serialise on the notify queue.
+                    if batches == 2 {
                         client.execute(&st.busy, &[]).await?;
-                        marked_busy = true;
+                        drained.marked_busy = true;
                     }
                 }
                 Err(BatchError::Redis(e)) => {
@@ -231,7 +251,7 @@ impl Daemon {
                 Err(BatchError::Postgres(e)) => return Err(e),
             }
         }
-        Ok(applied)
+        Ok(drained)
     }
 
     /// Claims up to `batch_size` rows, deletes their keys in Redis, then

@@ -223,6 +223,13 @@ pub fn plan_install(
     Ok(plan)
 }
 
+/// Resolves the config against the database and plans the install.
+pub async fn install_plan(client: &Client, config: &crate::config::Config) -> anyhow::Result<Plan> {
+    let tables = crate::catalog::resolve(client, config).await?;
+    let installed = inspect(client).await?;
+    plan_install(&installed, &tables, &config.channel)
+}
+
 /// Runs a plan in one transaction, serialised against concurrent installs.
 pub async fn apply(client: &mut Client, plan: &Plan) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;

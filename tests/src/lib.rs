@@ -10,7 +10,6 @@ use db::TestDb;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use smartcache::keys::Namespace;
-use smartcache_invalidator::catalog;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::schema;
 use std::path::Path;
@@ -66,9 +65,7 @@ impl Env {
 
     /// What `smartcache-invalidator install` does.
     pub async fn install(&mut self, config: &Config) {
-        let tables = catalog::resolve(&self.pg, config).await.expect("resolve");
-        let installed = schema::inspect(&self.pg).await.expect("inspect");
-        let plan = schema::plan_install(&installed, &tables, &config.channel).unwrap();
+        let plan = schema::install_plan(&self.pg, config).await.expect("plan install");
         schema::apply(&mut self.pg, &plan).await.expect("install");
     }
 

@@ -1,0 +1,96 @@
+# Sourced by demo.sh and test.sh: make sure a PostgreSQL and a Redis answer.
+#
+# Uses the servers at DATABASE_URL / REDIS_URL (defaults 127.0.0.1:5432 and
+# 127.0.0.1:6379) when they answer. Otherwise starts throwaway ones from the
+# local binaries on free ports in a temp dir, says so, exports their URLs,
+# and stops them (by PID) and removes the dir on exit.
+
+: "${DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres}"
+: "${REDIS_URL:=redis://127.0.0.1:6379/0}"
+export DATABASE_URL REDIS_URL
+
+SC_TMP=""
+SC_PG_DATA=""
+SC_REDIS_PID=""
+
+sc_cleanup() {
+    if [ -n "$SC_PG_DATA" ] && [ -f "$SC_PG_DATA/postmaster.pid" ]; then
+        kill -INT "$(head -1 "$SC_PG_DATA/postmaster.pid")" 2>/dev/null || true
+    fi
+    if [ -n "$SC_REDIS_PID" ]; then
+        kill "$SC_REDIS_PID" 2>/dev/null || true
+    fi
+    if [ -n "$SC_TMP" ]; then
+        sleep 0.5
+        rm -rf "$SC_TMP"
+        echo "removed the throwaway servers"
+    fi
+}
+trap sc_cleanup EXIT
+
+sc_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+sc_pg_bin() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -n "$dir" ] || { echo "no PostgreSQL binaries under /usr/lib/postgresql: apt-get install postgresql" >&2; return 1; }
+    echo "$dir"
+}
+
+sc_pg_answers() {
+    psql "$DATABASE_URL" -Atqc 'SELECT 1' >/dev/null 2>&1
+}
+
+sc_redis_answers() {
+    [ "$(redis-cli -u "$REDIS_URL" PING 2>/dev/null)" = "PONG" ]
+}
+
+sc_tmpdir() {
+    if [ -z "$SC_TMP" ]; then
+        SC_TMP=$(mktemp -d /tmp/smartcache-servers.XXXXXX)
+        chmod 755 "$SC_TMP"
+    fi
+}
+
+sc_start_pg() {
+    local bin port run_as=()
+    bin=$(sc_pg_bin) || return 1
+    sc_tmpdir
+    port=$(sc_free_port)
+    SC_PG_DATA="$SC_TMP/pg"
+    mkdir -p "$SC_PG_DATA"
+    # PostgreSQL refuses to run as root.
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres "$SC_PG_DATA" 2>/dev/null || chown nobody "$SC_PG_DATA"
+        run_as=(runuser -u "$(stat -c %U "$SC_PG_DATA")" --)
+    fi
+    "${run_as[@]}" "$bin/initdb" -D "$SC_PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
+    "${run_as[@]}" "$bin/pg_ctl" -D "$SC_PG_DATA" -l "$SC_PG_DATA/log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $SC_PG_DATA" start >/dev/null
+    DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    echo "nothing answered at the default PostgreSQL URL: started a throwaway server on 127.0.0.1:$port"
+}
+
+sc_start_redis() {
+    local port
+    command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server" >&2; return 1; }
+    sc_tmpdir
+    port=$(sc_free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$SC_TMP" --daemonize no --logfile "$SC_TMP/redis.log" &
+    SC_REDIS_PID=$!
+    for _ in $(seq 50); do
+        redis-cli -p "$port" PING >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    REDIS_URL="redis://127.0.0.1:$port/0"
+    echo "nothing answered at the default Redis URL: started a throwaway server on 127.0.0.1:$port"
+}
+
+sc_ensure_servers() {
+    sc_pg_answers || sc_start_pg || return 1
+    sc_redis_answers || sc_start_redis || return 1
+    export DATABASE_URL REDIS_URL
+}
