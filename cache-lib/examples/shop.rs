@@ -71,7 +71,10 @@ impl IntoResponse for ShopError {
             ShopError::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
             ShopError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
             }
         };
         let body = Json(serde_json::json!({ "error": message }));
@@ -104,7 +107,10 @@ async fn product(State(shop): State<Shop>, Path(id): Path<String>) -> Result<Res
             row.map(Product::from).ok_or(ShopError::NotFound)
         })
         .await?;
-    Ok(with_x_cache(fetched.status, Json(fetched.value).into_response()))
+    Ok(with_x_cache(
+        fetched.status,
+        Json(fetched.value).into_response(),
+    ))
 }
 
 async fn products(State(shop): State<Shop>) -> Result<Response, ShopError> {
@@ -123,12 +129,18 @@ async fn products(State(shop): State<Shop>) -> Result<Response, ShopError> {
             Ok::<_, ShopError>(rows.into_iter().map(Product::from).collect::<Vec<_>>())
         })
         .await?;
-    Ok(with_x_cache(fetched.status, Json(fetched.value).into_response()))
+    Ok(with_x_cache(
+        fetched.status,
+        Json(fetched.value).into_response(),
+    ))
 }
 
 /// Creates the table if missing and seeds ids 1..=1000 if it is empty.
 async fn prepare(db: &Pool) -> anyhow::Result<()> {
-    let db = db.get().await.context("connecting to PostgreSQL (DATABASE_URL)")?;
+    let db = db
+        .get()
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")?;
     db.batch_execute(
         "CREATE TABLE IF NOT EXISTS shop_products (
              id bigint PRIMARY KEY,
@@ -169,7 +181,10 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let database_url = env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+    let database_url = env_or(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
     let redis_url = env_or("REDIS_URL", "redis://127.0.0.1:6379/0");
     let namespace = env_or("SMARTCACHE_NAMESPACE", "cache");
     let addr: SocketAddr = env_or("SHOP_ADDR", "127.0.0.1:3000")

@@ -209,7 +209,8 @@ impl<S> Layer<S> for CacheLayer {
 /// ```no_run
 /// # fn demo(cache: smartcache::Cache) {
 /// use tower::Layer;
-/// let svc = smartcache::axum::CacheLayer::new(cache).layer(axum::routing::get(|| async { "hi" }));
+/// let route: axum::routing::MethodRouter = axum::routing::get(|| async { "hi" });
+/// let svc = smartcache::axum::CacheLayer::new(cache).layer(route);
 /// # }
 /// ```
 #[derive(Clone)]

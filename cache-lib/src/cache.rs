@@ -235,10 +235,11 @@ impl CacheBuilder {
     fn settings(&self) -> Result<(redis::Client, Namespace, String), Error> {
         let ns = Namespace::new(&self.namespace)?;
         let url = redact_url(&self.url);
-        let client = redis::Client::open(self.url.as_str()).map_err(|source| Error::InvalidUrl {
-            url: url.clone(),
-            source,
-        })?;
+        let client =
+            redis::Client::open(self.url.as_str()).map_err(|source| Error::InvalidUrl {
+                url: url.clone(),
+                source,
+            })?;
         Ok((client, ns, url))
     }
 
@@ -299,7 +300,11 @@ impl CacheBuilder {
         cache.ping().await?;
         if self.clear_on_start {
             let n = cache.clear_all().await?;
-            info!(namespace = cache.inner.ns.name(), entries = n, "cleared on start");
+            info!(
+                namespace = cache.inner.ns.name(),
+                entries = n,
+                "cleared on start"
+            );
         }
         Ok(cache)
     }
@@ -315,15 +320,20 @@ impl CacheBuilder {
     /// ```
     pub async fn build_lazy(self) -> Result<Cache, Error> {
         let (client, ns, url) = self.settings()?;
-        let con = ConnectionManager::new_lazy_with_config(client, self.manager_config())
-            .map_err(|source| Error::Connect {
+        let con = ConnectionManager::new_lazy_with_config(client, self.manager_config()).map_err(
+            |source| Error::Connect {
                 url: url.clone(),
                 source,
-            })?;
+            },
+        )?;
         let cache = self.finish(con, ns, url);
         if self.clear_on_start {
             match cache.clear_all().await {
-                Ok(n) => info!(namespace = cache.inner.ns.name(), entries = n, "cleared on start"),
+                Ok(n) => info!(
+                    namespace = cache.inner.ns.name(),
+                    entries = n,
+                    "cleared on start"
+                ),
                 Err(e) => warn!(error = %crate::error_chain(&e), "clear_on_start failed"),
             }
         }
@@ -353,7 +363,10 @@ impl Inner {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => {
                 if self.breaker.is_open() && self.breaker.success() {
-                    info!(namespace = self.ns.name(), "Redis answers again; caching resumes");
+                    info!(
+                        namespace = self.ns.name(),
+                        "Redis answers again; caching resumes"
+                    );
                 }
                 Ok(v)
             }
@@ -540,7 +553,10 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, E>>,
     {
-        self.entry(key).deps(deps).get_or_compute_bytes(compute).await
+        self.entry(key)
+            .deps(deps)
+            .get_or_compute_bytes(compute)
+            .await
     }
 
     /// The cached value of `key` as JSON-decoded `T`, if any.
@@ -560,8 +576,10 @@ impl Cache {
         match serde_json::from_slice(&bytes) {
             Ok(v) => Ok(Some(v)),
             Err(e) => {
-                self.inner
-                    .warn_limited(&e, "cached value is not valid JSON for the requested type; treated as a miss");
+                self.inner.warn_limited(
+                    &e,
+                    "cached value is not valid JSON for the requested type; treated as a miss",
+                );
                 Ok(None)
             }
         }
@@ -705,9 +723,15 @@ impl Cache {
             if !batch.is_empty() {
                 let _: u64 = self
                     .inner
-                    .admin("UNLINK", redis::cmd("UNLINK").arg(&batch).query_async(&mut con))
+                    .admin(
+                        "UNLINK",
+                        redis::cmd("UNLINK").arg(&batch).query_async(&mut con),
+                    )
                     .await?;
-                values += batch.iter().filter(|k| ns.cache_key_of(k).is_some()).count() as u64;
+                values += batch
+                    .iter()
+                    .filter(|k| ns.cache_key_of(k).is_some())
+                    .count() as u64;
             }
             if next == 0 {
                 return Ok(values);
@@ -732,7 +756,10 @@ impl Cache {
         let mut con = self.inner.con.clone();
         let found = self
             .inner
-            .admin("SCAN", scan_matching(&mut con, &ns.match_cache_keys(pattern)))
+            .admin(
+                "SCAN",
+                scan_matching(&mut con, &ns.match_cache_keys(pattern)),
+            )
             .await?;
         let keys: Vec<&str> = found.iter().filter_map(|k| ns.cache_key_of(k)).collect();
         let mut out = Vec::with_capacity(keys.len());

@@ -380,7 +380,14 @@ impl<'c> Entry<'c> {
             let acquired = inner
                 .try_redis(
                     "acquire lease",
-                    lease::acquire(&mut con, &inner.ns, &self.key, &token, inner.lease_ttl, deps),
+                    lease::acquire(
+                        &mut con,
+                        &inner.ns,
+                        &self.key,
+                        &token,
+                        inner.lease_ttl,
+                        deps,
+                    ),
                 )
                 .await;
             match acquired {
@@ -414,7 +421,9 @@ impl<'c> Entry<'c> {
                         lease.release().await;
                         return Ok(((value, None), CacheStatus::Uncached));
                     };
-                    let status = if lease.fill(&bytes, self.ttl.unwrap_or(inner.default_ttl)).await
+                    let status = if lease
+                        .fill(&bytes, self.ttl.unwrap_or(inner.default_ttl))
+                        .await
                     {
                         CacheStatus::Computed
                     } else {

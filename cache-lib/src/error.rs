@@ -63,7 +63,9 @@ pub enum Error {
     },
 
     /// Redis did not answer in time.
-    #[error("Redis {op} got no answer within {timeout:?}; Redis is down, overloaded or unreachable")]
+    #[error(
+        "Redis {op} got no answer within {timeout:?}; Redis is down, overloaded or unreachable"
+    )]
     Timeout {
         /// What smartcache was doing.
         op: &'static str,

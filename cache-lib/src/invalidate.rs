@@ -100,4 +100,3 @@ where
     out.dedup();
     Ok(out)
 }
-

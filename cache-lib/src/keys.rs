@@ -532,7 +532,10 @@ mod tests {
     fn row_dep_set_pattern_escapes_glob_characters() {
         let ns = Namespace::new("cache").unwrap();
         let t = TableName::new("public", "odd*name");
-        assert_eq!(ns.match_row_dep_sets(&t), r"cache:@sc:dep:r:public.odd\*name:*");
+        assert_eq!(
+            ns.match_row_dep_sets(&t),
+            r"cache:@sc:dep:r:public.odd\*name:*"
+        );
     }
 
     #[test]

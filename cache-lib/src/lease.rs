@@ -49,7 +49,11 @@ pub(crate) fn new_token() -> String {
         RandomState::new().hash_one((std::process::id(), now))
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{:016x}.{:x}", *PROCESS, COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:016x}.{:x}",
+        *PROCESS,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn ttl_ms(ttl: Option<Duration>) -> u64 {

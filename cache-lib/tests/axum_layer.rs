@@ -33,12 +33,22 @@ async fn product(State(calls): State<Calls>, Path(id): Path<i64>) -> Response {
     if id > 100 {
         return (StatusCode::NOT_FOUND, "no such product").into_response();
     }
-    ([(header::CONTENT_TYPE, "application/json")], format!("{{\"id\":{id}}}")).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"id\":{id}}}"),
+    )
+        .into_response()
 }
 
 fn app(fx: &Fixture, calls: &Calls) -> Router {
     let layer = CacheLayer::new(fx.cache.clone()).deps_fn(|req| {
-        let id = req.uri.path().rsplit('/').next().unwrap_or_default().to_owned();
+        let id = req
+            .uri
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         vec![Dep::row("products", [id])]
     });
     Router::new()
@@ -47,12 +57,22 @@ fn app(fx: &Fixture, calls: &Calls) -> Router {
         .with_state(calls.clone())
 }
 
-async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Option<String>, Option<String>, Vec<u8>) {
+async fn send(
+    app: &Router,
+    req: Request<Body>,
+) -> (StatusCode, Option<String>, Option<String>, Vec<u8>) {
     let resp = app.clone().oneshot(req).await.unwrap();
-    let h = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let h = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
     let (x_cache, etag) = (h("x-cache"), h("etag"));
     let status = resp.status();
-    let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec();
+    let body = to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
     (status, x_cache, etag, body)
 }
 
@@ -90,7 +110,10 @@ async fn if_none_match_gets_304_without_a_body() {
     let app = app(&fx, &calls);
     let (_, _, etag, _) = send(&app, get_req("/products/3")).await;
     let etag = etag.unwrap();
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong ETag: {etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong ETag: {etag}"
+    );
     let req = Request::get("/products/3")
         .header(header::IF_NONE_MATCH, &etag)
         .body(Body::empty())
@@ -134,10 +157,16 @@ async fn row_invalidation_turns_the_next_request_into_a_miss() {
     let calls = Calls::default();
     let app = app(&fx, &calls);
     send(&app, get_req("/products/5")).await;
-    assert_eq!(send(&app, get_req("/products/5")).await.1.as_deref(), Some("hit"));
+    assert_eq!(
+        send(&app, get_req("/products/5")).await.1.as_deref(),
+        Some("hit")
+    );
     let ns = fx.cache.namespace().clone();
     let dep = TableName::parse("products").unwrap().row_dep(&["5"]);
     invalidate(&mut fx.redis, &ns, &[], &[dep]).await.unwrap();
-    assert_eq!(send(&app, get_req("/products/5")).await.1.as_deref(), Some("miss"));
+    assert_eq!(
+        send(&app, get_req("/products/5")).await.1.as_deref(),
+        Some("miss")
+    );
     fx.cleanup().await;
 }

@@ -85,7 +85,10 @@ async fn value_of_another_type_is_a_miss_and_gets_replaced() {
         .unwrap();
     assert_eq!(f.value, teapot());
     assert_eq!(f.status, CacheStatus::Computed);
-    assert_eq!(fx.cache.get::<Product>("product:1").await.unwrap(), Some(teapot()));
+    assert_eq!(
+        fx.cache.get::<Product>("product:1").await.unwrap(),
+        Some(teapot())
+    );
     fx.cleanup().await;
 }
 
@@ -125,14 +128,27 @@ async fn reserved_and_empty_keys_are_refused() {
 async fn clear_deletes_exactly_that_key() {
     let mut fx = Fixture::new("clear_exact").await;
     for key in ["post", "posts", "post:1"] {
-        fx.cache.set(key, &key, [Dep::table("posts")]).await.unwrap();
+        fx.cache
+            .set(key, &key, [Dep::table("posts")])
+            .await
+            .unwrap();
     }
     assert!(fx.cache.clear("post").await.unwrap());
-    assert!(!fx.cache.clear("post").await.unwrap(), "second clear finds nothing");
+    assert!(
+        !fx.cache.clear("post").await.unwrap(),
+        "second clear finds nothing"
+    );
     assert_eq!(fx.raw_get("post").await, None);
     assert!(fx.raw_get("posts").await.is_some());
     assert!(fx.raw_get("post:1").await.is_some());
-    let left: Vec<String> = fx.cache.keys("*").await.unwrap().into_iter().map(|k| k.key).collect();
+    let left: Vec<String> = fx
+        .cache
+        .keys("*")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
     assert_eq!(left, ["post:1", "posts"]);
     fx.cleanup().await;
 }
@@ -141,11 +157,21 @@ async fn clear_deletes_exactly_that_key() {
 async fn clear_table_deletes_table_and_row_dependents_only() {
     let mut fx = Fixture::new("clear_table").await;
     let c = &fx.cache;
-    c.set("list", &1, [Dep::table("shop.products")]).await.unwrap();
-    c.set("p1", &1, [Dep::row("shop.products", [1])]).await.unwrap();
-    c.set("p2", &2, [Dep::row("shop.products", [2])]).await.unwrap();
-    c.set("public_p1", &1, [Dep::row("products", [1])]).await.unwrap();
-    c.set("other", &1, [Dep::table("shop.products_archive")]).await.unwrap();
+    c.set("list", &1, [Dep::table("shop.products")])
+        .await
+        .unwrap();
+    c.set("p1", &1, [Dep::row("shop.products", [1])])
+        .await
+        .unwrap();
+    c.set("p2", &2, [Dep::row("shop.products", [2])])
+        .await
+        .unwrap();
+    c.set("public_p1", &1, [Dep::row("products", [1])])
+        .await
+        .unwrap();
+    c.set("other", &1, [Dep::table("shop.products_archive")])
+        .await
+        .unwrap();
     assert_eq!(c.clear_table("shop.products").await.unwrap(), 3);
     for gone in ["list", "p1", "p2"] {
         assert_eq!(fx.raw_get(gone).await, None, "{gone}");
@@ -174,7 +200,10 @@ async fn clear_all_stays_inside_the_namespace() {
     }
     assert_eq!(fx.cache.clear_all().await.unwrap(), 1200);
     assert!(fx.all_keys().await.is_empty());
-    assert!(fx.exists(&outsider).await, "a key outside the namespace survives");
+    assert!(
+        fx.exists(&outsider).await,
+        "a key outside the namespace survives"
+    );
     redis::cmd("DEL")
         .arg(&outsider)
         .query_async::<()>(&mut fx.redis)
@@ -208,19 +237,32 @@ async fn keys_lists_size_and_dependencies_without_bookkeeping() {
         )
         .await
         .unwrap();
-    fx.cache.set("product_list", &[1, 2], [Dep::table("products")]).await.unwrap();
+    fx.cache
+        .set("product_list", &[1, 2], [Dep::table("products")])
+        .await
+        .unwrap();
     let other = fx.cache.namespace().value_key("written_by_php");
     fx.raw_set(&other, "xyz").await;
 
     let all = fx.cache.keys("*").await.unwrap();
     let listed: Vec<(&str, u64, Vec<&str>)> = all
         .iter()
-        .map(|k| (k.key.as_str(), k.size_bytes, k.deps.iter().map(String::as_str).collect()))
+        .map(|k| {
+            (
+                k.key.as_str(),
+                k.size_bytes,
+                k.deps.iter().map(String::as_str).collect(),
+            )
+        })
         .collect();
     assert_eq!(
         listed,
         [
-            ("product:1", 5, vec!["r:public.products:1", "t:public.categories"]),
+            (
+                "product:1",
+                5,
+                vec!["r:public.products:1", "t:public.categories"]
+            ),
             ("product_list", 5, vec!["t:public.products"]),
             ("written_by_php", 3, vec![]),
         ]
@@ -244,7 +286,10 @@ async fn registered_dependencies_are_what_the_daemon_invalidates() {
         .set("order:7", &1, [Dep::row("shop.order_lines", ["7", "2"])])
         .await
         .unwrap();
-    fx.cache.set("orders", &1, [Dep::table("orders")]).await.unwrap();
+    fx.cache
+        .set("orders", &1, [Dep::table("orders")])
+        .await
+        .unwrap();
     let ns = fx.cache.namespace().clone();
     let lines = TableName::parse("shop.order_lines").unwrap();
     let orders = TableName::parse("orders").unwrap();
@@ -334,7 +379,11 @@ async fn fill_that_started_before_an_invalidation_is_not_stored() {
     let f = reader.await.unwrap();
     assert_eq!(f.value, "old price", "the caller still gets its value");
     assert_eq!(f.status, CacheStatus::Uncached);
-    assert_eq!(fx.raw_get("product:1").await, None, "the stale value was stored");
+    assert_eq!(
+        fx.raw_get("product:1").await,
+        None,
+        "the stale value was stored"
+    );
 
     // The next reader sees the committed data and caches it.
     let f = fx
@@ -501,6 +550,9 @@ async fn build_fails_when_redis_is_unreachable() {
         .build_lazy()
         .await
         .unwrap();
-    let v: i32 = lazy.get_or_compute("k", [], || async { Ok::<_, Error>(3) }).await.unwrap();
+    let v: i32 = lazy
+        .get_or_compute("k", [], || async { Ok::<_, Error>(3) })
+        .await
+        .unwrap();
     assert_eq!(v, 3);
 }
