@@ -21,7 +21,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis_url =
         std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let db_url = format!("{}/{DB}", admin_url.rsplit_once('/').expect("URL with /db").0);
+    let db_url = format!(
+        "{}/{DB}",
+        admin_url.rsplit_once('/').expect("URL with /db").0
+    );
 
     let admin = connect(&admin_url).await?;
     admin
@@ -122,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
     let _: () = redis.set("demo:product:7", "v").await?;
     pg.batch_execute("UPDATE demo_products SET name = 'renamed' WHERE id = 7")
         .await?;
-    println!("8. daemon stopped; product 7 changed meanwhile (the change waits in smartcache.outbox)");
+    println!(
+        "8. daemon stopped; product 7 changed meanwhile (the change waits in smartcache.outbox)"
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let restarted = Instant::now();
     let daemon = tokio::spawn(smartcache_invalidator::run(config.clone(), async {

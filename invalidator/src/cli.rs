@@ -171,7 +171,10 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     let session = connect_pg(config).await?;
     println!("postgresql: connected");
     let tables = catalog::resolve(&session.client, config).await?;
-    println!("tables: {} configured, all exist with their columns", tables.len());
+    println!(
+        "tables: {} configured, all exist with their columns",
+        tables.len()
+    );
     let mut problems = Vec::new();
     match redis_info(config).await {
         Ok(policy) => {

@@ -170,9 +170,7 @@ impl Config {
                 .iter()
                 .map(|k| {
                     Template::parse(k).map_err(|e| {
-                        ConfigError(format!(
-                            "{origin}: table `{name}`: key template {k:?}: {e}"
-                        ))
+                        ConfigError(format!("{origin}: table `{name}`: key template {k:?}: {e}"))
                     })
                 })
                 .collect::<Result<_, _>>()?;
@@ -288,7 +286,9 @@ impl Template {
                             Some('}') => break,
                             Some('{') => return Err("`{` inside a `{column}` placeholder".into()),
                             Some(c) => col.push(c),
-                            None => return Err("unclosed `{`; write `{{` for a literal brace".into()),
+                            None => {
+                                return Err("unclosed `{`; write `{{` for a literal brace".into())
+                            }
                         }
                     }
                     if col.is_empty() {
@@ -399,7 +399,10 @@ mod tests {
     #[test]
     fn unknown_key_names_file_and_line() {
         let e = load("namespace = \"a\"\n\nbogus = 1\n").unwrap_err().0;
-        assert!(e.contains("x.toml") && e.contains("line 3") && e.contains("bogus"), "{e}");
+        assert!(
+            e.contains("x.toml") && e.contains("line 3") && e.contains("bogus"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -407,7 +410,10 @@ mod tests {
         let e = load("[[tables]]\nname = \"products\"\nkeys = [\"p:{id\"]\n")
             .unwrap_err()
             .0;
-        assert!(e.contains("public.products") && e.contains("unclosed"), "{e}");
+        assert!(
+            e.contains("public.products") && e.contains("unclosed"),
+            "{e}"
+        );
     }
 
     #[test]

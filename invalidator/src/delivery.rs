@@ -96,9 +96,8 @@ impl Daemon {
         let pg_config = pg::config(&config.database_url).map_err(|e| {
             ConfigError(format!("{}: setting `database_url`: {e}", config.origin()))
         })?;
-        let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| {
-            ConfigError(format!("{}: setting `redis_url`: {e}", config.origin()))
-        })?;
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(30)))

@@ -96,10 +96,17 @@ mod tests {
         let mut w = Work::default();
         w.add(
             &config(),
-            &event(Op::Update, Some(image("1", Some("5"))), Some(image("1", Some("6")))),
+            &event(
+                Op::Update,
+                Some(image("1", Some("5"))),
+                Some(image("1", Some("6"))),
+            ),
         );
         let keys: Vec<_> = w.keys.iter().map(String::as_str).collect();
-        assert_eq!(keys, ["category:5", "category:6", "product:1", "product_list"]);
+        assert_eq!(
+            keys,
+            ["category:5", "category:6", "product:1", "product_list"]
+        );
         assert_eq!(w.deps.len(), 2, "table dep and one row dep: {:?}", w.deps);
     }
 

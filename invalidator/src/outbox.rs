@@ -194,8 +194,12 @@ mod tests {
     #[test]
     fn garbled_rows_are_refused_with_a_reason() {
         assert!(p("X", None, None).unwrap_err().contains("unknown op"));
-        assert!(p("U", None, Some("{}")).unwrap_err().contains("without old"));
-        assert!(p("I", None, Some("[1]")).unwrap_err().contains("not a JSON object"));
+        assert!(p("U", None, Some("{}"))
+            .unwrap_err()
+            .contains("without old"));
+        assert!(p("I", None, Some("[1]"))
+            .unwrap_err()
+            .contains("not a JSON object"));
         assert!(p("I", None, Some("{")).unwrap_err().contains("not JSON"));
     }
 }

@@ -21,7 +21,7 @@ pub const CAPTURE_TRIGGER: &str = "smartcache_capture";
 pub const TRUNCATE_TRIGGER: &str = "smartcache_truncate";
 
 /// Key under which concurrent installs serialise.
-const INSTALL_LOCK: i64 = 0x736d_6361_6368_65; // "smcache"
+const INSTALL_LOCK: i64 = 0x0073_6d63_6163_6865; // "smcache"
 
 /// The statements `install` would run, in order.
 #[derive(Debug, Default)]
@@ -57,10 +57,7 @@ pub struct Installed {
 /// Reads the installed state.
 pub async fn inspect(client: &Client) -> Result<Installed, tokio_postgres::Error> {
     let has_version: bool = client
-        .query_one(
-            "SELECT to_regclass('smartcache.version') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('smartcache.version') IS NOT NULL", &[])
         .await?
         .get(0);
     let mut installed = Installed::default();
@@ -108,7 +105,10 @@ pub async fn inspect(client: &Client) -> Result<Installed, tokio_postgres::Error
 pub fn desired_triggers(tables: &[ResolvedTable]) -> Vec<InstalledTrigger> {
     let mut out = Vec::new();
     for t in tables {
-        let table = (t.spec.name.schema().to_owned(), t.spec.name.name().to_owned());
+        let table = (
+            t.spec.name.schema().to_owned(),
+            t.spec.name.name().to_owned(),
+        );
         out.push(InstalledTrigger {
             table: table.clone(),
             name: CAPTURE_TRIGGER.to_owned(),
@@ -168,8 +168,9 @@ pub fn plan_install(
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
         plan.statements.push((*sql).to_owned());
-        plan.summary
-            .push(format!("apply schema version {version} (sql/00{version}_*.sql)"));
+        plan.summary.push(format!(
+            "apply schema version {version} (sql/00{version}_*.sql)"
+        ));
     }
     if from < SCHEMA_VERSION {
         plan.statements.push(format!(
@@ -183,7 +184,8 @@ pub fn plan_install(
              ON CONFLICT (singleton) DO UPDATE SET channel = EXCLUDED.channel",
             literal(channel)
         ));
-        plan.summary.push(format!("set doorbell channel to {channel:?}"));
+        plan.summary
+            .push(format!("set doorbell channel to {channel:?}"));
     }
     let have: BTreeMap<_, _> = installed
         .triggers
@@ -291,7 +293,10 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], channel: &str) -> 
             .iter()
             .find(|h| h.table == w.table && h.name == w.name)
         {
-            None => out.push(format!("trigger {} missing on {}.{}", w.name, w.table.0, w.table.1)),
+            None => out.push(format!(
+                "trigger {} missing on {}.{}",
+                w.name, w.table.0, w.table.1
+            )),
             Some(h) if h.args != w.args => out.push(format!(
                 "trigger {} on {}.{} captures {:?}, config needs {:?}",
                 w.name, w.table.0, w.table.1, h.args, w.args

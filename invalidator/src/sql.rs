@@ -22,7 +22,10 @@ mod tests {
 
     #[test]
     fn identifiers_cannot_break_out() {
-        assert_eq!(ident(r#"a"; DROP TABLE x; --"#), r#""a""; DROP TABLE x; --""#);
+        assert_eq!(
+            ident(r#"a"; DROP TABLE x; --"#),
+            r#""a""; DROP TABLE x; --""#
+        );
     }
 
     #[test]

@@ -65,7 +65,9 @@ impl Env {
 
     /// What `smartcache-invalidator install` does.
     pub async fn install(&mut self, config: &Config) {
-        let plan = schema::install_plan(&self.pg, config).await.expect("plan install");
+        let plan = schema::install_plan(&self.pg, config)
+            .await
+            .expect("plan install");
         schema::apply(&mut self.pg, &plan).await.expect("install");
     }
 
@@ -75,7 +77,10 @@ impl Env {
         let task = tokio::spawn(smartcache_invalidator::run(config.clone(), async {
             let _ = rx.await;
         }));
-        Daemon { stop: Some(tx), task }
+        Daemon {
+            stop: Some(tx),
+            task,
+        }
     }
 
     /// Stores `value` under each cache key.
@@ -135,10 +140,9 @@ impl Env {
 
     /// Cache keys of the namespace that hold a value, sorted.
     pub async fn cached_keys(&mut self) -> Vec<String> {
-        let found =
-            smartcache::invalidate::scan_matching(&mut self.redis, &self.ns.match_all())
-                .await
-                .unwrap();
+        let found = smartcache::invalidate::scan_matching(&mut self.redis, &self.ns.match_all())
+            .await
+            .unwrap();
         let mut keys: Vec<String> = found
             .iter()
             .filter_map(|k| self.ns.cache_key_of(k).map(str::to_owned))
@@ -157,9 +161,15 @@ impl Drop for Env {
                 .build()
                 .expect("runtime");
             rt.block_on(async {
-                let Ok(client) = redis::Client::open(redis_url()) else { return };
-                let Ok(mut con) = client.get_multiplexed_async_connection().await else { return };
-                if let Ok(keys) = smartcache::invalidate::scan_matching(&mut con, &ns.match_all()).await {
+                let Ok(client) = redis::Client::open(redis_url()) else {
+                    return;
+                };
+                let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+                    return;
+                };
+                if let Ok(keys) =
+                    smartcache::invalidate::scan_matching(&mut con, &ns.match_all()).await
+                {
                     for chunk in keys.chunks(1000) {
                         let _: Result<(), _> = con.unlink(chunk).await;
                     }

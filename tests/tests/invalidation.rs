@@ -35,14 +35,21 @@ async fn barrier(env: &mut Env) {
 #[tokio::test]
 async fn insert_invalidates_keys_of_the_new_row() {
     let (mut env, config) = setup("insert").await;
-    env.put(&["product:101", "product_list", "category:7", "category:8", "product:1"])
-        .await;
+    env.put(&[
+        "product:101",
+        "product_list",
+        "category:7",
+        "category:8",
+        "product:1",
+    ])
+    .await;
     let daemon = env.start_daemon(&config);
     env.pg
         .batch_execute("INSERT INTO products VALUES (101, 'new', 7)")
         .await
         .unwrap();
-    env.wait_gone(&["product:101", "product_list", "category:7"]).await;
+    env.wait_gone(&["product:101", "product_list", "category:7"])
+        .await;
     assert!(env.cached("category:8").await);
     assert!(env.cached("product:1").await);
     daemon.stop().await;
@@ -52,14 +59,21 @@ async fn insert_invalidates_keys_of_the_new_row() {
 async fn update_invalidates_old_and_new_category() {
     let (mut env, config) = setup("update").await;
     // product 3 is in category 3
-    env.put(&["product:3", "category:3", "category:4", "category:5", "product:4"])
-        .await;
+    env.put(&[
+        "product:3",
+        "category:3",
+        "category:4",
+        "category:5",
+        "product:4",
+    ])
+    .await;
     let daemon = env.start_daemon(&config);
     env.pg
         .batch_execute("UPDATE products SET category_id = 4 WHERE id = 3")
         .await
         .unwrap();
-    env.wait_gone(&["product:3", "category:3", "category:4"]).await;
+    env.wait_gone(&["product:3", "category:3", "category:4"])
+        .await;
     assert!(env.cached("category:5").await);
     assert!(env.cached("product:4").await);
     daemon.stop().await;
@@ -84,8 +98,15 @@ async fn delete_invalidates_keys_of_the_old_row() {
 #[tokio::test]
 async fn truncate_invalidates_every_key_the_templates_can_produce() {
     let (mut env, config) = setup("truncate").await;
-    env.put(&["product:1", "product:999", "category:3", "product_list", "orders:1", "productlist"])
-        .await;
+    env.put(&[
+        "product:1",
+        "product:999",
+        "category:3",
+        "product_list",
+        "orders:1",
+        "productlist",
+    ])
+    .await;
     let daemon = env.start_daemon(&config);
     env.pg.batch_execute("TRUNCATE products").await.unwrap();
     env.wait_gone(&["product:1", "product:999", "category:3", "product_list"])
@@ -127,7 +148,10 @@ async fn update_of_10000_rows_in_one_statement_clears_all_10000_keys() {
     env.put(&key_refs).await;
     env.put(&["unrelated"]).await;
     let daemon = env.start_daemon(&config);
-    env.pg.batch_execute("UPDATE items SET v = 1").await.unwrap();
+    env.pg
+        .batch_execute("UPDATE items SET v = 1")
+        .await
+        .unwrap();
     env.wait_drained().await;
     assert_eq!(env.cached_keys().await, ["unrelated"]);
     daemon.stop().await;
@@ -138,8 +162,14 @@ async fn changes_made_while_the_daemon_is_stopped_are_applied_when_it_starts() {
     let (mut env, config) = setup("offline").await;
     let daemon = env.start_daemon(&config);
     daemon.stop().await;
-    env.put(&["product:8", "product:9", "category:8", "category:9", "product:10"])
-        .await;
+    env.put(&[
+        "product:8",
+        "product:9",
+        "category:8",
+        "category:9",
+        "product:10",
+    ])
+    .await;
     env.pg
         .batch_execute(
             "UPDATE products SET name = 'x' WHERE id = 8; DELETE FROM products WHERE id = 9;",
@@ -148,7 +178,10 @@ async fn changes_made_while_the_daemon_is_stopped_are_applied_when_it_starts() {
         .unwrap();
     // Nothing listens: the change waits in the outbox.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(env.cached("product:8").await, "nothing runs, nothing is deleted");
+    assert!(
+        env.cached("product:8").await,
+        "nothing runs, nothing is deleted"
+    );
     let daemon = env.start_daemon(&config);
     env.wait_gone(&["product:8", "product:9", "category:8", "category:9"])
         .await;
@@ -183,15 +216,16 @@ async fn library_dependency_sets_are_invalidated_by_row_and_table() {
         .unwrap();
     env.wait_gone(&["page:a", "summary"]).await;
     env.wait_drained().await;
-    assert!(env.cached("page:b").await, "another row's dependents survive");
+    assert!(
+        env.cached("page:b").await,
+        "another row's dependents survive"
+    );
     assert!(env.cached("page:c").await);
     // Bookkeeping of the deleted entries is gone too.
-    let leftover: bool = redis::AsyncCommands::exists(
-        &mut env.redis,
-        env.ns.entry_deps_key("page:a"),
-    )
-    .await
-    .unwrap();
+    let leftover: bool =
+        redis::AsyncCommands::exists(&mut env.redis, env.ns.entry_deps_key("page:a"))
+            .await
+            .unwrap();
     assert!(!leftover, "dependency registration of page:a left behind");
     daemon.stop().await;
 }
@@ -213,7 +247,10 @@ async fn garbled_outbox_row_is_moved_aside_and_does_not_block_the_queue() {
     env.wait_drained().await;
     let row = env
         .pg
-        .query_one("SELECT event->>'op', error FROM smartcache.dead_letter", &[])
+        .query_one(
+            "SELECT event->>'op', error FROM smartcache.dead_letter",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "X");
@@ -241,6 +278,9 @@ async fn quoted_table_and_column_names_work() {
         .await
         .unwrap();
     env.wait_gone(&["odd:1", "part:a*b"]).await;
-    assert!(env.cached("part:ab").await, "a glob character in a value is not a glob");
+    assert!(
+        env.cached("part:ab").await,
+        "a glob character in a value is not a glob"
+    );
     daemon.stop().await;
 }
