@@ -158,6 +158,32 @@ impl Namespace {
         format!("{}{pattern}", glob_escape(&self.prefix))
     }
 
+    /// `SCAN MATCH` pattern for the fill leases of the cache keys matching
+    /// the glob `pattern`: deleting those defeats in-flight fills of keys
+    /// that have no value yet (e.g. for a TRUNCATE through a key template).
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.match_leases("product:*"), "cache:@sc:lease:product:*");
+    /// ```
+    pub fn match_leases(&self, pattern: &str) -> String {
+        format!(
+            "{}{pattern}",
+            glob_escape(&format!("{}{LEASE}", self.prefix))
+        )
+    }
+
+    /// The cache key `K` of a lease key `{ns}:@sc:lease:K`.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.cache_key_of_lease(&ns.lease_key("product:1")), Some("product:1"));
+    /// assert_eq!(ns.cache_key_of_lease("cache:product:1"), None);
+    /// ```
+    pub fn cache_key_of_lease<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
+        redis_key.strip_prefix(&self.prefix)?.strip_prefix(LEASE)
+    }
+
     /// The dependency id of a Redis dependency-set key built by
     /// [`Namespace::dep_set_key`].
     pub fn dep_id_of(&self, redis_key: &str) -> Option<DepId> {

@@ -556,3 +556,71 @@ async fn build_fails_when_redis_is_unreachable() {
         .unwrap();
     assert_eq!(v, 3);
 }
+
+#[tokio::test]
+async fn cancelled_fill_gives_its_lease_back() {
+    let mut fx = Fixture::new("cancelled").await;
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let cache = fx.cache.clone();
+    let task = tokio::spawn(async move {
+        cache
+            .get_or_compute("k", [Dep::table("t")], || async move {
+                started_tx.send(()).unwrap();
+                std::future::pending::<Result<i32, Error>>().await
+            })
+            .await
+    });
+    started_rx.await.unwrap();
+    let lease = fx.cache.namespace().lease_key("k");
+    assert!(fx.exists(&lease).await);
+    task.abort();
+    let _ = task.await;
+    for _ in 0..50 {
+        if fx.all_keys().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(fx.all_keys().await.is_empty(), "{:?}", fx.all_keys().await);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn waiter_refills_when_the_holders_fill_was_refused() {
+    let mut fx = Fixture::new("refill").await;
+    let other = fx.other_process().await;
+    let (read_tx, read_rx) = oneshot::channel::<()>();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let cache = fx.cache.clone();
+    let holder = tokio::spawn(async move {
+        cache
+            .entry("p")
+            .depends_on(Dep::row("products", [9]))
+            .fetch(|| async move {
+                read_tx.send(()).unwrap();
+                go_rx.await.unwrap();
+                Ok::<_, Error>("old".to_string())
+            })
+            .await
+            .unwrap()
+    });
+    read_rx.await.unwrap();
+    let waiter = tokio::spawn(async move {
+        other
+            .entry("p")
+            .depends_on(Dep::row("products", [9]))
+            .fetch(|| async { Ok::<_, Error>("new".to_string()) })
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // the waiter is polling
+    let ns = fx.cache.namespace().clone();
+    let dep = TableName::parse("products").unwrap().row_dep(&["9"]);
+    invalidate(&mut fx.redis, &ns, &[], &[dep]).await.unwrap();
+    let w = waiter.await.unwrap();
+    assert_eq!((w.value.as_str(), w.status), ("new", CacheStatus::Computed));
+    go_tx.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().status, CacheStatus::Uncached);
+    assert_eq!(fx.raw_get("p").await.unwrap(), b"\"new\"");
+    fx.cleanup().await;
+}
