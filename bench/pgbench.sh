@@ -22,7 +22,7 @@ BIN=target/release/smartcache-invalidator
 cargo build --quiet --release -p smartcache-invalidator
 
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-pgbench -q -i -s 1 "$URL" >/dev/null 2>&1
+pgbench -q -i -s 1 "$URL" >/dev/null
 CFG=$(mktemp /tmp/sc-pgbench.XXXXXX.toml)
 cat > "$CFG" <<TOML
 database_url = "$URL"

@@ -2,7 +2,10 @@
 
 use crate::catalog;
 use crate::config::{Config, ConfigError, Overrides};
+use crate::mapping::truncation_targets;
 use crate::schema;
+use smartcache::invalidate::invalidate;
+use smartcache::keys::TableName;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -226,14 +229,66 @@ async fn redis_info(config: &Config) -> anyhow::Result<String> {
     Ok(policy)
 }
 
-/// `keys [PATTERN]`.
-pub async fn keys(_config: &Config, _pattern: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`keys` is not implemented yet")
+async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {
+    smartcache::Cache::builder(&config.redis_url)
+        .namespace(config.namespace.name())
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// `clear …`.
-pub async fn clear(_config: &Config, _args: &ClearArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`clear` is not implemented yet")
+/// `keys [PATTERN]`: one line per entry, size and dependencies.
+pub async fn keys(config: &Config, pattern: &str) -> anyhow::Result<()> {
+    let cache = cache(config).await?;
+    let entries = cache.keys(pattern).await?;
+    let width = entries.iter().map(|e| e.key.len()).max().unwrap_or(3).max(3);
+    println!("{:<width$}  {:>10}  DEPENDENCIES", "KEY", "BYTES");
+    for e in &entries {
+        let deps = if e.deps.is_empty() {
+            "-".to_owned()
+        } else {
+            e.deps.join(" ")
+        };
+        println!("{:<width$}  {:>10}  {deps}", e.key, e.size_bytes);
+    }
+    let total: u64 = entries.iter().map(|e| e.size_bytes).sum();
+    println!(
+        "{} keys, {total} bytes in namespace {}",
+        entries.len(),
+        config.namespace.name()
+    );
+    Ok(())
+}
+
+/// `clear KEY...`, `clear --table T`, `clear --all`.
+pub async fn clear(config: &Config, args: &ClearArgs) -> anyhow::Result<()> {
+    let cache = cache(config).await?;
+    let ns = config.namespace.name();
+    if args.all {
+        let n = cache.clear_all().await?;
+        println!("cleared {n} entries in namespace {ns}");
+    } else if let Some(table) = &args.table {
+        let table = TableName::parse(table).map_err(|e| ConfigError(e.to_string()))?;
+        // Exactly what a TRUNCATE of the table invalidates.
+        let mut con = redis::Client::open(config.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let (keys, mut deps) = truncation_targets(&mut con, config, &table).await?;
+        deps.push(table.table_dep());
+        let n = invalidate(&mut con, &config.namespace, &keys, &deps).await?;
+        println!("cleared {n} entries of table {table} in namespace {ns}");
+    } else {
+        let mut n = 0;
+        for key in &args.keys {
+            if cache.clear(key).await? {
+                n += 1;
+            } else {
+                println!("not cached: {key}");
+            }
+        }
+        println!("cleared {n} of {} keys in namespace {ns}", args.keys.len());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 
 use crate::catalog;
 use crate::config::{Config, ConfigError};
-use crate::mapping::Work;
+use crate::mapping::{truncation_targets, Work};
 use crate::outbox::{self, CLAIM_SQL, DEAD_LETTER_SQL, DELETE_SQL};
 use crate::pg;
 use crate::schema;
 use crate::shutdown::Shutdown;
 use redis::aio::ConnectionManager;
-use smartcache::invalidate::{invalidate, scan_matching};
+use smartcache::invalidate::invalidate;
 use smartcache::keys::DepId;
 use std::future::Future;
 use std::sync::Arc;
@@ -298,24 +298,12 @@ impl Daemon {
 
     /// Turns truncations into the keys and dependency sets that exist now.
     async fn expand(&mut self, work: Work) -> Result<(Vec<String>, Vec<DepId>), BatchError> {
-        let ns = &self.config.namespace;
         let mut keys: Vec<String> = work.keys.into_iter().collect();
         let mut deps: Vec<DepId> = work.deps.into_iter().collect();
         for table in &work.truncated {
-            if let Some(spec) = self.config.table(table) {
-                for template in &spec.keys {
-                    let pattern = ns.match_cache_keys(&template.scan_pattern());
-                    for redis_key in scan_matching(&mut self.redis, &pattern).await? {
-                        if let Some(k) = ns.cache_key_of(&redis_key) {
-                            keys.push(k.to_owned());
-                        }
-                    }
-                }
-            }
-            let pattern = ns.match_row_dep_sets(table);
-            for redis_key in scan_matching(&mut self.redis, &pattern).await? {
-                deps.extend(ns.dep_id_of(&redis_key));
-            }
+            let (k, d) = truncation_targets(&mut self.redis, &self.config, table).await?;
+            keys.extend(k);
+            deps.extend(d);
         }
         Ok((keys, deps))
     }

@@ -2,6 +2,9 @@
 
 use crate::config::Config;
 use crate::outbox::{Event, Op, RowImage};
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
+use smartcache::invalidate::scan_matching;
 use smartcache::keys::{DepId, TableName};
 use std::collections::BTreeSet;
 
@@ -53,6 +56,37 @@ impl Work {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.deps.is_empty() && self.truncated.is_empty()
     }
+}
+
+/// What a TRUNCATE of `table` invalidates, as it exists in Redis now:
+/// every cache key its templates can produce (values, and leases of fills
+/// in flight, which must be defeated too) and every row dependency set of
+/// the table (the table's own set is in the event already).
+pub async fn truncation_targets<C: ConnectionLike + Send>(
+    con: &mut C,
+    config: &Config,
+    table: &TableName,
+) -> RedisResult<(Vec<String>, Vec<DepId>)> {
+    let ns = &config.namespace;
+    let mut keys = Vec::new();
+    if let Some(spec) = config.table(table) {
+        for template in &spec.keys {
+            let pattern = ns.match_cache_keys(&template.scan_pattern());
+            for redis_key in scan_matching(con, &pattern).await? {
+                keys.extend(ns.cache_key_of(&redis_key).map(str::to_owned));
+            }
+            let leases = ns.match_leases(&template.scan_pattern());
+            for redis_key in scan_matching(con, &leases).await? {
+                keys.extend(ns.cache_key_of_lease(&redis_key).map(str::to_owned));
+            }
+        }
+    }
+    let deps = scan_matching(con, &ns.match_row_dep_sets(table))
+        .await?
+        .iter()
+        .filter_map(|k| ns.dep_id_of(k))
+        .collect();
+    Ok((keys, deps))
 }
 
 #[cfg(test)]
