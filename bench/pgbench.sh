@@ -19,6 +19,7 @@ DB=sc_pgbench
 ADMIN="$DATABASE_URL"
 URL="${ADMIN%/*}/$DB"
 BIN=target/release/smartcache-invalidator
+sc() { "$BIN" --config "$CFG" --database-url "$URL" --redis-url "$REDIS_URL" "$@"; }
 cargo build --quiet --release -p smartcache-invalidator
 
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
@@ -52,10 +53,10 @@ declare -A R
 CLIENTS=(1 2 4 8)
 for c in "${CLIENTS[@]}"; do R[none,$c]=$(tps "$c"); done
 
-$BIN --config "$CFG" install >/dev/null
+sc install >/dev/null
 for mode in daemon outbox ring; do
     case $mode in
-        daemon) $BIN --config "$CFG" run 2>/dev/null & DAEMON=$! ; sleep 1 ;;
+        daemon) "$BIN" --config "$CFG" --database-url "$URL" --redis-url "$REDIS_URL" run 2>/dev/null & DAEMON=$! ; sleep 1 ;;
         outbox) psql "$URL" -qc "UPDATE smartcache.wakeup SET idle = false" ;;
         ring)   psql "$URL" -qc "UPDATE smartcache.wakeup SET idle = true" ;;
     esac

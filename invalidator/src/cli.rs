@@ -4,9 +4,9 @@ use crate::catalog;
 use crate::config::{Config, ConfigError, Overrides};
 use crate::mapping::truncation_targets;
 use crate::schema;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use smartcache::invalidate::invalidate;
 use smartcache::keys::TableName;
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Deletes exactly the Redis keys that committed PostgreSQL changes affect.
@@ -241,7 +241,12 @@ async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {
 pub async fn keys(config: &Config, pattern: &str) -> anyhow::Result<()> {
     let cache = cache(config).await?;
     let entries = cache.keys(pattern).await?;
-    let width = entries.iter().map(|e| e.key.len()).max().unwrap_or(3).max(3);
+    let width = entries
+        .iter()
+        .map(|e| e.key.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
     println!("{:<width$}  {:>10}  DEPENDENCIES", "KEY", "BYTES");
     for e in &entries {
         let deps = if e.deps.is_empty() {

@@ -11,6 +11,11 @@ use std::process::Output;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smartcache-invalidator");
 
+fn redis_url() -> String {
+    std::env::var("SMARTCACHE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
 struct Case {
     db: TestDb,
     dir: tempfile::TempDir,
@@ -26,14 +31,16 @@ impl Case {
         }
     }
 
-    /// Writes a config with this database and `rest` appended (line 3 on).
+    /// Writes a config with this database and `rest` appended (line 4 on).
     fn config(&self, rest: &str) -> std::path::PathBuf {
         let path = self.dir.path().join("smartcache.toml");
         let mut f = std::fs::File::create(&path).unwrap();
         write!(
             f,
-            "database_url = {:?}\nnamespace = \"cli\"\n{rest}",
-            self.db.url
+            "database_url = {:?}\nredis_url = {:?}\nnamespace = {:?}\n{rest}",
+            self.db.url,
+            redis_url(),
+            self.db.name
         )
         .unwrap();
         path
@@ -146,6 +153,73 @@ async fn dry_run_prints_the_sql_and_changes_nothing() {
     assert_eq!(case.footprint().await, Vec::<String>::new());
 }
 
+#[tokio::test]
+async fn keys_lists_and_clear_deletes_inside_the_namespace_only() {
+    let case = Case::new("keys_clear", SETUP).await;
+    let cfg = case.config("[[tables]]\nname = \"products\"\nkeys = [\"product:{id}\"]\n");
+    let ns = case.db.name.clone();
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let outside = format!("{ns}x:post");
+    let _: () = redis::pipe()
+        .set(format!("{ns}:post"), "12345")
+        .set(format!("{ns}:posts"), "1")
+        .set(format!("{ns}:product:1"), "1")
+        .set(format!("{ns}:product:2"), "1")
+        .set(format!("{ns}:other"), "1")
+        .set(&outside, "1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let exists = |key: String| {
+        let mut redis = redis.clone();
+        async move {
+            redis::AsyncCommands::exists::<_, bool>(&mut redis, key)
+                .await
+                .unwrap()
+        }
+    };
+
+    let out = case.run(&cfg, &["keys", "post*"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("post ") && l.contains(" 5 ")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 keys"), "{stdout}");
+
+    let out = case.run(&cfg, &["clear", "post"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!exists(format!("{ns}:post")).await);
+    assert!(
+        exists(format!("{ns}:posts")).await,
+        "clearing post must not touch posts"
+    );
+
+    let out = case.run(&cfg, &["clear", "--table", "products"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!exists(format!("{ns}:product:1")).await);
+    assert!(!exists(format!("{ns}:product:2")).await);
+    assert!(exists(format!("{ns}:other")).await);
+
+    let out = case.run(&cfg, &["clear", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!exists(format!("{ns}:other")).await);
+    assert!(
+        exists(outside.clone()).await,
+        "a key outside the namespace survives"
+    );
+    let _: () = redis::AsyncCommands::del(&mut redis, &outside)
+        .await
+        .unwrap();
+}
+
 /// Runs `install` with a bad config: exit 2, every needle in stderr,
 /// nothing installed.
 async fn refused(tag: &str, config: &str, needles: &[&str]) {
@@ -169,7 +243,7 @@ async fn unparsable_toml_is_refused_with_file_and_line() {
     refused(
         "bad_toml",
         "\n[[tables]\nname = 1\n",
-        &["smartcache.toml", "line 4"],
+        &["smartcache.toml", "line 5"],
     )
     .await;
 }
@@ -179,7 +253,7 @@ async fn unknown_setting_is_refused_naming_it() {
     refused(
         "unknown_key",
         "bogus_setting = 1\n",
-        &["smartcache.toml", "line 3", "bogus_setting"],
+        &["smartcache.toml", "line 4", "bogus_setting"],
     )
     .await;
 }
