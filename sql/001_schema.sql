@@ -1,9 +1,9 @@
 -- smartcache schema, version 1.
 --
 -- Applied by `smartcache-invalidator install` inside one transaction; every
--- statement is idempotent. The per-table triggers are not here: install
--- generates them from the config (see `smartcache-invalidator install
--- --dry-run` for the exact statements).
+-- statement is idempotent. The per-table functions and triggers are not
+-- here: install generates them from the config (see below, and
+-- `smartcache-invalidator install --dry-run` for the exact statements).
 --
 -- Design: the outbox is the truth, NOTIFY is only a doorbell.
 --   * A row trigger writes what changed (table, operation, primary key and
@@ -61,42 +61,24 @@ CREATE TABLE IF NOT EXISTS smartcache.dead_letter (
     moved_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Row trigger. Arguments: the number n of primary-key columns, the n key
--- column names, then the other template columns. Values are captured as
--- text the way jsonb renders them (42, 1.50, uuid, 2024-05-01T10:00:00).
-CREATE OR REPLACE FUNCTION smartcache.capture() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    n_pk    int    := TG_ARGV[0]::int;
-    pk_cols text[] := TG_ARGV[1:n_pk];
-    cols    text[] := TG_ARGV[1:];
-    o       jsonb;
-    n       jsonb;
-BEGIN
-    IF TG_OP <> 'INSERT' THEN
-        o := to_jsonb(OLD);
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        n := to_jsonb(NEW);
-    END IF;
-    INSERT INTO smartcache.outbox (table_schema, table_name, op, old_key, new_key, old_row, new_row)
-    VALUES (
-        TG_TABLE_SCHEMA,
-        TG_TABLE_NAME,
-        left(TG_OP, 1),
-        CASE WHEN o IS NOT NULL AND n_pk > 0
-             THEN ARRAY(SELECT o ->> c FROM unnest(pk_cols) WITH ORDINALITY AS k(c, i) ORDER BY i) END,
-        CASE WHEN n IS NOT NULL AND n_pk > 0
-             THEN ARRAY(SELECT n ->> c FROM unnest(pk_cols) WITH ORDINALITY AS k(c, i) ORDER BY i) END,
-        (SELECT jsonb_object_agg(c, o ->> c) FROM unnest(cols) AS c WHERE o IS NOT NULL),
-        (SELECT jsonb_object_agg(c, n ->> c) FROM unnest(cols) AS c WHERE n IS NOT NULL)
-    );
-    IF (SELECT idle FROM smartcache.wakeup) THEN
-        PERFORM pg_notify((SELECT channel FROM smartcache.wakeup), '');
-    END IF;
-    RETURN NULL;
-END
-$fn$;
+-- Row triggers: `install` generates one function per watched table,
+-- smartcache."capture:schema.table"(), that reads the primary key and the
+-- template columns straight from OLD and NEW (no whole-row conversion, no
+-- subqueries: the trigger runs in every writing transaction). Values are
+-- rendered as text the way jsonb renders them (42, 1.50, a uuid,
+-- 2024-05-01T10:00:00). For `products` with keys ["product:{id}",
+-- "category:{category_id}"] the UPDATE branch reads:
+--
+--   INSERT INTO smartcache.outbox (table_schema, table_name, op, old_key, new_key, old_row, new_row)
+--   VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'U',
+--           ARRAY[to_jsonb(OLD."id") #>> '{}'],
+--           ARRAY[to_jsonb(NEW."id") #>> '{}'],
+--           jsonb_build_object('id', to_jsonb(OLD."id") #>> '{}', 'category_id', to_jsonb(OLD."category_id") #>> '{}'),
+--           jsonb_build_object('id', to_jsonb(NEW."id") #>> '{}', 'category_id', to_jsonb(NEW."category_id") #>> '{}'));
+--   PERFORM pg_notify(channel, '') FROM smartcache.wakeup WHERE idle;
+--
+-- `smartcache-invalidator install --dry-run` prints every generated
+-- function and trigger.
 
 -- Statement trigger for TRUNCATE: every key the table's templates can
 -- produce is invalidated.
@@ -105,9 +87,7 @@ LANGUAGE plpgsql AS $fn$
 BEGIN
     INSERT INTO smartcache.outbox (table_schema, table_name, op)
     VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'T');
-    IF (SELECT idle FROM smartcache.wakeup) THEN
-        PERFORM pg_notify((SELECT channel FROM smartcache.wakeup), '');
-    END IF;
+    PERFORM pg_notify(channel, '') FROM smartcache.wakeup WHERE idle;
     RETURN NULL;
 END
 $fn$;

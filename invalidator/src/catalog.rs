@@ -15,17 +15,6 @@ pub struct ResolvedTable {
     pub other: Vec<String>,
 }
 
-impl ResolvedTable {
-    /// Arguments of the capture trigger: `n`, the key columns, the other
-    /// template columns (see `sql/001_schema.sql`).
-    pub fn trigger_args(&self) -> Vec<String> {
-        let mut args = vec![self.pk.len().to_string()];
-        args.extend(self.pk.iter().cloned());
-        args.extend(self.other.iter().cloned());
-        args
-    }
-}
-
 /// Resolves every configured table. A missing table or column is a
 /// [`ConfigError`] naming it.
 pub async fn resolve(client: &Client, config: &Config) -> anyhow::Result<Vec<ResolvedTable>> {

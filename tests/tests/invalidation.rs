@@ -284,3 +284,38 @@ async fn quoted_table_and_column_names_work() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn table_without_primary_key_invalidates_its_table_dependents() {
+    let mut env = Env::new(
+        "no_pk",
+        "CREATE TABLE log (msg text); INSERT INTO log VALUES ('a');",
+    )
+    .await;
+    let config = env.config("[[tables]]\nname = \"log\"\n");
+    env.install(&config).await;
+    let dep = TableName::parse("log").unwrap().table_dep();
+    env.put(&["log_page", "other"]).await;
+    let _: () = redis::pipe()
+        .sadd(env.ns.dep_set_key(&dep), "log_page")
+        .sadd(env.ns.entry_deps_key("log_page"), dep.as_str())
+        .query_async(&mut env.redis)
+        .await
+        .unwrap();
+    let daemon = env.start_daemon(&config);
+    env.pg
+        .batch_execute("INSERT INTO log VALUES ('b'); UPDATE log SET msg = 'c'; DELETE FROM log;")
+        .await
+        .unwrap();
+    env.wait_gone(&["log_page"]).await;
+    env.wait_drained().await;
+    assert!(env.cached("other").await);
+    let dead: i64 = env
+        .pg
+        .query_one("SELECT count(*) FROM smartcache.dead_letter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "events of a table without key are valid");
+    daemon.stop().await;
+}
