@@ -6,7 +6,7 @@
 use crate::catalog;
 use crate::config::{Config, ConfigError};
 use crate::mapping::{truncation_targets, Work};
-use crate::outbox::{self, CLAIM_SQL, DEAD_LETTER_SQL, DELETE_SQL};
+use crate::outbox::{self, CLAIM_SQL, DEAD_LETTER_SQL};
 use crate::pg;
 use crate::schema;
 use crate::shutdown::Shutdown;
@@ -44,6 +44,11 @@ pub async fn run(
 /// First wait after activity before looking at the outbox again.
 const QUICK_LOOK: Duration = Duration::from_millis(1);
 
+/// Under load, a batch smaller than this is followed by a [`COALESCE`]
+/// pause.
+const COALESCE_BELOW: u64 = 64;
+const COALESCE: Duration = Duration::from_millis(1);
+
 /// What one drain did.
 #[derive(Debug, Default)]
 struct Drained {
@@ -69,7 +74,6 @@ struct Daemon {
 /// Statements of the hot path, prepared once per connection.
 struct Statements {
     claim: Statement,
-    delete: Statement,
     dead_letter: Statement,
     busy: Statement,
     idle: Statement,
@@ -79,7 +83,6 @@ impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             claim: client.prepare(CLAIM_SQL).await?,
-            delete: client.prepare(DELETE_SQL).await?,
             dead_letter: client.prepare(DEAD_LETTER_SQL).await?,
             busy: client
                 .prepare("UPDATE smartcache.wakeup SET idle = false WHERE idle")
@@ -242,6 +245,15 @@ impl Daemon {
                         client.execute(&st.busy, &[]).await?;
                         drained.marked_busy = true;
                     }
+                    // Under load, let a small batch grow for a moment:
+                    // per-batch costs (round trips, commit) then spread
+                    // over more rows.
+                    if drained.marked_busy && n < COALESCE_BELOW {
+                        tokio::select! {
+                            _ = stop.wait() => {}
+                            _ = tokio::time::sleep(COALESCE) => {}
+                        }
+                    }
                 }
                 Err(BatchError::Redis(e)) => {
                     warn!(error = %e, "Redis unavailable; outbox rows kept, retrying");
@@ -265,14 +277,10 @@ impl Daemon {
             return Ok(0);
         }
         let mut work = Work::default();
-        let mut ids = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
         for row in &rows {
             match outbox::parse(row) {
-                Ok(event) => {
-                    work.add(&self.config, &event);
-                    ids.push(event.id);
-                }
+                Ok(event) => work.add(&self.config, &event),
                 Err(d) => dead.push(d),
             }
         }
@@ -280,10 +288,9 @@ impl Daemon {
         let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
         for d in &dead {
             warn!(outbox_id = d.id, error = %d.error, "unreadable outbox row moved to smartcache.dead_letter");
-            tx.execute(&st.dead_letter, &[&d.id, &d.error]).await?;
-            ids.push(d.id);
+            tx.execute(&st.dead_letter, &[&d.id, &d.event, &d.error])
+                .await?;
         }
-        tx.execute(&st.delete, &[&ids]).await?;
         tx.commit().await?;
         debug!(
             events = rows.len(),

@@ -7,18 +7,17 @@ use smartcache::keys::TableName;
 use std::collections::HashMap;
 use tokio_postgres::Row;
 
-/// Claims the oldest pending rows; rows another daemon holds are skipped.
-pub const CLAIM_SQL: &str = "SELECT id, table_schema, table_name, op::text, old_key, new_key, \
-     old_row::text, new_row::text FROM smartcache.outbox \
-     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+/// Claims (and deletes, effective at commit) the oldest pending rows; rows
+/// another daemon holds are skipped. The caller commits only after Redis
+/// has applied the batch, so a failure rolls the rows back into the queue.
+pub const CLAIM_SQL: &str = "DELETE FROM smartcache.outbox WHERE id IN \
+     (SELECT id FROM smartcache.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, table_schema, table_name, op::text, old_key, new_key, \
+     old_row::text, new_row::text";
 
-/// Deletes the rows of a batch once Redis has been updated.
-pub const DELETE_SQL: &str = "DELETE FROM smartcache.outbox WHERE id = ANY($1)";
-
-/// Moves one unreadable row aside, keeping its content for inspection.
+/// Keeps an unreadable row for inspection.
 pub const DEAD_LETTER_SQL: &str = "INSERT INTO smartcache.dead_letter (id, event, error) \
-     SELECT id, to_jsonb(o), $2 FROM smartcache.outbox o WHERE id = $1 \
-     ON CONFLICT (id) DO NOTHING";
+     VALUES ($1, $2::text::jsonb, $3) ON CONFLICT (id) DO NOTHING";
 
 /// The kind of change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +64,8 @@ pub struct Event {
 pub struct DeadLetter {
     /// Outbox row id.
     pub id: i64,
+    /// The row as JSON text, for `smartcache.dead_letter`.
+    pub event: String,
     /// Why it could not be read.
     pub error: String,
 }
@@ -82,7 +83,24 @@ pub fn parse(row: &Row) -> Result<Event, DeadLetter> {
         row.get(6),
         row.get(7),
     )
-    .map_err(|error| DeadLetter { id, error })
+    .map_err(|error| {
+        let text = |i: usize| row.get::<_, Option<String>>(i);
+        let event = serde_json::json!({
+            "id": id,
+            "table_schema": text(1),
+            "table_name": text(2),
+            "op": text(3),
+            "old_key": row.get::<_, Option<Vec<Option<String>>>>(4),
+            "new_key": row.get::<_, Option<Vec<Option<String>>>>(5),
+            "old_row": text(6),
+            "new_row": text(7),
+        });
+        DeadLetter {
+            id,
+            event: event.to_string(),
+            error,
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
