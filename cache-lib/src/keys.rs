@@ -366,40 +366,6 @@ pub fn glob_escape(s: &str) -> String {
     out
 }
 
-/// Lua script that invalidates entries atomically.
-///
-/// `ARGV[1]` is the namespace prefix (`{ns}:`), `ARGV[2]` the number `n` of
-/// cache keys that follow, then `n` cache keys, then dependency ids. For a
-/// cache key it deletes the value, its lease (defeating an in-flight fill)
-/// and its dependency registrations; for a dependency id it does that for
-/// every member of the set and deletes the set. Returns the number of
-/// values deleted.
-///
-/// Atomicity matters: a fill registering under a dependency set while the
-/// set is being emptied would otherwise lose its registration.
-pub const INVALIDATE_LUA: &str = r#"
-local ns = ARGV[1]
-local n = tonumber(ARGV[2])
-local removed = 0
-local function drop(k)
-  removed = removed + redis.call('UNLINK', ns .. k)
-  redis.call('UNLINK', ns .. '@sc:lease:' .. k)
-  local dk = ns .. '@sc:deps:' .. k
-  for _, d in ipairs(redis.call('SMEMBERS', dk)) do
-    redis.call('SREM', ns .. '@sc:dep:' .. d, k)
-  end
-  redis.call('UNLINK', dk)
-end
-for i = 3, 2 + n do drop(ARGV[i]) end
-for i = 3 + n, #ARGV do
-  local sk = ns .. '@sc:dep:' .. ARGV[i]
-  local members = redis.call('SMEMBERS', sk)
-  redis.call('UNLINK', sk)
-  for _, m in ipairs(members) do drop(m) end
-end
-return removed
-"#;
-
 /// Prepends the shared registration helpers to a script body.
 macro_rules! concat_lua {
     ($body:literal) => {
@@ -424,6 +390,37 @@ end
         )
     };
 }
+
+/// Lua script that invalidates entries atomically.
+///
+/// `ARGV[1]` is the namespace prefix (`{ns}:`), `ARGV[2]` the number `n` of
+/// cache keys that follow, then `n` cache keys, then dependency ids. For a
+/// cache key it deletes the value, its lease (defeating an in-flight fill)
+/// and its dependency registrations; for a dependency id it does that for
+/// every member of the set and deletes the set. Returns the number of
+/// values deleted.
+///
+/// Atomicity matters: a fill registering under a dependency set while the
+/// set is being emptied would otherwise lose its registration.
+pub const INVALIDATE_LUA: &str = concat_lua!(
+    r#"
+local n = tonumber(ARGV[2])
+local removed = 0
+local function drop(k)
+  removed = removed + redis.call('UNLINK', ns .. k)
+  redis.call('UNLINK', ns .. '@sc:lease:' .. k)
+  unregister(k)
+end
+for i = 3, 2 + n do drop(ARGV[i]) end
+for i = 3 + n, #ARGV do
+  local sk = ns .. '@sc:dep:' .. ARGV[i]
+  local members = redis.call('SMEMBERS', sk)
+  redis.call('UNLINK', sk)
+  for _, m in ipairs(members) do drop(m) end
+end
+return removed
+"#
+);
 
 /// Lua script run on a miss: returns the value if it is there, else tries to
 /// take the fill lease and, when it gets it, registers the dependencies

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Fixture;
+use common::{paused_fill, Fixture};
 use serde::{Deserialize, Serialize};
 use smartcache::invalidate::invalidate;
 use smartcache::keys::TableName;
@@ -352,31 +352,20 @@ async fn ttl_expires_the_entry() {
 #[tokio::test]
 async fn fill_that_started_before_an_invalidation_is_not_stored() {
     let mut fx = Fixture::new("stale_set").await;
-    let (read_done_tx, read_done_rx) = oneshot::channel::<()>();
-    let (invalidated_tx, invalidated_rx) = oneshot::channel::<()>();
-    let cache = fx.cache.clone();
-    let reader = tokio::spawn(async move {
-        cache
-            .entry("product:1")
-            .depends_on(Dep::row("products", [1]))
-            .fetch(|| async move {
-                let old = "old price"; // read from the database before the commit
-                read_done_tx.send(()).unwrap();
-                invalidated_rx.await.unwrap();
-                Ok::<_, Error>(old.to_string())
-            })
-            .await
-            .unwrap()
-    });
-
-    read_done_rx.await.unwrap();
+    // Read from the database before the commit.
+    let reader = paused_fill(
+        &fx.cache,
+        "product:1",
+        vec![Dep::row("products", [1])],
+        "old price".to_string(),
+    )
+    .await;
     // The writer commits; the daemon runs exactly this for the changed row.
     let dep = TableName::parse("products").unwrap().row_dep(&["1"]);
     let ns = fx.cache.namespace().clone();
     invalidate(&mut fx.redis, &ns, &[], &[dep]).await.unwrap();
-    invalidated_tx.send(()).unwrap();
 
-    let f = reader.await.unwrap();
+    let f = reader.finish().await;
     assert_eq!(f.value, "old price", "the caller still gets its value");
     assert_eq!(f.status, CacheStatus::Uncached);
     assert_eq!(
@@ -405,21 +394,7 @@ async fn fill_that_started_before_an_invalidation_is_not_stored() {
 async fn fill_is_refused_after_key_invalidation_or_direct_set() {
     let mut fx = Fixture::new("stale_key").await;
     for by_set in [false, true] {
-        let (read_tx, read_rx) = oneshot::channel::<()>();
-        let (go_tx, go_rx) = oneshot::channel::<()>();
-        let cache = fx.cache.clone();
-        let reader = tokio::spawn(async move {
-            cache
-                .entry("product:2")
-                .fetch(|| async move {
-                    read_tx.send(()).unwrap();
-                    go_rx.await.unwrap();
-                    Ok::<_, Error>("old".to_string())
-                })
-                .await
-                .unwrap()
-        });
-        read_rx.await.unwrap();
+        let reader = paused_fill(&fx.cache, "product:2", vec![], "old".to_string()).await;
         if by_set {
             fx.cache.set("product:2", &"newer", []).await.unwrap();
         } else {
@@ -428,8 +403,7 @@ async fn fill_is_refused_after_key_invalidation_or_direct_set() {
                 .await
                 .unwrap();
         }
-        go_tx.send(()).unwrap();
-        assert_eq!(reader.await.unwrap().status, CacheStatus::Uncached);
+        assert_eq!(reader.finish().await.status, CacheStatus::Uncached);
         let expected = by_set.then(|| b"\"newer\"".to_vec());
         assert_eq!(fx.raw_get("product:2").await, expected, "by_set={by_set}");
     }
@@ -507,21 +481,7 @@ async fn lease_wait_is_bounded_then_computes_uncached() {
         .build()
         .await
         .unwrap();
-    let (started_tx, started_rx) = oneshot::channel::<()>();
-    let (finish_tx, finish_rx) = oneshot::channel::<()>();
-    let cache = fx.cache.clone();
-    let holder = tokio::spawn(async move {
-        cache
-            .entry("slow")
-            .fetch(|| async move {
-                started_tx.send(()).unwrap();
-                finish_rx.await.unwrap();
-                Ok::<_, Error>(1)
-            })
-            .await
-            .unwrap()
-    });
-    started_rx.await.unwrap();
+    let holder = paused_fill(&fx.cache, "slow", vec![], 1).await;
     let t0 = std::time::Instant::now();
     let f = impatient
         .entry("slow")
@@ -530,8 +490,7 @@ async fn lease_wait_is_bounded_then_computes_uncached() {
         .unwrap();
     assert_eq!((f.value, f.status), (2, CacheStatus::Uncached));
     assert!(t0.elapsed() < Duration::from_secs(1));
-    finish_tx.send(()).unwrap();
-    assert_eq!(holder.await.unwrap().status, CacheStatus::Computed);
+    assert_eq!(holder.finish().await.status, CacheStatus::Computed);
     fx.cleanup().await;
 }
 
@@ -589,22 +548,13 @@ async fn cancelled_fill_gives_its_lease_back() {
 async fn waiter_refills_when_the_holders_fill_was_refused() {
     let mut fx = Fixture::new("refill").await;
     let other = fx.other_process().await;
-    let (read_tx, read_rx) = oneshot::channel::<()>();
-    let (go_tx, go_rx) = oneshot::channel::<()>();
-    let cache = fx.cache.clone();
-    let holder = tokio::spawn(async move {
-        cache
-            .entry("p")
-            .depends_on(Dep::row("products", [9]))
-            .fetch(|| async move {
-                read_tx.send(()).unwrap();
-                go_rx.await.unwrap();
-                Ok::<_, Error>("old".to_string())
-            })
-            .await
-            .unwrap()
-    });
-    read_rx.await.unwrap();
+    let holder = paused_fill(
+        &fx.cache,
+        "p",
+        vec![Dep::row("products", [9])],
+        "old".to_string(),
+    )
+    .await;
     let waiter = tokio::spawn(async move {
         other
             .entry("p")
@@ -619,8 +569,7 @@ async fn waiter_refills_when_the_holders_fill_was_refused() {
     invalidate(&mut fx.redis, &ns, &[], &[dep]).await.unwrap();
     let w = waiter.await.unwrap();
     assert_eq!((w.value.as_str(), w.status), ("new", CacheStatus::Computed));
-    go_tx.send(()).unwrap();
-    assert_eq!(holder.await.unwrap().status, CacheStatus::Uncached);
+    assert_eq!(holder.finish().await.status, CacheStatus::Uncached);
     assert_eq!(fx.raw_get("p").await.unwrap(), b"\"new\"");
     fx.cleanup().await;
 }

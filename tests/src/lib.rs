@@ -155,28 +155,20 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         let ns = self.ns.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let Ok(client) = redis::Client::open(redis_url()) else {
-                    return;
-                };
-                let Ok(mut con) = client.get_multiplexed_async_connection().await else {
-                    return;
-                };
-                if let Ok(keys) =
-                    smartcache::invalidate::scan_matching(&mut con, &ns.match_all()).await
-                {
-                    for chunk in keys.chunks(1000) {
-                        let _: Result<(), _> = con.unlink(chunk).await;
-                    }
+        db::block_on_side(async move {
+            let Ok(client) = redis::Client::open(redis_url()) else {
+                return;
+            };
+            let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+                return;
+            };
+            if let Ok(keys) = smartcache::invalidate::scan_matching(&mut con, &ns.match_all()).await
+            {
+                for chunk in keys.chunks(1000) {
+                    let _: Result<(), _> = con.unlink(chunk).await;
                 }
-            });
-        })
-        .join();
+            }
+        });
     }
 }
 

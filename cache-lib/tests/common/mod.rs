@@ -180,3 +180,49 @@ impl Drop for OwnRedis {
         }
     }
 }
+
+/// A fill that has taken its lease and read the database, paused before it
+/// stores: lets a test run an invalidation at exactly that point.
+pub struct PausedFill<T> {
+    go: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<smartcache::Fetched<T>>,
+}
+
+impl<T: Send + 'static> PausedFill<T> {
+    /// Lets the fill return `value` and store it if it still may.
+    pub async fn finish(self) -> smartcache::Fetched<T> {
+        self.go.send(()).unwrap();
+        self.task.await.unwrap()
+    }
+}
+
+/// Starts a fill of `key` that computes `value`; returns once the compute
+/// closure runs (the lease is held, the "database read" done).
+pub async fn paused_fill<T>(
+    cache: &Cache,
+    key: &str,
+    deps: Vec<smartcache::Dep>,
+    value: T,
+) -> PausedFill<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let cache = cache.clone();
+    let key = key.to_owned();
+    let task = tokio::spawn(async move {
+        cache
+            .entry(key)
+            .deps(deps)
+            .fetch(|| async move {
+                read_tx.send(()).unwrap();
+                go_rx.await.unwrap();
+                Ok::<_, smartcache::Error>(value)
+            })
+            .await
+            .unwrap()
+    });
+    read_rx.await.unwrap();
+    PausedFill { go, task }
+}
