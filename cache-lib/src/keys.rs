@@ -372,10 +372,18 @@ macro_rules! concat_lua {
         concat!(
             r#"
 local ns = ARGV[1]
+-- A bookkeeping key holding something other than a set (written by another
+-- program) counts as empty and is deleted, rather than failing the script:
+-- a failing invalidation would block the daemon's queue.
+local function members(key)
+  local m = redis.pcall('SMEMBERS', key)
+  if m.err then return {} end
+  return m
+end
 local function unregister(k)
   local dk = ns .. '@sc:deps:' .. k
-  for _, d in ipairs(redis.call('SMEMBERS', dk)) do
-    redis.call('SREM', ns .. '@sc:dep:' .. d, k)
+  for _, d in ipairs(members(dk)) do
+    redis.pcall('SREM', ns .. '@sc:dep:' .. d, k)
   end
   redis.call('DEL', dk)
 end
@@ -414,9 +422,9 @@ end
 for i = 3, 2 + n do drop(ARGV[i]) end
 for i = 3 + n, #ARGV do
   local sk = ns .. '@sc:dep:' .. ARGV[i]
-  local members = redis.call('SMEMBERS', sk)
+  local keys = members(sk)
   redis.call('UNLINK', sk)
-  for _, m in ipairs(members) do drop(m) end
+  for _, m in ipairs(keys) do drop(m) end
 end
 return removed
 "#
