@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 pub mod db;
+pub mod servers;
 
 use db::TestDb;
 use redis::aio::MultiplexedConnection;

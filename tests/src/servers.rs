@@ -1,0 +1,1093 @@
+//! A harness that owns its servers: throwaway PostgreSQL and Redis on free
+//! ports in a temporary directory, the daemon as a real process, and the
+//! faults done to them (kill -9, stop, restart, cut connections).
+//!
+//! Everything is stopped by PID when its handle drops, also when a test
+//! panics. The shared servers on 5432/6379 are never touched, and nothing
+//! is ever killed by name.
+//!
+//! [`Stack`] puts them together around a table `items(id, val)` whose rows
+//! are cached twice: as `item:{id}` through a key template of the daemon's
+//! config (written to Redis like another program would), and as `lib:{id}`
+//! through the library with a row dependency. [`Stack::verify`] then states
+//! the guarantee: every cached entry equals the database, and entries that
+//! no change touched are still cached.
+
+use smartcache::keys::Namespace;
+use smartcache::{Cache, Dep};
+use smartcache_invalidator::config::{Config, Overrides};
+use smartcache_invalidator::schema;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+/// How long the harness waits for a server or the daemon before failing.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The application name the daemon gives its PostgreSQL sessions.
+pub const DAEMON_APP_NAME: &str = "smartcache-invalidator";
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a race with another
+/// process grabbing it before the server binds is possible but rare).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Sends `signal` (e.g. `-9`, `-TERM`) to one process by PID.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether a process with this PID exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// PIDs of the direct children of `parent`, read from `/proc`.
+pub fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name in parentheses: state, then the parent PID.
+        let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+        (ppid == parent).then_some(pid)
+    })
+    .collect()
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, panicking with
+/// `what` after `patience`.
+pub async fn wait_for<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < patience,
+            "timed out after {patience:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `program` from `bin`, as the `postgres` user when we are root.
+fn pg_command(bin: &Path, program: &str) -> Command {
+    let path = bin.join(program);
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run_pg_program(bin: &Path, program: &str, args: &[&str]) -> Result<(), String> {
+    let out = pg_command(bin, program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Directory of the newest installed PostgreSQL's programs.
+fn pg_bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL installed under /usr/lib/postgresql")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("an initdb under /usr/lib/postgresql/*/bin")
+        .1
+}
+
+/// Where a cluster lives; the blocking operations on it.
+#[derive(Clone, Debug)]
+struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let data = self.data();
+        let mut all = vec!["-D", &data];
+        all.extend_from_slice(args);
+        run_pg_program(&self.bin, "pg_ctl", &all)
+    }
+
+    fn initdb(&self) -> Result<(), String> {
+        let data = self.data();
+        run_pg_program(
+            &self.bin,
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )
+    }
+
+    /// Runs the postmaster as our own child (through `runuser`, which
+    /// waits for it), so that it is reaped when it dies even where PID 1
+    /// reaps nobody (containers); `pg_ctl start` would orphan it.
+    fn spawn(&self) -> Result<Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))
+            .map_err(|e| format!("PostgreSQL log: {e}"))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let port = self.port.to_string();
+        let dir = self.dir.display().to_string();
+        let data = self.data();
+        pg_command(&self.bin, "postgres")
+            .args(["-D", &data, "-p", &port, "-k", &dir])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "full_page_writes=off", "-c", "shared_buffers=32MB"])
+            .args(["-c", "max_connections=100"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("start postgres: {e}"))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn kill9(&self) {
+        let Some(pid) = self.pid() else { return };
+        if !alive(pid) {
+            return;
+        }
+        let kids = children(pid);
+        signal(pid, "-9");
+        for kid in kids {
+            signal(kid, "-9");
+        }
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// A throwaway PostgreSQL cluster: `initdb` into a temporary directory,
+/// trust authentication, listening on 127.0.0.1 on a free port and on a
+/// socket in the same directory, `fsync` off. Run as the `postgres` OS
+/// user when we are root (PostgreSQL refuses to run as root). Stopped
+/// (and killed if need be) on drop.
+pub struct Postgres {
+    cluster: Cluster,
+    child: std::sync::Mutex<Option<Child>>,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    /// Creates and starts the cluster.
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("smartcache-pg-")
+            .tempdir()
+            .expect("temporary directory");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the data directory to postgres");
+        }
+        let pg = Self {
+            cluster: Cluster {
+                dir: dir.path().to_owned(),
+                bin: pg_bin_dir(),
+                port: free_port(),
+            },
+            child: std::sync::Mutex::new(None),
+            _dir: dir,
+        };
+        let c = pg.cluster.clone();
+        blocking(move || c.initdb())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        pg.start_again().await;
+        pg
+    }
+
+    /// Starts the stopped (or killed) server again on the same port and
+    /// data directory and waits until it accepts connections.
+    pub async fn start_again(&self) {
+        self.reap().await;
+        let child = self.cluster.spawn().unwrap_or_else(|e| panic!("{e}"));
+        *self.child.lock().unwrap() = Some(child);
+        wait_for("PostgreSQL to accept connections", WAIT, || async {
+            let exited = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            assert!(
+                !exited,
+                "PostgreSQL exited at start:\n{}",
+                tail(&self.log(), 20)
+            );
+            self.try_connect().await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// Waits for the stopped postmaster's process to be gone.
+    async fn reap(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut child) = child {
+            blocking(move || child.wait()).await.expect("reap postgres");
+        }
+    }
+
+    /// Fast shutdown (`pg_ctl stop -m fast`): sessions are cut, the server
+    /// exits cleanly.
+    pub async fn stop(&self) {
+        let c = self.cluster.clone();
+        blocking(move || c.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.reap().await;
+    }
+
+    /// Stop, then start.
+    pub async fn restart(&self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// SIGKILL to the postmaster and its processes, like a crash;
+    /// [`Postgres::start_again`] then runs crash recovery.
+    ///
+    /// Where PID 1 reaps nobody (some containers), the killed backends
+    /// stay behind as zombies; they hold nothing.
+    pub async fn kill9(&self) {
+        let c = self.cluster.clone();
+        blocking(move || c.kill9()).await;
+        self.reap().await;
+    }
+
+    /// The postmaster's PID, from `postmaster.pid`.
+    pub fn pid(&self) -> Option<u32> {
+        self.cluster.pid()
+    }
+
+    /// Port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.cluster.port
+    }
+
+    /// URL of database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.cluster.port)
+    }
+
+    /// Connects to database `postgres`.
+    pub async fn try_connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Connects to database `postgres`, panicking on failure.
+    pub async fn connect(&self) -> Client {
+        self.try_connect()
+            .await
+            .expect("connect to test PostgreSQL")
+    }
+
+    /// `pg_terminate_backend` of every session of the daemon(s); returns
+    /// the backend PIDs that were cut.
+    pub async fn terminate_daemon_sessions(&self) -> Vec<i32> {
+        // Two steps: in one query the planner may call
+        // pg_terminate_backend before the name filter, on every session.
+        let pids = self.daemon_pids().await;
+        let c = self.connect().await;
+        c.execute(
+            "SELECT pg_terminate_backend(p) FROM unnest($1::int[]) p",
+            &[&pids],
+        )
+        .await
+        .expect("pg_terminate_backend");
+        pids
+    }
+
+    /// Backend PIDs of the daemon(s)' sessions.
+    pub async fn daemon_pids(&self) -> Vec<i32> {
+        let Ok(c) = self.try_connect().await else {
+            return Vec::new();
+        };
+        c.query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&DAEMON_APP_NAME],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+    }
+
+    /// How many sessions the daemon(s) hold, and how many of those are
+    /// inside a transaction (a batch in hand).
+    pub async fn daemon_sessions(&self) -> (usize, usize) {
+        let Ok(c) = self.try_connect().await else {
+            return (0, 0);
+        };
+        c.query_one(
+            "SELECT count(*), count(xact_start) FROM pg_stat_activity WHERE application_name = $1",
+            &[&DAEMON_APP_NAME],
+        )
+        .await
+        .map(|r| (r.get::<_, i64>(0) as usize, r.get::<_, i64>(1) as usize))
+        .unwrap_or((0, 0))
+    }
+
+    /// The server's log, for a failure message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cluster.dir.join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- PostgreSQL log, last lines:\n{}", tail(&self.log(), 20));
+        }
+        if self.cluster.pid().is_some_and(alive)
+            && self
+                .cluster
+                .pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"])
+                .is_err()
+        {
+            self.cluster.kill9();
+        }
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A throwaway `redis-server` on a free port, our own child process, no
+/// persistence configured. [`Redis::stop`] saves a snapshot that
+/// [`Redis::start_again`] loads, so a stop/start keeps the data (as a
+/// maintenance restart of a persistent Redis would); [`Redis::kill9`]
+/// loses everything written since.
+pub struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// Starts the server and waits until it answers.
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("smartcache-redis-")
+            .tempdir()
+            .expect("temporary directory");
+        let mut redis = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        redis.start_again().await;
+        redis
+    }
+
+    /// URL of database 0.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// PID of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the stopped (or killed) server on the same port and
+    /// directory and waits until it answers.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "Redis is already running");
+        let log = File::create(self.dir.path().join("redis.log")).expect("Redis log file");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for("Redis to answer", WAIT, || {
+            let url = url.clone();
+            async move { ping(&url).await.then_some(()) }
+        })
+        .await;
+    }
+
+    /// `SHUTDOWN SAVE`: writes the data set to disk and exits.
+    pub async fn stop(&mut self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+            let _: Result<(), _> = redis::cmd("SHUTDOWN")
+                .arg("SAVE")
+                .query_async(&mut con)
+                .await;
+        }
+        let mut child = self.child.take().expect("Redis is running");
+        let exited = wait_for("Redis to exit", WAIT, || {
+            let done = child.try_wait().ok().flatten().is_some();
+            async move { done.then_some(()) }
+        });
+        exited.await;
+    }
+
+    /// SIGKILL: the data set is lost.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(Ok(mut con)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut con)
+        .await
+        .is_ok()
+}
+
+/// The `smartcache-invalidator` binary next to the test executable
+/// (`target/debug/deps/xxx` → `target/debug/smartcache-invalidator`),
+/// built by `cargo test --workspace`.
+pub fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/debug")
+        .join("smartcache-invalidator");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test.sh), which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// `smartcache-invalidator run` as a real process, logging JSON (with the
+/// per-batch debug lines) to a file. Killed on drop.
+pub struct DaemonProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `run` with the config file and the servers given as flags.
+    pub fn start(
+        config: &Path,
+        database_url: &str,
+        redis_url: &str,
+        ns: &str,
+        log: PathBuf,
+    ) -> Self {
+        let file = File::create(&log).expect("daemon log file");
+        let child = Command::new(daemon_binary())
+            .arg("--config")
+            .arg(config)
+            .args(["--database-url", database_url])
+            .args(["--redis-url", redis_url])
+            .args(["--namespace", ns])
+            .args(["--log-format", "json", "run"])
+            .env("RUST_LOG", "info,smartcache_invalidator=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start smartcache-invalidator");
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// PID of the process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; waits for the exit and asserts status 0.
+    pub async fn terminate(&mut self) {
+        let mut child = self.child.take().expect("daemon is running");
+        signal(child.id(), "-TERM");
+        let status = wait_for("the daemon to exit after SIGTERM", WAIT, || {
+            let s = child.try_wait().ok().flatten();
+            async move { s }
+        })
+        .await;
+        assert!(
+            status.success(),
+            "daemon exited with {status}: {}",
+            self.log()
+        );
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Outbox events it applied, summed over its "batch applied" lines.
+    pub fn events_applied(&self) -> u64 {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("batch applied"))
+            .filter_map(|l| {
+                let rest = &l[l.find("\"events\":")? + 9..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u64>().ok()
+            })
+            .sum()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log ({}), last lines:\n{}",
+                self.log.display(),
+                tail(&self.log(), 40)
+            );
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Both servers, a table `items(id bigint primary key, val bigint)` with
+/// triggers installed, a daemon config file and a library [`Cache`], all
+/// in one namespace.
+pub struct Stack {
+    /// PostgreSQL; the table lives in database `postgres`.
+    pub pg: Postgres,
+    /// Redis.
+    pub redis: Redis,
+    /// The namespace of the cache and the daemon.
+    pub ns: Namespace,
+    /// The library, on [`Stack::redis`].
+    pub cache: Cache,
+    /// Rows in `items`: ids `1..=rows`.
+    pub rows: i64,
+    /// The daemon config (also written to a file for daemon processes).
+    pub config: Config,
+    config_path: PathBuf,
+    daemons_started: usize,
+    dir: TempDir,
+}
+
+/// The key template of the daemon's config.
+pub const TEMPLATE_PREFIX: &str = "item:";
+/// Keys cached through the library with a row dependency.
+pub const LIBRARY_PREFIX: &str = "lib:";
+
+impl Stack {
+    /// Starts both servers, creates `items` with `rows` rows (`val = 0`)
+    /// and installs the triggers. `settings` goes into the config file
+    /// before `[[tables]]` (e.g. `batch_size = 100`).
+    pub async fn start(rows: i64, settings: &str) -> Self {
+        let (pg, redis) = tokio::join!(Postgres::start(), Redis::start());
+        let dir = tempfile::Builder::new()
+            .prefix("smartcache-stack-")
+            .tempdir()
+            .expect("temporary directory");
+        let ns = Namespace::new("fx").unwrap();
+        let text = format!(
+            "database_url = {:?}\nredis_url = {:?}\nnamespace = {:?}\npoll_interval_ms = 100\n{settings}\n\
+             [[tables]]\nname = \"items\"\nkeys = [\"{TEMPLATE_PREFIX}{{id}}\"]\n",
+            pg.url("postgres"),
+            redis.url(),
+            ns.name()
+        );
+        let config_path = dir.path().join("smartcache.toml");
+        std::fs::write(&config_path, &text).expect("write the config");
+        let mut client = pg.connect().await;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE items (id bigint PRIMARY KEY, val bigint NOT NULL);
+                 INSERT INTO items SELECT g, 0 FROM generate_series(1, {rows}) g;"
+            ))
+            .await
+            .expect("create items");
+        let config = Config::from_toml(&text, &config_path, &Overrides::default())
+            .expect("valid test config");
+        let plan = schema::install_plan(&client, &config)
+            .await
+            .expect("plan install");
+        schema::apply(&mut client, &plan).await.expect("install");
+        let cache = Cache::builder(&redis.url())
+            .namespace(ns.name())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .await
+            .expect("library cache");
+        Self {
+            pg,
+            redis,
+            ns,
+            cache,
+            rows,
+            config,
+            config_path,
+            daemons_started: 0,
+            dir,
+        }
+    }
+
+    /// Starts a daemon process on this stack.
+    pub fn daemon(&mut self) -> DaemonProcess {
+        self.daemons_started += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", self.daemons_started));
+        DaemonProcess::start(
+            &self.config_path,
+            &self.pg.url("postgres"),
+            &self.redis.url(),
+            self.ns.name(),
+            log,
+        )
+    }
+
+    /// A Redis connection.
+    pub async fn redis_con(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test Redis")
+    }
+
+    /// Caches every row both ways: `item:{id}` written straight to Redis
+    /// (invalidated by the key template) and `lib:{id}` through the library
+    /// with `Dep::row("items", [id])`. Values are the row's `val`.
+    pub async fn fill(&self) {
+        use futures_util::StreamExt;
+        let pg = self.pg.connect().await;
+        let rows: Vec<(i64, i64)> = pg
+            .query("SELECT id, val FROM items ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut con = self.redis_con().await;
+        for chunk in rows.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (id, val) in chunk {
+                pipe.set(self.ns.value_key(&format!("{TEMPLATE_PREFIX}{id}")), val)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut con).await.expect("fill item:*");
+        }
+        let stored: Vec<bool> = futures_util::stream::iter(rows)
+            .map(|(id, val)| async move {
+                self.cache
+                    .entry(format!("{LIBRARY_PREFIX}{id}"))
+                    .depends_on(Dep::row("items", [id]))
+                    .set(&val)
+                    .await
+                    .expect("library set")
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert!(stored.iter().all(|s| *s), "every library set stored");
+    }
+
+    /// Starts `n` writers that update random rows with ids in `hot`
+    /// (1 to 3 rows per transaction, `val = val + 1`), reconnecting
+    /// whenever PostgreSQL goes away.
+    pub fn writers(&self, n: usize, hot: std::ops::RangeInclusive<i64>) -> Writers {
+        let mut w = Writers {
+            stop: Arc::new(AtomicBool::new(false)),
+            commits: Arc::new(AtomicU64::new(0)),
+            rows: Arc::new(AtomicU64::new(0)),
+            errors: Arc::new(AtomicU64::new(0)),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..n)
+            .map(|i| {
+                let url = self.pg.url("postgres");
+                let (stop, commits, rows, errors) = (
+                    w.stop.clone(),
+                    w.commits.clone(),
+                    w.rows.clone(),
+                    w.errors.clone(),
+                );
+                let hot = hot.clone();
+                tokio::spawn(async move {
+                    let mut rng = Rng::new(i as u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let connect = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            tokio_postgres::connect(&url, NoTls),
+                        );
+                        let Ok(Ok((mut client, conn))) = connect.await else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        tokio::spawn(conn);
+                        while !stop.load(Ordering::Relaxed) {
+                            let mut ids: Vec<i64> =
+                                (0..1 + rng.below(3)).map(|_| rng.pick(&hot)).collect();
+                            // In key order: writers do not deadlock each other.
+                            ids.sort_unstable();
+                            match write(&mut client, &ids).await {
+                                Ok(()) => {
+                                    rows.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                                    commits.fetch_add(1, Ordering::Relaxed)
+                                }
+                                Err(_) => {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                            };
+                        }
+                    }
+                })
+            })
+            .collect();
+        w.tasks = tasks;
+        w
+    }
+
+    /// Rows left in the outbox, or `None` when PostgreSQL does not answer.
+    pub async fn outbox_len(&self) -> Option<i64> {
+        let c = self.pg.try_connect().await.ok()?;
+        c.query_one("SELECT count(*) FROM smartcache.outbox", &[])
+            .await
+            .ok()
+            .map(|r| r.get(0))
+    }
+
+    /// Waits until the outbox is empty: every committed change has been
+    /// applied to Redis (a claimed row disappears only when the daemon
+    /// commits, after Redis applied it).
+    pub async fn wait_drained(&self) {
+        let start = Instant::now();
+        wait_for("the outbox to drain", WAIT, || async {
+            (self.outbox_len().await == Some(0)).then_some(())
+        })
+        .await;
+        println!("outbox drained in {:?}", start.elapsed());
+    }
+
+    /// The guarantee: every cached entry equals the database, and the
+    /// entries of rows in `untouched` (which no writer changed) are still
+    /// cached. Prints the counts; panics on a stale or missing entry.
+    pub async fn verify(&self, untouched: std::ops::RangeInclusive<i64>) -> Verdict {
+        let pg = self.pg.connect().await;
+        let db: HashMap<i64, i64> = pg
+            .query("SELECT id, val FROM items", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut con = self.redis_con().await;
+        let found = smartcache::invalidate::scan_matching(&mut con, &self.ns.match_all())
+            .await
+            .expect("scan the namespace");
+        let keys: Vec<String> = found
+            .iter()
+            .filter_map(|k| self.ns.cache_key_of(k).map(str::to_owned))
+            .collect();
+        let mut cached: HashMap<String, i64> = HashMap::new();
+        for chunk in keys.chunks(1000) {
+            let redis_keys: Vec<String> = chunk.iter().map(|k| self.ns.value_key(k)).collect();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&redis_keys)
+                .query_async(&mut con)
+                .await
+                .expect("MGET");
+            for (k, v) in chunk.iter().zip(values) {
+                if let Some(v) = v {
+                    let v = v
+                        .parse()
+                        .unwrap_or_else(|_| panic!("{k} holds {v:?}, not a number"));
+                    cached.insert(k.clone(), v);
+                }
+            }
+        }
+        let mut verdict = Verdict {
+            cached: cached.len(),
+            ..Verdict::default()
+        };
+        for (key, value) in &cached {
+            let id: i64 = key
+                .strip_prefix(TEMPLATE_PREFIX)
+                .or_else(|| key.strip_prefix(LIBRARY_PREFIX))
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected cache key {key:?}"));
+            let truth = db.get(&id).copied();
+            if truth != Some(*value) {
+                verdict
+                    .stale
+                    .push(format!("{key} = {value}, database {truth:?}"));
+            }
+        }
+        for id in untouched {
+            for prefix in [TEMPLATE_PREFIX, LIBRARY_PREFIX] {
+                let key = format!("{prefix}{id}");
+                if !cached.contains_key(&key) {
+                    verdict.missing.push(key);
+                }
+            }
+        }
+        verdict.stale.sort();
+        verdict.missing.sort();
+        println!(
+            "verify: {} rows, {} cached entries, {} stale, {} untouched entries missing",
+            db.len(),
+            verdict.cached,
+            verdict.stale.len(),
+            verdict.missing.len()
+        );
+        assert!(
+            verdict.stale.is_empty(),
+            "{} stale entries, e.g. {:?}",
+            verdict.stale.len(),
+            &verdict.stale[..verdict.stale.len().min(10)]
+        );
+        assert!(
+            verdict.missing.is_empty(),
+            "{} entries that no change touched were deleted, e.g. {:?}",
+            verdict.missing.len(),
+            &verdict.missing[..verdict.missing.len().min(10)]
+        );
+        verdict
+    }
+}
+
+/// What [`Stack::verify`] found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Cache entries in the namespace.
+    pub cached: usize,
+    /// Entries whose value differs from the database.
+    pub stale: Vec<String>,
+    /// Entries of untouched rows that are gone.
+    pub missing: Vec<String>,
+}
+
+async fn write(client: &mut Client, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    for id in ids {
+        tx.execute("UPDATE items SET val = val + 1 WHERE id = $1", &[id])
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Background writers started by [`Stack::writers`].
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    rows: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Transactions committed so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Row updates committed so far (one outbox event each).
+    pub fn rows_updated(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more transactions have committed.
+    pub async fn wait_more(&self, n: u64) {
+        let target = self.commits() + n;
+        wait_for(&format!("{n} more commits"), WAIT, || async {
+            (self.commits() >= target).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the writers; returns (commits, failed attempts).
+    pub async fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            t.await.expect("writer task");
+        }
+        let r = (self.commits(), self.errors.load(Ordering::Relaxed));
+        println!("writers: {} commits, {} failed attempts", r.0, r.1);
+        r
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// xorshift64*: enough randomness for picking rows, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock and `salt`.
+    pub fn new(salt: u64) -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Self((t ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A number in `range`.
+    pub fn pick(&mut self, range: &std::ops::RangeInclusive<i64>) -> i64 {
+        let span = (range.end() - range.start() + 1) as u64;
+        range.start() + self.below(span) as i64
+    }
+}
