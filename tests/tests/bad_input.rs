@@ -616,7 +616,7 @@ async fn foreign_values_under_bookkeeping_keys_do_not_block_the_queue() {
 
 #[tokio::test]
 async fn library_treats_a_non_string_value_as_a_miss() {
-    let env = Env::new("foreign_read", "SELECT 1").await;
+    let mut env = Env::new("foreign_read", "SELECT 1").await;
     let mut redis = env.redis.clone();
     let _: () = redis
         .hset(env.ns.value_key("product:1"), "f", "v")
@@ -632,6 +632,10 @@ async fn library_treats_a_non_string_value_as_a_miss() {
         .await
         .unwrap();
     assert_eq!(computed, "fresh");
+    assert!(
+        env.cached("product:1").await,
+        "the foreign value is left alone"
+    );
     // Caching of other keys is not disturbed (no circuit breaker trip).
     for i in 0..20 {
         let _: Option<String> = cache.get("product:1").await.unwrap();
