@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS smartcache.outbox (
     new_key      text[],                -- primary key of NEW, as text
     old_row      jsonb,                 -- template columns of OLD: {"col": "text" | null}
     new_row      jsonb,                 -- template columns of NEW
-    created_at   timestamptz NOT NULL DEFAULT now()
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp()  -- for the lag metric
 );
 
 -- Outbox rows the daemon could not interpret (hand-inserted or garbled).
@@ -80,13 +80,39 @@ CREATE TABLE IF NOT EXISTS smartcache.dead_letter (
 -- `smartcache-invalidator install --dry-run` prints every generated
 -- function and trigger.
 
+-- The daemons' canary: each running daemon upserts its own row at an
+-- interval. The change travels the same trigger -> outbox -> daemon ->
+-- Redis path as a user's change and must delete the Redis key
+-- {namespace}:@sc:canary:{id}; if it does not in time, something failed
+-- silently (a LISTEN connection that receives nothing, a stuck daemon) and
+-- the daemon reconnects and replays.
+CREATE TABLE IF NOT EXISTS smartcache.canary (
+    id      text        PRIMARY KEY,
+    beat    bigint      NOT NULL DEFAULT 0,
+    beat_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE OR REPLACE FUNCTION smartcache.capture_canary() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO smartcache.outbox (table_schema, table_name, op, new_key, new_row, created_at)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'I', ARRAY[NEW.id], '{}', clock_timestamp());
+    PERFORM pg_notify(channel, '') FROM smartcache.wakeup WHERE idle;
+    RETURN NULL;
+END
+$fn$;
+
+DROP TRIGGER IF EXISTS smartcache_canary ON smartcache.canary;
+CREATE TRIGGER smartcache_canary AFTER INSERT OR UPDATE ON smartcache.canary
+    FOR EACH ROW EXECUTE FUNCTION smartcache.capture_canary();
+
 -- Statement trigger for TRUNCATE: every key the table's templates can
 -- produce is invalidated.
 CREATE OR REPLACE FUNCTION smartcache.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    INSERT INTO smartcache.outbox (table_schema, table_name, op)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'T');
+    INSERT INTO smartcache.outbox (table_schema, table_name, op, created_at)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'T', clock_timestamp());
     PERFORM pg_notify(channel, '') FROM smartcache.wakeup WHERE idle;
     RETURN NULL;
 END

@@ -219,6 +219,19 @@ pub fn check_cache_key(key: &str) -> Result<(), InvalidName> {
     Ok(())
 }
 
+/// The cache key (in the reserved space) that the heartbeat of the
+/// invalidator's canary `id` deletes; its value lives at
+/// [`Namespace::value_key`] of it, `{ns}:@sc:canary:{id}`.
+///
+/// ```
+/// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+/// let key = smartcache::keys::canary_key("d1");
+/// assert_eq!(ns.value_key(&key), "cache:@sc:canary:d1");
+/// ```
+pub fn canary_key(id: &str) -> String {
+    format!("{RESERVED_MARKER}canary:{id}")
+}
+
 /// A schema-qualified table name, as the trigger reports it.
 ///
 /// ```

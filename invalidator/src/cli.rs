@@ -63,7 +63,8 @@ pub enum Command {
     Uninstall,
     /// Run the daemon until SIGTERM or SIGINT
     Run {
-        /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9187)
+        /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9187;
+        /// bind a non-loopback address only behind a firewall)
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
     },
@@ -95,12 +96,16 @@ pub struct ClearArgs {
 }
 
 impl GlobalArgs {
-    /// Loads the config with these flags on top.
-    pub fn load_config(&self) -> Result<Config, ConfigError> {
+    /// Loads the config with these flags (and `run --metrics-addr`) on top.
+    pub fn load_config(
+        &self,
+        metrics_addr: Option<std::net::SocketAddr>,
+    ) -> Result<Config, ConfigError> {
         let overrides = Overrides {
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
             namespace: self.namespace.clone(),
+            metrics_addr,
         };
         Config::load(self.config.as_deref(), &overrides)
     }
@@ -179,15 +184,10 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         tables.len()
     );
     let mut problems = Vec::new();
-    match redis_info(config).await {
+    match redis_policy(config).await {
         Ok(policy) => {
             println!("redis: connected (maxmemory-policy {policy})");
-            if policy.starts_with("allkeys-") {
-                problems.push(format!(
-                    "redis maxmemory-policy is {policy}: Redis may evict dependency sets and leases, \
-                     and then invalidations miss entries; use noeviction or a volatile-* policy"
-                ));
-            }
+            problems.extend(crate::redis_ops::eviction_risk(&policy));
         }
         Err(e) => problems.push(format!("redis: {e}")),
     }
@@ -210,7 +210,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     )
 }
 
-async fn redis_info(config: &Config) -> anyhow::Result<String> {
+async fn redis_policy(config: &Config) -> anyhow::Result<String> {
     let client = redis::Client::open(config.redis_url.as_str())
         .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))?;
     let mut con = tokio::time::timeout(
@@ -220,13 +220,7 @@ async fn redis_info(config: &Config) -> anyhow::Result<String> {
     .await
     .map_err(|_| anyhow::anyhow!("timed out connecting to {}", config.redis_url))?
     .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", config.redis_url))?;
-    let (_, policy): (String, String) = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(&mut con)
-        .await
-        .unwrap_or_else(|_| (String::new(), "unknown".to_owned()));
-    Ok(policy)
+    Ok(crate::redis_ops::maxmemory_policy(&mut con).await?)
 }
 
 async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use smartcache::keys::{Namespace, TableName};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ struct FileConfig {
     channel: Option<String>,
     batch_size: Option<usize>,
     poll_interval_ms: Option<u64>,
+    canary_interval_ms: Option<u64>,
+    metrics_addr: Option<SocketAddr>,
     #[serde(default)]
     tables: Vec<FileTable>,
 }
@@ -60,6 +63,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `--namespace` / `SMARTCACHE_NAMESPACE`.
     pub namespace: Option<String>,
+    /// `run --metrics-addr`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The validated configuration of the daemon.
@@ -77,6 +82,11 @@ pub struct Config {
     pub batch_size: usize,
     /// How often an idle daemon looks at the outbox without a doorbell.
     pub poll_interval: Duration,
+    /// How often the canary commits a heartbeat through the trigger path;
+    /// `None` turns it off.
+    pub canary_interval: Option<Duration>,
+    /// Where `run` serves `/metrics` and `/healthz`, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     /// Watched tables with their key templates.
     pub tables: Vec<TableSpec>,
     /// Where the file settings came from, for messages.
@@ -156,6 +166,12 @@ impl Config {
                 "{origin}: setting `poll_interval_ms`: {poll_ms} is outside 10..=60000"
             )));
         }
+        let canary_ms = file.canary_interval_ms.unwrap_or(10_000);
+        if canary_ms != 0 && !(100..=3_600_000).contains(&canary_ms) {
+            return Err(ConfigError(format!(
+                "{origin}: setting `canary_interval_ms`: {canary_ms} is outside 100..=3600000 (0 turns the canary off)"
+            )));
+        }
         let mut tables: Vec<TableSpec> = Vec::new();
         for t in file.tables {
             let name = TableName::parse(&t.name)
@@ -191,6 +207,8 @@ impl Config {
             channel,
             batch_size,
             poll_interval: Duration::from_millis(poll_ms),
+            canary_interval: (canary_ms > 0).then(|| Duration::from_millis(canary_ms)),
+            metrics_addr: o.metrics_addr.or(file.metrics_addr),
             tables,
             source,
         })

@@ -10,12 +10,14 @@ use crate::outbox::{self, CLAIM_SQL, DEAD_LETTER_SQL};
 use crate::pg;
 use crate::schema;
 use crate::shutdown::Shutdown;
+use crate::telemetry::{self, Telemetry};
 use redis::aio::ConnectionManager;
 use smartcache::invalidate::invalidate;
 use smartcache::keys::DepId;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, info, warn};
 
@@ -38,8 +40,48 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop = Shutdown::new(shutdown);
     let daemon = Daemon::new(config)?;
-    daemon.run(stop).await
+    if let Some(addr) = daemon.config.metrics_addr {
+        let mut s = stop.clone();
+        let server = telemetry::serve(
+            addr,
+            daemon.telemetry.clone(),
+            async move { s.wait().await },
+        );
+        let server = tokio::spawn(server);
+        // A port that cannot be bound is a configuration error, not
+        // something to find out from a missing scrape.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if server.is_finished() {
+            let e = server
+                .await?
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            return Err(ConfigError(format!("cannot serve /metrics on {addr}: {e}")).into());
+        }
+    }
+    let canary = daemon.config.canary_interval.map(|every| {
+        tokio::spawn(crate::canary::run(
+            daemon.config.clone(),
+            daemon.pg_config.clone(),
+            daemon.redis.clone(),
+            daemon.telemetry.clone(),
+            daemon.canary_stalled.clone(),
+            every,
+            stop.clone(),
+        ))
+    });
+    let result = daemon.run(stop).await;
+    if let Some(canary) = canary {
+        // It removes its heartbeat row on the way out.
+        let _ = tokio::time::timeout(Duration::from_secs(5), canary).await;
+    }
+    result
 }
+
+/// Longest a batch may take before the session is considered stuck (a
+/// silently dead connection) and replaced.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// First wait after activity before looking at the outbox again.
 const QUICK_LOOK: Duration = Duration::from_millis(1);
@@ -69,6 +111,9 @@ struct Daemon {
     config: Arc<Config>,
     pg_config: tokio_postgres::Config,
     redis: ConnectionManager,
+    telemetry: Arc<Telemetry>,
+    /// Rung by the canary when a heartbeat was not invalidated in time.
+    canary_stalled: Arc<Notify>,
 }
 
 /// Statements of the hot path, prepared once per connection.
@@ -77,6 +122,7 @@ struct Statements {
     dead_letter: Statement,
     busy: Statement,
     idle: Statement,
+    backlog: Statement,
 }
 
 impl Statements {
@@ -90,6 +136,9 @@ impl Statements {
             idle: client
                 .prepare("UPDATE smartcache.wakeup SET idle = true WHERE NOT idle")
                 .await?,
+            backlog: client
+                .prepare("SELECT coalesce(max(id) - min(id) + 1, 0) FROM smartcache.outbox")
+                .await?,
         })
     }
 }
@@ -99,29 +148,26 @@ impl Daemon {
         let pg_config = pg::config(&config.database_url).map_err(|e| {
             ConfigError(format!("{}: setting `database_url`: {e}", config.origin()))
         })?;
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let redis = crate::redis_ops::connect(&config)?;
         Ok(Self {
             config: Arc::new(config),
             pg_config,
             redis,
+            telemetry: Arc::new(Telemetry::new()),
+            canary_stalled: Arc::new(Notify::new()),
         })
     }
 
     async fn run(mut self, mut stop: Shutdown) -> anyhow::Result<()> {
         let mut backoff = Backoff::default();
         let mut validated = false;
+        let mut sessions = 0u64;
         while !stop.is_set() {
             let session = match pg::connect(&self.pg_config).await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "cannot connect to PostgreSQL; retrying");
+                    self.telemetry.error("postgres", &e);
                     backoff.sleep(&mut stop).await;
                     continue;
                 }
@@ -129,11 +175,27 @@ impl Daemon {
             if !validated {
                 self.validate(&session.client).await?;
                 validated = true;
+                match crate::redis_ops::maxmemory_policy(&mut self.redis).await {
+                    Ok(policy) => {
+                        if let Some(risk) = crate::redis_ops::eviction_risk(&policy) {
+                            tracing::error!(%policy, "{risk}");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "Redis unreachable at start; retrying as changes arrive"),
+                }
             }
-            match self.session(session, &mut stop, &mut backoff).await {
+            sessions += 1;
+            if sessions > 1 {
+                self.telemetry.reconnects.inc();
+            }
+            self.telemetry.set_pg_up(true);
+            let result = self.session(session, &mut stop, &mut backoff).await;
+            self.telemetry.set_pg_up(false);
+            match result {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(error = %e, "PostgreSQL session lost; reconnecting and replaying the outbox");
+                    self.telemetry.error("postgres", &e);
                     backoff.sleep(&mut stop).await;
                 }
             }
@@ -192,6 +254,8 @@ impl Daemon {
             if drained.marked_busy {
                 client.execute(&st.idle, &[]).await?;
             }
+            let backlog: i64 = client.query_one(&st.backlog, &[]).await?.get(0);
+            self.telemetry.backlog.set(backlog);
             if stop.is_set() {
                 // Nobody listens now: writers should not ring.
                 client.execute(&st.busy, &[]).await?;
@@ -209,6 +273,9 @@ impl Daemon {
                 }
                 _ = doorbell.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.canary_stalled.notified() => {
+                    return Err(anyhow::anyhow!("canary stalled: a heartbeat change was not invalidated in time"));
+                }
                 end = &mut driver => {
                     return Err(match end {
                         Ok(Err(e)) => e.into(),
@@ -227,12 +294,29 @@ impl Daemon {
         client: &mut Client,
         st: &Statements,
         stop: &mut Shutdown,
-    ) -> Result<Drained, tokio_postgres::Error> {
+    ) -> anyhow::Result<Drained> {
         let mut drained = Drained::default();
         let mut backoff = Backoff::default();
         let mut batches = 0;
         while !stop.is_set() {
-            match self.batch(client, st).await {
+            let stalled = self.canary_stalled.clone();
+            let batch = tokio::select! {
+                batch = tokio::time::timeout(BATCH_TIMEOUT, self.batch(client, st)) => batch,
+                _ = stalled.notified() => {
+                    anyhow::bail!("canary stalled during a batch; replacing the PostgreSQL connection");
+                }
+            };
+            let result = match batch {
+                Ok(result) => result,
+                Err(_) => {
+                    // Ending the session drops the connection: the claimed
+                    // rows roll back and are replayed on the next one.
+                    anyhow::bail!(
+                        "a batch took longer than {BATCH_TIMEOUT:?}; replacing the PostgreSQL connection"
+                    );
+                }
+            };
+            match result {
                 Ok(0) => break,
                 Ok(n) => {
                     drained.applied += n;
@@ -257,9 +341,11 @@ impl Daemon {
                 }
                 Err(BatchError::Redis(e)) => {
                     warn!(error = %e, "Redis unavailable; outbox rows kept, retrying");
+                    self.telemetry.set_redis_up(false);
+                    self.telemetry.error("redis", &e);
                     backoff.sleep(stop).await;
                 }
-                Err(BatchError::Postgres(e)) => return Err(e),
+                Err(BatchError::Postgres(e)) => return Err(e.into()),
             }
         }
         Ok(drained)
@@ -278,7 +364,9 @@ impl Daemon {
         }
         let mut work = Work::default();
         let mut dead = Vec::new();
+        let mut ages = Vec::with_capacity(rows.len());
         for row in &rows {
+            ages.push(row.get::<_, Option<f64>>(8).unwrap_or(0.0));
             match outbox::parse(row) {
                 Ok(event) => work.add(&self.config, &event),
                 Err(d) => dead.push(d),
@@ -286,12 +374,21 @@ impl Daemon {
         }
         let (keys, deps) = self.expand(work).await?;
         let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
+        self.telemetry.set_redis_up(true);
+        let since_claim = started.elapsed().as_secs_f64();
+        for age in ages {
+            self.telemetry.lag.observe(age + since_claim);
+        }
         for d in &dead {
             warn!(outbox_id = d.id, error = %d.error, "unreadable outbox row moved to smartcache.dead_letter");
+            self.telemetry.error("dead_letter", &d.error);
             tx.execute(&st.dead_letter, &[&d.id, &d.event, &d.error])
                 .await?;
         }
         tx.commit().await?;
+        self.telemetry.events.inc_by(rows.len() as u64);
+        self.telemetry.keys_deleted.inc_by(deleted);
+        self.telemetry.batch_size.observe(rows.len() as f64);
         debug!(
             events = rows.len(),
             keys = keys.len(),

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod canary;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -15,8 +16,10 @@ mod delivery;
 pub mod mapping;
 pub mod outbox;
 pub mod pg;
+pub mod redis_ops;
 pub mod schema;
 pub mod shutdown;
 pub mod sql;
+pub mod telemetry;
 
 pub use delivery::run;

@@ -26,17 +26,16 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.global.load_config()?;
+    let metrics_addr = match cli.command {
+        Command::Run { metrics_addr } => metrics_addr,
+        _ => None,
+    };
+    let config = cli.global.load_config(metrics_addr)?;
     match cli.command {
         Command::Install { dry_run } => cli::install(&config, dry_run).await,
         Command::Uninstall => cli::uninstall(&config).await,
         Command::Check => cli::check(&config).await,
-        Command::Run { metrics_addr } => {
-            if let Some(addr) = metrics_addr {
-                tracing::warn!(%addr, "--metrics-addr is accepted but /metrics is not served yet");
-            }
-            smartcache_invalidator::run(config, shutdown_signal()).await
-        }
+        Command::Run { .. } => smartcache_invalidator::run(config, shutdown_signal()).await,
         Command::Keys { pattern } => cli::keys(&config, &pattern).await,
         Command::Clear(args) => cli::clear(&config, &args).await,
     }

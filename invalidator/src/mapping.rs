@@ -25,6 +25,16 @@ impl Work {
     /// A table that is not (or no longer) configured still invalidates the
     /// library's dependency sets; only its templates are unknown.
     pub fn add(&mut self, config: &Config, event: &Event) {
+        if event.table.schema() == "smartcache" && event.table.name() == "canary" {
+            let id = event
+                .new
+                .as_ref()
+                .and_then(|n| n.key.as_ref()?.first().cloned()?);
+            if let Some(id) = id {
+                self.keys.insert(smartcache::keys::canary_key(&id));
+            }
+            return;
+        }
         self.deps.insert(event.table.table_dep());
         if event.op == Op::Truncate {
             self.truncated.insert(event.table.clone());

@@ -13,7 +13,8 @@ use tokio_postgres::Row;
 pub const CLAIM_SQL: &str = "DELETE FROM smartcache.outbox WHERE id IN \
      (SELECT id FROM smartcache.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
      RETURNING id, table_schema, table_name, op::text, old_key, new_key, \
-     old_row::text, new_row::text";
+     old_row::text, new_row::text, \
+     extract(epoch FROM clock_timestamp() - created_at)::float8";
 
 /// Keeps an unreadable row for inspection.
 pub const DEAD_LETTER_SQL: &str = "INSERT INTO smartcache.dead_letter (id, event, error) \

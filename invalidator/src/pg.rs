@@ -35,6 +35,8 @@ pub fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error
     }
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
     Ok(config)
 }
 

@@ -85,7 +85,8 @@ pub async fn inspect(client: &Client) -> Result<Installed, tokio_postgres::Error
              JOIN pg_namespace pn ON pn.oid = p.pronamespace \
              JOIN pg_class c ON c.oid = t.tgrelid \
              JOIN pg_namespace tn ON tn.oid = c.relnamespace \
-             WHERE pn.nspname = 'smartcache' AND NOT t.tgisinternal \
+             WHERE pn.nspname = 'smartcache' AND tn.nspname <> 'smartcache' \
+               AND NOT t.tgisinternal \
              ORDER BY 1, 2, 3",
             &[],
         )
@@ -163,8 +164,8 @@ pub fn capture_function_body(t: &ResolvedTable) -> String {
             ("NULL".into(), "NULL".into())
         };
         format!(
-            "INSERT INTO smartcache.outbox (table_schema, table_name, op, old_key, new_key, old_row, new_row)\n        \
-             VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, '{op}',\n                {ok},\n                {nk},\n                {or},\n                {nr});"
+            "INSERT INTO smartcache.outbox (table_schema, table_name, op, old_key, new_key, old_row, new_row, created_at)\n        \
+             VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, '{op}',\n                {ok},\n                {nk},\n                {or},\n                {nr},\n                clock_timestamp());"
         )
     };
     format!(

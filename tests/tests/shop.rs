@@ -3,10 +3,9 @@
 //! new price. The app itself never clears the cache.
 
 use smartcache_invalidator::config::{Config, Overrides};
-use smartcache_tests::Env;
+use smartcache_tests::{free_port, http_get, Env};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `shop` example binary, built by `cargo test --workspace`.
 fn shop_binary() -> std::path::PathBuf {
@@ -33,38 +32,10 @@ impl Drop for Shop {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET over plain HTTP/1.1: (status, x-cache, body).
+/// GET: (status, x-cache, body).
 async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let x_cache = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("x-cache")
-                .then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    Ok((status, x_cache, body.to_owned()))
+    let r = http_get(addr, path).await?;
+    Ok((r.status, r.header("x-cache").to_owned(), r.body))
 }
 
 async fn start_shop(env: &Env) -> Shop {
@@ -99,6 +70,7 @@ async fn price_changed_with_plain_sql_is_a_miss_with_the_new_price() {
         database_url: Some(env.db.url.clone()),
         redis_url: Some(smartcache_tests::redis_url()),
         namespace: Some(env.ns.name().to_owned()),
+        ..Overrides::default()
     };
     let shop_toml = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -1,0 +1,236 @@
+//! What the daemon tells operators: Prometheus metrics on `/metrics` and a
+//! health verdict on `/healthz`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Label of `smartcache_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorKind {
+    /// `redis`, `postgres`, `dead_letter` or `canary`.
+    pub kind: &'static str,
+}
+
+/// Counters, gauges and histograms of one daemon, plus its health.
+///
+/// ```
+/// let t = smartcache_invalidator::telemetry::Telemetry::new();
+/// t.events.inc_by(3);
+/// assert!(t.render().contains("smartcache_events_total 3"));
+/// ```
+pub struct Telemetry {
+    registry: Registry,
+    /// Outbox rows applied (events claimed and invalidated).
+    pub events: Counter,
+    /// Redis values deleted.
+    pub keys_deleted: Counter,
+    /// Events per applied batch.
+    pub batch_size: Histogram,
+    /// Seconds from the writer's change to the keys being deleted.
+    pub lag: Histogram,
+    /// Errors by kind.
+    pub errors: Family<ErrorKind, Counter>,
+    /// PostgreSQL sessions started after the first.
+    pub reconnects: Counter,
+    /// Outbox rows pending (upper bound: ids from the oldest to the newest).
+    pub backlog: Gauge,
+    /// Milliseconds of the last canary round trip (commit → key deleted).
+    pub canary_lag_ms: Gauge,
+    /// Canary heartbeats that were invalidated.
+    pub canary_beats: Counter,
+    pg_up: AtomicBool,
+    redis_up: AtomicBool,
+    canary_ok: AtomicBool,
+    canary_stalls: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    /// A fresh set, registered under `smartcache_*`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("smartcache");
+        let events = Counter::default();
+        let keys_deleted = Counter::default();
+        let batch_size = Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]);
+        let lag = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+        ]);
+        let errors = Family::<ErrorKind, Counter>::default();
+        let reconnects = Counter::default();
+        let backlog = Gauge::default();
+        let canary_lag_ms = Gauge::default();
+        let canary_beats = Counter::default();
+        registry.register("events", "Outbox rows applied", events.clone());
+        registry.register("keys_deleted", "Redis values deleted", keys_deleted.clone());
+        registry.register("batch_size", "Events per applied batch", batch_size.clone());
+        registry.register(
+            "commit_to_delete_seconds",
+            "Seconds from the change (trigger time) to its keys being deleted",
+            lag.clone(),
+        );
+        registry.register("errors", "Errors by kind", errors.clone());
+        registry.register(
+            "reconnects",
+            "PostgreSQL sessions started after the first",
+            reconnects.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Pending outbox rows (upper bound)",
+            backlog.clone(),
+        );
+        registry.register(
+            "canary_lag_milliseconds",
+            "Last canary round trip, commit to key deleted",
+            canary_lag_ms.clone(),
+        );
+        registry.register(
+            "canary_beats",
+            "Canary heartbeats invalidated",
+            canary_beats.clone(),
+        );
+        Self {
+            registry,
+            events,
+            keys_deleted,
+            batch_size,
+            lag,
+            errors,
+            reconnects,
+            backlog,
+            canary_lag_ms,
+            canary_beats,
+            pg_up: AtomicBool::new(false),
+            redis_up: AtomicBool::new(true),
+            canary_ok: AtomicBool::new(true),
+            canary_stalls: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Counts an error of `kind` and remembers it for `/healthz`.
+    pub fn error(&self, kind: &'static str, message: impl std::fmt::Display) {
+        self.errors.get_or_create(&ErrorKind { kind }).inc();
+        *self.last_error.lock().expect("not poisoned") = Some(format!("{kind}: {message}"));
+    }
+
+    /// Records whether PostgreSQL answers.
+    pub fn set_pg_up(&self, up: bool) {
+        self.pg_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records whether Redis answers.
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records a canary round trip (`None`: it stalled).
+    pub fn canary(&self, lag: Option<Duration>) {
+        match lag {
+            Some(lag) => {
+                self.canary_ok.store(true, Ordering::Relaxed);
+                self.canary_lag_ms.set(lag.as_millis() as i64);
+                self.canary_beats.inc();
+            }
+            None => {
+                self.canary_ok.store(false, Ordering::Relaxed);
+                self.canary_stalls.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Problems that make the daemon unhealthy; empty when healthy.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.pg_up.load(Ordering::Relaxed) {
+            out.push("postgresql: not connected".to_owned());
+        }
+        if !self.redis_up.load(Ordering::Relaxed) {
+            out.push("redis: unreachable".to_owned());
+        }
+        if !self.canary_ok.load(Ordering::Relaxed) {
+            out.push(
+                "canary: a heartbeat change was not invalidated in time; reconnecting and replaying"
+                    .to_owned(),
+            );
+        }
+        if !out.is_empty() {
+            if let Some(e) = self.last_error.lock().expect("not poisoned").as_ref() {
+                out.push(format!("last error: {e}"));
+            }
+        }
+        out
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    telemetry: Arc<Telemetry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    let metrics = {
+        let t = telemetry.clone();
+        move || {
+            let t = t.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    t.render(),
+                )
+            }
+        }
+    };
+    let healthz = move || {
+        let t = telemetry.clone();
+        async move {
+            let problems = t.problems();
+            if problems.is_empty() {
+                (StatusCode::OK, "ok\n".to_owned()).into_response()
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("unhealthy\n{}\n", problems.join("\n")),
+                )
+                    .into_response()
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
