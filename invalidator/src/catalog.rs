@@ -13,6 +13,8 @@ pub struct ResolvedTable {
     pub pk: Vec<String>,
     /// Template columns that are not part of the primary key.
     pub other: Vec<String>,
+    /// Captured columns of type `timestamptz`, rendered in UTC.
+    pub utc: Vec<String>,
 }
 
 /// Resolves every configured table. A missing table or column is a
@@ -47,15 +49,17 @@ pub async fn resolve(client: &Client, config: &Config) -> anyhow::Result<Vec<Res
             ))
             .into());
         }
-        let columns: Vec<String> = client
+        let typed: Vec<(String, bool)> = client
             .query(
-                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                "SELECT attname::text, atttypid = 'timestamptz'::regtype FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                 &[&oid],
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let columns: Vec<String> = typed.iter().map(|(c, _)| c.clone()).collect();
         for template in &spec.keys {
             if let Some(col) = template.columns().find(|c| !columns.iter().any(|x| x == c)) {
                 return Err(ConfigError(format!(
@@ -83,16 +87,22 @@ pub async fn resolve(client: &Client, config: &Config) -> anyhow::Result<Vec<Res
         if pk.is_empty() {
             tracing::warn!(table = %spec.name, "table has no primary key: row dependencies cannot be tracked, only the table and its key templates");
         }
-        let other = spec
+        let other: Vec<String> = spec
             .template_columns()
             .into_iter()
             .filter(|c| !pk.iter().any(|p| p == c))
             .map(str::to_owned)
             .collect();
+        let utc = typed
+            .into_iter()
+            .filter(|(c, tz)| *tz && (pk.contains(c) || other.contains(c)))
+            .map(|(c, _)| c)
+            .collect();
         out.push(ResolvedTable {
             spec: spec.clone(),
             pk,
             other,
+            utc,
         });
     }
     Ok(out)
