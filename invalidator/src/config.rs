@@ -396,6 +396,14 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_sample_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/smartcache.toml");
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c.tables.len(), 2);
+        assert_eq!(c.canary_interval, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
     fn defaults_apply_to_an_empty_file() {
         let c = load("").unwrap();
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
