@@ -908,7 +908,7 @@ impl Stack {
     /// The guarantee: every cached entry equals the database, and the
     /// entries of rows in `untouched` (which no writer changed) are still
     /// cached. Prints the counts; panics on a stale or missing entry.
-    pub async fn verify(&self, untouched: std::ops::RangeInclusive<i64>) -> Verdict {
+    pub async fn verify(&self, untouched: impl IntoIterator<Item = i64>) -> Verdict {
         let pg = self.pg.connect().await;
         let db: HashMap<i64, i64> = pg
             .query("SELECT id, val FROM items", &[])

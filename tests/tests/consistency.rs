@@ -1,0 +1,204 @@
+//! Consistency checker: writers change random rows with plain SQL while
+//! readers read them through the library (each reader its own `Cache`, as
+//! separate app processes would be) for a fixed time. Then the writers
+//! stop, the daemon drains, and every cached entry is compared with the
+//! database: the stale count must be 0.
+//!
+//! During the run every read is also checked against the commits that
+//! returned before it started: a value older than such a commit is a stale
+//! read. Some are expected (invalidation takes a few milliseconds), so
+//! only their age is bounded.
+//!
+//! `SMARTCACHE_SOAK_SECS` sets the duration (default 5 s); a longer soak is
+//! the same test with a bigger value.
+
+use smartcache::{Cache, Dep};
+use smartcache_tests::servers::{wait_for, Rng, Stack, LIBRARY_PREFIX, WAIT};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+
+const ROWS: i64 = 200;
+const WRITERS: usize = 4;
+const READERS: usize = 8;
+/// A read may lag a commit by this much (the daemon's invalidation
+/// latency under load on a small CI machine); a lost invalidation lags
+/// until the end of the run.
+const MAX_STALE_READ_AGE: Duration = Duration::from_secs(5);
+
+/// When each `(id, val)` was committed (`val` only grows by one).
+type Commits = Arc<Mutex<HashMap<(i64, i64), Instant>>>;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ReaderStats {
+    reads: u64,
+    hits: u64,
+    stale_reads: u64,
+    max_stale_age: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_entry_survives_concurrent_writes_and_reads() {
+    let secs: u64 = std::env::var("SMARTCACHE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let mut stack = Stack::start(ROWS, "").await;
+    let mut daemon = stack.daemon();
+    wait_for("the daemon's session", WAIT, || async {
+        (stack.pg.daemon_sessions().await.0 > 0).then_some(())
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits: Commits = Arc::default();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            tokio::spawn(writer(
+                stack.pg.url("postgres"),
+                stop.clone(),
+                commits.clone(),
+                i as u64,
+            ))
+        })
+        .collect();
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let cache = Cache::builder(&stack.redis.url())
+            .namespace(stack.ns.name())
+            .build()
+            .await
+            .expect("library cache");
+        readers.push(tokio::spawn(reader(
+            cache,
+            stack.pg.url("postgres"),
+            stop.clone(),
+            commits.clone(),
+            100 + i as u64,
+        )));
+    }
+
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    let mut total = ReaderStats::default();
+    for r in readers {
+        let s = r.await.unwrap();
+        total.reads += s.reads;
+        total.hits += s.hits;
+        total.stale_reads += s.stale_reads;
+        total.max_stale_age = total.max_stale_age.max(s.max_stale_age);
+    }
+    println!(
+        "{secs} s, {WRITERS} writers, {READERS} readers, {ROWS} rows: {written} transactions, \
+         {} reads ({} hits, {} misses); {} reads older than a commit that preceded them, \
+         the oldest by {:?}",
+        total.reads,
+        total.hits,
+        total.reads - total.hits,
+        total.stale_reads,
+        total.max_stale_age
+    );
+
+    stack.wait_drained().await;
+    let verdict = stack.verify([]).await;
+    assert!(
+        verdict.cached > 0,
+        "the readers cached nothing: the check proves nothing"
+    );
+    assert!(written > 0 && total.reads > 0);
+    assert!(
+        total.max_stale_age < MAX_STALE_READ_AGE,
+        "a reader got a value {:?} older than a commit that preceded the read",
+        total.max_stale_age
+    );
+    daemon.terminate().await;
+}
+
+/// Updates 1 to 3 random rows per transaction (in key order), recording
+/// when each new value was committed. Returns the transactions committed.
+async fn writer(url: String, stop: Arc<AtomicBool>, commits: Commits, seed: u64) -> u64 {
+    let (mut client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut rng = Rng::new(seed);
+    let mut done = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut ids: Vec<i64> = (0..1 + rng.below(3))
+            .map(|_| rng.pick(&(1..=ROWS)))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let tx = client.transaction().await.unwrap();
+        let mut vals = Vec::new();
+        for id in &ids {
+            let row = tx
+                .query_one(
+                    "UPDATE items SET val = val + 1 WHERE id = $1 RETURNING val",
+                    &[id],
+                )
+                .await
+                .unwrap();
+            vals.push((*id, row.get::<_, i64>(0)));
+        }
+        tx.commit().await.unwrap();
+        let at = Instant::now();
+        let mut c = commits.lock().unwrap();
+        for v in vals {
+            c.insert(v, at);
+        }
+        done += 1;
+    }
+    done
+}
+
+/// Reads random rows through the library; the computation reads the row
+/// from PostgreSQL.
+async fn reader(
+    cache: Cache,
+    url: String,
+    stop: Arc<AtomicBool>,
+    commits: Commits,
+    seed: u64,
+) -> ReaderStats {
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let client = &client;
+    let mut rng = Rng::new(seed);
+    let mut stats = ReaderStats::default();
+    while !stop.load(Ordering::Relaxed) {
+        let id = rng.pick(&(1..=ROWS));
+        let started = Instant::now();
+        let fetched = cache
+            .entry(format!("{LIBRARY_PREFIX}{id}"))
+            .depends_on(Dep::row("items", [id]))
+            .fetch(|| async move {
+                let row = client
+                    .query_one("SELECT val FROM items WHERE id = $1", &[&id])
+                    .await?;
+                Ok::<i64, anyhow::Error>(row.get(0))
+            })
+            .await
+            .expect("read through the cache");
+        stats.reads += 1;
+        if fetched.status.is_hit() {
+            stats.hits += 1;
+        }
+        // The commit that made this value old, if it returned before the
+        // read began.
+        let newer = commits
+            .lock()
+            .unwrap()
+            .get(&(id, fetched.value + 1))
+            .copied();
+        if let Some(at) = newer.filter(|at| *at < started) {
+            stats.stale_reads += 1;
+            stats.max_stale_age = stats.max_stale_age.max(started - at);
+        }
+    }
+    stats
+}
