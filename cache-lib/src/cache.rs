@@ -82,6 +82,9 @@ pub struct KeyInfo {
     /// Dependency ids the entry is registered under (`t:schema.table`,
     /// `r:schema.table:row`), sorted.
     pub deps: Vec<String>,
+    /// Time since the library stored the value (Redis clock), `None` for a
+    /// value written by another program (or by a version before 0.1.1).
+    pub age: Option<Duration>,
 }
 
 /// Settings for a [`Cache`]; start with [`Cache::builder`].
@@ -762,18 +765,82 @@ impl Cache {
             )
             .await?;
         let keys: Vec<&str> = found.iter().filter_map(|k| ns.cache_key_of(k)).collect();
+        self.describe(&mut con, &keys).await
+    }
+
+    /// Like [`Cache::keys`], but stops scanning once more than `limit`
+    /// entries matched, so a listing stays quick on a big namespace.
+    /// Returns at most `limit` entries sorted by key (which ones depends on
+    /// Redis's `SCAN` order) and whether more entries match.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let (first, more) = cache.keys_up_to("product:*", 1000).await?;
+    /// if more {
+    ///     println!("showing {} entries; narrow the pattern for the rest", first.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn keys_up_to(
+        &self,
+        pattern: &str,
+        limit: usize,
+    ) -> Result<(Vec<KeyInfo>, bool), Error> {
+        let ns = &self.inner.ns;
+        let mut con = self.inner.con.clone();
+        let pattern = ns.match_cache_keys(pattern);
+        let mut found = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        let more = loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .inner
+                .admin(
+                    "SCAN",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut con),
+                )
+                .await?;
+            found.extend(batch.into_iter().filter(|k| ns.cache_key_of(k).is_some()));
+            if found.len() > limit {
+                break true;
+            }
+            if next == 0 {
+                break false;
+            }
+            cursor = next;
+        };
+        let keys: Vec<&str> = found
+            .iter()
+            .filter_map(|k| ns.cache_key_of(k))
+            .take(limit)
+            .collect();
+        Ok((self.describe(&mut con, &keys).await?, more))
+    }
+
+    async fn describe(
+        &self,
+        con: &mut ConnectionManager,
+        keys: &[&str],
+    ) -> Result<Vec<KeyInfo>, Error> {
+        let ns = &self.inner.ns;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH) {
             let described = self
                 .inner
-                .admin("describe keys", lease::describe(&mut con, ns, chunk))
+                .admin("describe keys", lease::describe(con, ns, chunk))
                 .await?;
             for (key, d) in chunk.iter().zip(described) {
-                if let Some((size_bytes, deps)) = d {
+                if let Some((size_bytes, deps, age)) = d {
                     out.push(KeyInfo {
                         key: (*key).to_owned(),
                         size_bytes,
                         deps,
+                        age,
                     });
                 }
             }

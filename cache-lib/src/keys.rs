@@ -9,6 +9,8 @@
 //! | `{ns}:@sc:lease:{K}` | the fill lease of `K` (a token, short expiry) |
 //! | `{ns}:@sc:deps:{K}` | set of dependency ids `K` is registered under |
 //! | `{ns}:@sc:dep:{dep}` | set of keys that depend on `dep` |
+//! | `{ns}:@sc:born:{K}` | when the library stored `K` (ms since the Unix epoch, Redis clock; same TTL as the value) |
+//! | `{ns}:@sc:recent` | the daemon's last [`RECENT_LEN`] batch summaries (a list, newest first) |
 //!
 //! A dependency id is `t:{table}` for a whole table or
 //! `r:{table}:{row}` for one row, where `{table}` is `schema.name` and
@@ -38,6 +40,11 @@ pub const RESERVED_MARKER: &str = "@sc:";
 const LEASE: &str = "@sc:lease:";
 const ENTRY_DEPS: &str = "@sc:deps:";
 const DEP_SET: &str = "@sc:dep:";
+const BORN: &str = "@sc:born:";
+const RECENT: &str = "@sc:recent";
+
+/// How many batch summaries the daemon keeps at [`Namespace::recent_key`].
+pub const RECENT_LEN: usize = 100;
 
 /// A validated namespace: the first segment of every Redis key we touch.
 ///
@@ -111,6 +118,30 @@ impl Namespace {
     /// Redis key of the set of dependency ids that `key` is registered under.
     pub fn entry_deps_key(&self, key: &str) -> String {
         format!("{}{ENTRY_DEPS}{key}", self.prefix)
+    }
+
+    /// Redis key holding when the library stored `key`: milliseconds since
+    /// the Unix epoch on the Redis server's clock, written by the fill and
+    /// store scripts with the value's TTL and deleted with the entry's
+    /// other bookkeeping. Values written by other programs have none.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.born_key("product:1"), "cache:@sc:born:product:1");
+    /// ```
+    pub fn born_key(&self, key: &str) -> String {
+        format!("{}{BORN}{key}", self.prefix)
+    }
+
+    /// Redis key of the list of the invalidator's recent batch summaries
+    /// (newest first, at most [`RECENT_LEN`]), shown by the admin page.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.recent_key(), "cache:@sc:recent");
+    /// ```
+    pub fn recent_key(&self) -> String {
+        format!("{}{RECENT}", self.prefix)
     }
 
     /// Redis key of the set of cache keys that depend on `dep`.
@@ -399,6 +430,17 @@ local function unregister(k)
     redis.pcall('SREM', ns .. '@sc:dep:' .. d, k)
   end
   redis.call('DEL', dk)
+  redis.call('DEL', ns .. '@sc:born:' .. k)
+end
+-- Creation time of a value, on the Redis clock (ms), with the value's TTL.
+local function stamp(k, ttl)
+  local t = redis.call('TIME')
+  local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+  if ttl > 0 then
+    redis.call('SET', ns .. '@sc:born:' .. k, ms, 'PX', ttl)
+  else
+    redis.call('SET', ns .. '@sc:born:' .. k, ms)
+  end
 end
 local function register(k, first)
   for i = first, #ARGV do
@@ -488,6 +530,7 @@ if ttl > 0 then
 else
   redis.call('SET', ns .. k, value)
 end
+stamp(k, ttl)
 return 1
 "#
 );
@@ -525,6 +568,7 @@ if ttl > 0 then
 else
   redis.call('SET', ns .. k, value)
 end
+stamp(k, ttl)
 register(k, 5)
 return 1
 "#
@@ -533,12 +577,15 @@ return 1
 /// Lua script describing cache entries for the admin view.
 ///
 /// `ARGV`: namespace prefix, then cache keys. Returns, per key, `{size,
-/// {dependency ids...}}`, where `size` is the value length in bytes
+/// {dependency ids...}, age}`, where `size` is the value length in bytes
 /// (`STRLEN`; `MEMORY USAGE` for a non-string value written by another
-/// program) or `-1` if the key vanished meanwhile.
+/// program) or `-1` if the key vanished meanwhile, and `age` the
+/// milliseconds since the library stored it, `-1` if unknown.
 pub const DESCRIBE_LUA: &str = concat_lua!(
     r#"
 local out = {}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 2, #ARGV do
   local k = ARGV[i]
   local t = redis.call('TYPE', ns .. k)['ok']
@@ -548,7 +595,11 @@ for i = 2, #ARGV do
   elseif t ~= 'none' then
     size = redis.call('MEMORY', 'USAGE', ns .. k) or 0
   end
-  out[#out + 1] = {size, redis.call('SMEMBERS', ns .. '@sc:deps:' .. k)}
+  local age = -1
+  local b = redis.pcall('GET', ns .. '@sc:born:' .. k)
+  local born = type(b) == 'string' and tonumber(b)
+  if born then age = math.max(0, now - born) end
+  out[#out + 1] = {size, members(ns .. '@sc:deps:' .. k), age}
 end
 return out
 "#

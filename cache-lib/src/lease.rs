@@ -150,24 +150,25 @@ pub(crate) async fn store<C: ConnectionLike + Send>(
     inv.invoke_async::<i64>(con).await.map(drop)
 }
 
-/// Size in bytes and dependency ids of each key; `None` for keys that
-/// vanished.
+/// Size in bytes, dependency ids and age (if the library stored it) of
+/// each key; `None` for keys that vanished.
 pub(crate) async fn describe<C: ConnectionLike + Send>(
     con: &mut C,
     ns: &Namespace,
     keys: &[&str],
-) -> RedisResult<Vec<Option<(u64, Vec<String>)>>> {
+) -> RedisResult<Vec<Option<(u64, Vec<String>, Option<Duration>)>>> {
     let mut inv = DESCRIBE.prepare_invoke();
     inv.arg(ns.prefix());
     for k in keys {
         inv.arg(*k);
     }
-    let rows: Vec<(i64, Vec<String>)> = inv.invoke_async(con).await?;
+    let rows: Vec<(i64, Vec<String>, i64)> = inv.invoke_async(con).await?;
     Ok(rows
         .into_iter()
-        .map(|(size, mut deps)| {
+        .map(|(size, mut deps, age_ms)| {
             deps.sort_unstable();
-            u64::try_from(size).ok().map(|s| (s, deps))
+            let age = u64::try_from(age_ms).ok().map(Duration::from_millis);
+            u64::try_from(size).ok().map(|s| (s, deps, age))
         })
         .collect())
 }

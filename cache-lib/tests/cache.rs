@@ -573,3 +573,67 @@ async fn waiter_refills_when_the_holders_fill_was_refused() {
     assert_eq!(fx.raw_get("p").await.unwrap(), b"\"new\"");
     fx.cleanup().await;
 }
+
+#[tokio::test]
+async fn age_is_listed_and_its_bookkeeping_goes_with_the_entry() {
+    let mut fx = Fixture::new("age").await;
+    let ns = fx.cache.namespace().clone();
+    fx.cache.set("a", &1, [Dep::table("t")]).await.unwrap();
+    let _: i32 = fx
+        .cache
+        .entry("b")
+        .ttl(Duration::from_secs(60))
+        .get_or_compute(|| async { Ok::<_, Error>(2) })
+        .await
+        .unwrap();
+    fx.raw_set(&ns.value_key("foreign"), "x").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let listed = fx.cache.keys("*").await.unwrap();
+    let age = |k: &str| listed.iter().find(|i| i.key == k).unwrap().age;
+    let a = age("a").expect("stored by the library: age known");
+    assert!(
+        a >= Duration::from_millis(20) && a < Duration::from_secs(10),
+        "{a:?}"
+    );
+    assert!(age("b").is_some());
+    assert_eq!(age("foreign"), None, "written by another program");
+    let born_ttl: i64 = redis::cmd("PTTL")
+        .arg(ns.born_key("b"))
+        .query_async(&mut fx.redis)
+        .await
+        .unwrap();
+    assert!(
+        born_ttl > 0 && born_ttl <= 60_000,
+        "same TTL as the value: {born_ttl}"
+    );
+
+    // Invalidation, clear and a refused fill leave no creation time behind.
+    let t = TableName::parse("t").unwrap();
+    invalidate(&mut fx.redis, &ns, &[], &[t.table_dep()])
+        .await
+        .unwrap();
+    assert!(fx.cache.clear("b").await.unwrap());
+    assert!(fx.cache.clear("foreign").await.unwrap());
+    let failed: Result<i32, anyhow::Error> = fx
+        .cache
+        .get_or_compute("c", [], || async { Err(anyhow::anyhow!("no")) })
+        .await;
+    assert!(failed.is_err());
+    assert!(fx.all_keys().await.is_empty(), "{:?}", fx.all_keys().await);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn keys_up_to_stops_at_the_limit_and_says_so() {
+    let fx = Fixture::new("keys_up_to").await;
+    for i in 0..30 {
+        fx.cache.set(&format!("k:{i:02}"), &i, []).await.unwrap();
+    }
+    let (some, more) = fx.cache.keys_up_to("k:*", 10).await.unwrap();
+    assert_eq!((some.len(), more), (10, true));
+    assert!(some.windows(2).all(|w| w[0].key < w[1].key), "sorted");
+    let (all, more) = fx.cache.keys_up_to("k:*", 30).await.unwrap();
+    assert_eq!((all.len(), more), (30, false));
+    fx.cleanup().await;
+}
