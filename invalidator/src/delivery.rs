@@ -181,7 +181,9 @@ impl Daemon {
                             tracing::error!(%policy, "{risk}");
                         }
                     }
-                    Err(e) => warn!(error = %e, "Redis unreachable at start; retrying as changes arrive"),
+                    Err(e) => {
+                        warn!(error = %e, "Redis unreachable at start; retrying as changes arrive")
+                    }
                 }
             }
             sessions += 1;
