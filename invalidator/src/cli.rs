@@ -78,6 +78,17 @@ pub enum Command {
     },
     /// Delete cache entries by hand, inside the namespace only
     Clear(ClearArgs),
+    /// Serve the admin page: keys with size, dependencies and age, recent
+    /// invalidations, and (with `admin_token` set) buttons to clear a key or
+    /// a table
+    Admin {
+        /// Address to serve on
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9188")]
+        addr: std::net::SocketAddr,
+        /// Allow a non-loopback address (put TLS and a firewall in front)
+        #[arg(long)]
+        allow_remote: bool,
+    },
 }
 
 /// What `clear` deletes; exactly one of the three.
@@ -106,6 +117,7 @@ impl GlobalArgs {
             redis_url: self.redis_url.clone(),
             namespace: self.namespace.clone(),
             metrics_addr,
+            admin_token: std::env::var("SMARTCACHE_ADMIN_TOKEN").ok(),
         };
         Config::load(self.config.as_deref(), &overrides)
     }
@@ -268,13 +280,7 @@ pub async fn clear(config: &Config, args: &ClearArgs) -> anyhow::Result<()> {
         println!("cleared {n} entries in namespace {ns}");
     } else if let Some(table) = &args.table {
         let table = TableName::parse(table).map_err(|e| ConfigError(e.to_string()))?;
-        // Exactly what a TRUNCATE of the table invalidates.
-        let mut con = redis::Client::open(config.redis_url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
-        let (keys, mut deps) = truncation_targets(&mut con, config, &table).await?;
-        deps.push(table.table_dep());
-        let n = invalidate(&mut con, &config.namespace, &keys, &deps).await?;
+        let n = clear_table(config, &table).await?;
         println!("cleared {n} entries of table {table} in namespace {ns}");
     } else {
         let mut n = 0;
@@ -288,6 +294,18 @@ pub async fn clear(config: &Config, args: &ClearArgs) -> anyhow::Result<()> {
         println!("cleared {n} of {} keys in namespace {ns}", args.keys.len());
     }
     Ok(())
+}
+
+/// Deletes exactly what a TRUNCATE of `table` invalidates: the keys its
+/// templates can produce and everything registered as depending on it or
+/// its rows. Returns how many values were deleted.
+pub async fn clear_table(config: &Config, table: &TableName) -> anyhow::Result<u64> {
+    let mut con = redis::Client::open(config.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let (keys, mut deps) = truncation_targets(&mut con, config, table).await?;
+    deps.push(table.table_dep());
+    Ok(invalidate(&mut con, &config.namespace, &keys, &deps).await?)
 }
 
 #[cfg(test)]

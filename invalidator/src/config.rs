@@ -41,6 +41,7 @@ struct FileConfig {
     poll_interval_ms: Option<u64>,
     canary_interval_ms: Option<u64>,
     metrics_addr: Option<SocketAddr>,
+    admin_token: Option<String>,
     #[serde(default)]
     tables: Vec<FileTable>,
 }
@@ -65,6 +66,8 @@ pub struct Overrides {
     pub namespace: Option<String>,
     /// `run --metrics-addr`.
     pub metrics_addr: Option<SocketAddr>,
+    /// `SMARTCACHE_ADMIN_TOKEN` (environment only: a flag would show in `ps`).
+    pub admin_token: Option<String>,
 }
 
 /// The validated configuration of the daemon.
@@ -87,6 +90,9 @@ pub struct Config {
     pub canary_interval: Option<Duration>,
     /// Where `run` serves `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Token that the admin page's write actions (clear a key or a table)
+    /// require; `None` disables them.
+    pub admin_token: Option<AdminToken>,
     /// Watched tables with their key templates.
     pub tables: Vec<TableSpec>,
     /// Where the file settings came from, for messages.
@@ -172,6 +178,16 @@ impl Config {
                 "{origin}: setting `canary_interval_ms`: {canary_ms} is outside 100..=3600000 (0 turns the canary off)"
             )));
         }
+        let admin_token = match o.admin_token.clone().or(file.admin_token) {
+            Some(t) if t.chars().count() < AdminToken::MIN_LEN => {
+                return Err(ConfigError(format!(
+                    "{origin}: setting `admin_token` (or SMARTCACHE_ADMIN_TOKEN): use at least {} \
+                     characters, e.g. from `openssl rand -hex 16`; unset it to disable write actions",
+                    AdminToken::MIN_LEN
+                )));
+            }
+            t => t.map(AdminToken),
+        };
         let mut tables: Vec<TableSpec> = Vec::new();
         for t in file.tables {
             let name = TableName::parse(&t.name)
@@ -209,6 +225,7 @@ impl Config {
             poll_interval: Duration::from_millis(poll_ms),
             canary_interval: (canary_ms > 0).then(|| Duration::from_millis(canary_ms)),
             metrics_addr: o.metrics_addr.or(file.metrics_addr),
+            admin_token,
             tables,
             source,
         })
@@ -222,6 +239,26 @@ impl Config {
     /// Names the config's origin in messages.
     pub fn origin(&self) -> impl fmt::Display + '_ {
         Origin(self.source.as_deref())
+    }
+}
+
+/// The admin token: a secret, so `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Shortest token accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// The token itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(***)")
     }
 }
 
@@ -420,6 +457,16 @@ mod tests {
         };
         let c = Config::from_toml("namespace = \"file\"", Path::new("x.toml"), &o).unwrap();
         assert_eq!(c.namespace.name(), "flag");
+    }
+
+    #[test]
+    fn admin_token_is_secret_and_not_too_short() {
+        let c = load("admin_token = \"0123456789abcdef\"").unwrap();
+        assert_eq!(c.admin_token.as_ref().unwrap().expose(), "0123456789abcdef");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let e = load("admin_token = \"short\"").unwrap_err().0;
+        assert!(e.contains("admin_token") && e.contains("16"), "{e}");
+        assert!(load("").unwrap().admin_token.is_none());
     }
 
     #[test]

@@ -378,6 +378,8 @@ impl Daemon {
         let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
         self.telemetry.set_redis_up(true);
         let since_claim = started.elapsed().as_secs_f64();
+        let lag_min = ages.iter().copied().fold(f64::INFINITY, f64::min) + since_claim;
+        let lag_max = ages.iter().copied().fold(0.0, f64::max) + since_claim;
         for age in ages {
             self.telemetry.lag.observe(age + since_claim);
         }
@@ -388,6 +390,8 @@ impl Daemon {
                 .await?;
         }
         tx.commit().await?;
+        let summary = crate::recent::Batch::new(rows.len() as u64, deleted, lag_min, lag_max);
+        crate::recent::record(&self.redis, &self.config.namespace, summary);
         self.telemetry.events.inc_by(rows.len() as u64);
         self.telemetry.keys_deleted.inc_by(deleted);
         self.telemetry.batch_size.observe(rows.len() as f64);

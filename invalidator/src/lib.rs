@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 mod canary;
 pub mod catalog;
 pub mod cli;
@@ -16,6 +17,7 @@ mod delivery;
 pub mod mapping;
 pub mod outbox;
 pub mod pg;
+pub mod recent;
 pub mod redis_ops;
 pub mod schema;
 pub mod shutdown;

@@ -38,6 +38,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run { .. } => smartcache_invalidator::run(config, shutdown_signal()).await,
         Command::Keys { pattern } => cli::keys(&config, &pattern).await,
         Command::Clear(args) => cli::clear(&config, &args).await,
+        Command::Admin { addr, allow_remote } => {
+            smartcache_invalidator::admin::check_addr(addr, allow_remote)?;
+            smartcache_invalidator::admin::serve(config, addr, shutdown_signal()).await
+        }
     }
 }
 
