@@ -173,7 +173,16 @@ impl Daemon {
                 }
             };
             if !validated {
-                self.validate(&session.client).await?;
+                // A connection lost while checking (a server restarting
+                // under us) is retried like any other; a mismatch is not.
+                if let Err(e) = self.validate(&session.client).await {
+                    if !lost_connection(&e) {
+                        return Err(e);
+                    }
+                    warn!(error = %e, "PostgreSQL connection lost while checking the config; retrying");
+                    backoff.sleep(&mut stop).await;
+                    continue;
+                }
                 validated = true;
                 match crate::redis_ops::maxmemory_policy(&mut self.redis).await {
                     Ok(policy) => {
@@ -417,6 +426,19 @@ impl Daemon {
         }
         Ok((keys, deps))
     }
+}
+
+/// Whether `e` is the connection going away rather than an answer from
+/// the server.
+fn lost_connection(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .any(|pe| {
+            pe.is_closed()
+                || pe
+                    .as_db_error()
+                    .is_none_or(|db| db.code().code().starts_with("57"))
+        })
 }
 
 /// Capped exponential backoff that shutdown interrupts.
