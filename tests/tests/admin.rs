@@ -8,6 +8,7 @@ use serde_json::json;
 use smartcache::{Cache, Dep};
 use smartcache_invalidator::config::Config;
 use smartcache_tests::{free_port, redis_url, Env, PATIENCE};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +36,10 @@ impl Driver {
              missing; install them with `apt-get install -y chromium chromium-driver`"
         );
         let port = free_port();
+        // Its own process group, so that dropping it also ends the
+        // browsers it started when a test panics before closing them.
         let child = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -84,6 +88,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
