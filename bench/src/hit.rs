@@ -1,0 +1,258 @@
+//! The hit path: the library and the axum layer against a raw `GET` of the
+//! same bytes on the same connection type (`ConnectionManager`).
+
+use crate::stats::{histogram, med_fmt, median, met, record, us};
+use crate::{Args, NS};
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::get;
+use axum::Router;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use smartcache::axum::{CacheLayer, X_CACHE};
+use smartcache::{Cache, Error};
+use std::sync::Arc;
+use std::time::Instant;
+use tower::ServiceExt;
+
+#[derive(Serialize, Deserialize)]
+struct Product {
+    id: i64,
+    name: String,
+    description: String,
+    price_cents: i64,
+    tags: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    RawBytes,
+    LibBytes,
+    RawJson,
+    LibJson,
+    AxumRaw,
+    AxumLayer,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::RawBytes => "raw GET (bytes)",
+            Variant::LibBytes => "`get_or_compute_bytes` hit",
+            Variant::RawJson => "raw GET + serde_json decode",
+            Variant::LibJson => "`get_or_compute::<Product>` hit",
+            Variant::AxumRaw => "axum handler doing a raw GET",
+            Variant::AxumLayer => "axum `CacheLayer` hit",
+        }
+    }
+}
+
+/// Pairs: (baseline, smartcache).
+const PAIRS: [(Variant, Variant); 3] = [
+    (Variant::RawBytes, Variant::LibBytes),
+    (Variant::RawJson, Variant::LibJson),
+    (Variant::AxumRaw, Variant::AxumLayer),
+];
+
+struct Ctx {
+    raw: ConnectionManager,
+    cache: Cache,
+    raw_app: Router,
+    layer_app: Router,
+    value_key: String,
+}
+
+impl Ctx {
+    async fn op(&self, v: Variant) {
+        match v {
+            Variant::RawBytes => {
+                let b: Vec<u8> = self.raw.clone().get(&self.value_key).await.expect("GET");
+                std::hint::black_box(b);
+            }
+            Variant::RawJson => {
+                let b: Vec<u8> = self.raw.clone().get(&self.value_key).await.expect("GET");
+                let p: Product = serde_json::from_slice(&b).expect("decode");
+                std::hint::black_box(p);
+            }
+            Variant::LibBytes => {
+                let b = self
+                    .cache
+                    .get_or_compute_bytes::<Error, _, _>("hit", [], || async {
+                        unreachable!("a miss in the hit benchmark")
+                    })
+                    .await
+                    .expect("hit");
+                std::hint::black_box(b);
+            }
+            Variant::LibJson => {
+                let p: Product = self
+                    .cache
+                    .get_or_compute::<Product, Error, _, _>("hit", [], || async {
+                        unreachable!("a miss in the hit benchmark")
+                    })
+                    .await
+                    .expect("hit");
+                std::hint::black_box(p);
+            }
+            Variant::AxumRaw | Variant::AxumLayer => {
+                let (app, path) = if v == Variant::AxumRaw {
+                    (&self.raw_app, "/raw")
+                } else {
+                    (&self.layer_app, "/p")
+                };
+                let req = Request::get(path).body(Body::empty()).expect("request");
+                let resp = app.clone().oneshot(req).await.expect("infallible");
+                if v == Variant::AxumLayer {
+                    assert_eq!(resp.headers()[X_CACHE], "hit");
+                }
+                let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .expect("body");
+                std::hint::black_box(body);
+            }
+        }
+    }
+}
+
+struct Sample {
+    p50: f64,
+    p99: f64,
+    ops_per_s: f64,
+}
+
+async fn measure(ctx: &Arc<Ctx>, v: Variant, tasks: usize, ops: usize) -> Sample {
+    // Warm up: connections, script caches, allocator.
+    for _ in 0..100 {
+        ctx.op(v).await;
+    }
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let ctx = ctx.clone();
+        handles.push(tokio::spawn(async move {
+            let mut h = histogram();
+            for _ in 0..ops / tasks {
+                let t = Instant::now();
+                ctx.op(v).await;
+                record(&mut h, t.elapsed());
+            }
+            h
+        }));
+    }
+    let mut all = histogram();
+    for h in handles {
+        all.add(h.await.expect("task")).expect("same bounds");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Sample {
+        p50: us(&all, 0.5),
+        p99: us(&all, 0.99),
+        ops_per_s: all.len() as f64 / secs,
+    }
+}
+
+pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
+    let raw = crate::redis_manager(&args.redis_url).await?;
+    let cache = Cache::builder(&args.redis_url)
+        .namespace(NS)
+        .build()
+        .await?;
+    let product = Product {
+        id: 42,
+        name: "Stoneware teapot, 1.2 l".into(),
+        description: "Hand-glazed stoneware teapot with a stainless steel infuser.".into(),
+        price_cents: 3_499,
+        tags: vec!["kitchen".into(), "tea".into(), "gift".into()],
+    };
+    let body = serde_json::to_vec(&product)?;
+    cache.set("hit", &product, []).await?;
+    let value_key = cache.namespace().value_key("hit");
+    let raw_for_app = raw.clone();
+    let raw_key = value_key.clone();
+    let raw_app = Router::new().route(
+        "/raw",
+        get(move || {
+            let mut con = raw_for_app.clone();
+            let key = raw_key.clone();
+            async move {
+                let b: Vec<u8> = con.get(&key).await.unwrap_or_default();
+                ([("content-type", "application/json")], b)
+            }
+        }),
+    );
+    let served = body.clone();
+    let layer_app = Router::new()
+        .route(
+            "/p",
+            get(move || {
+                let b = served.clone();
+                async move { ([("content-type", "application/json")], b) }
+            }),
+        )
+        .route_layer(CacheLayer::new(cache.clone()));
+    // The first request fills the layer's entry.
+    let _ = layer_app
+        .clone()
+        .oneshot(Request::get("/p").body(Body::empty())?)
+        .await?;
+    let ctx = Arc::new(Ctx {
+        raw,
+        cache,
+        raw_app,
+        layer_app,
+        value_key,
+    });
+
+    let (single_ops, multi_ops) = if args.quick {
+        (2_000, 6_400)
+    } else {
+        (10_000, 64_000)
+    };
+    println!("## Hit path\n");
+    println!(
+        "{} B JSON value; {single_ops} sequential ops (1 task) and {multi_ops} ops over 64 tasks \
+         per run; tokio multi-thread runtime; latency per op in µs; the baseline and smartcache \
+         alternate within each run; median of {} runs.\n",
+        body.len(),
+        args.runs
+    );
+    println!(
+        "| tasks | baseline | smartcache | baseline p50 / p99 / ops/s | smartcache p50 / p99 / ops/s | \
+         p50 ratio | p99 ratio | throughput ratio | goal met |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for tasks in [1usize, 64] {
+        let ops = if tasks == 1 { single_ops } else { multi_ops };
+        for (base, lib) in PAIRS {
+            let mut b = Vec::new();
+            let mut l = Vec::new();
+            for _ in 0..args.runs {
+                b.push(measure(&ctx, base, tasks, ops).await);
+                l.push(measure(&ctx, lib, tasks, ops).await);
+            }
+            let ratio = |f: fn(&Sample) -> f64| {
+                median(b.iter().zip(&l).map(|(b, l)| f(l) / f(b)).collect())
+            };
+            let (r50, r99, rt) = (ratio(|s| s.p50), ratio(|s| s.p99), ratio(|s| s.ops_per_s));
+            let fmt = |s: &[Sample]| {
+                format!(
+                    "{} / {} / {}",
+                    med_fmt(s.iter().map(|s| s.p50).collect(), 1),
+                    med_fmt(s.iter().map(|s| s.p99).collect(), 1),
+                    med_fmt(s.iter().map(|s| s.ops_per_s).collect(), 0)
+                )
+            };
+            println!(
+                "| {tasks} | {} | {} | {} | {} | {r50:.2}× | {r99:.2}× | {rt:.2}× | {} |",
+                base.name(),
+                lib.name(),
+                fmt(&b),
+                fmt(&l),
+                met(r50 <= 1.10 && r99 <= 1.10 && rt >= 0.90)
+            );
+        }
+    }
+    println!();
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `smartcache-bench`: measures smartcache against this machine's floor and
+//! against what a user would otherwise write, each in the same run.
+//!
+//! Sections: the hit path (library and axum layer vs a raw `GET`),
+//! commit → key deleted at a fixed commit rate (vs NOTIFY delivery plus one
+//! `DEL` round trip), bulk throughput (vs a naive one-`DEL`-per-NOTIFY
+//! listener), and the daemon's memory and CPU. The daemon runs as a separate
+//! process from the release binary. Uses its own database and namespace and
+//! removes both at the end. `bench/run.sh` runs it with the pgbench script.
+
+mod daemon;
+mod hit;
+mod latency;
+mod plot;
+mod stats;
+mod throughput;
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use tokio_postgres::{Client, NoTls};
+
+/// Benchmarks of smartcache; results are printed as Markdown tables.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Admin PostgreSQL URL; the bench creates and drops its own database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Redis URL; only keys under the bench namespace are written or deleted.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
+    /// The daemon binary, started as a separate process.
+    #[arg(long, default_value = "target/release/smartcache-invalidator")]
+    daemon_bin: PathBuf,
+    /// Runs per figure; the tables show the median run.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Short runs for debugging the bench itself.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds of commits at 1,000 commits/s per commit → delete run.
+    #[arg(long, default_value_t = 5)]
+    commit_secs: u64,
+    /// Rows in the throughput tests.
+    #[arg(long, default_value_t = 100_000)]
+    rows: i64,
+    /// The daemon's `batch_size` (rows claimed per transaction).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Sections to run (hit, latency, throughput).
+    #[arg(long, value_delimiter = ',', default_value = "hit,latency,throughput")]
+    only: Vec<String>,
+    /// Where the commit → delete latency CDF is drawn.
+    #[arg(long, default_value = "bench/commit_to_delete_cdf.png")]
+    plot: PathBuf,
+}
+
+const DB: &str = "sc_bench";
+/// The bench's Redis namespace: every key it writes or deletes is under it.
+const NS: &str = "scbench";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.runs = args.runs.min(1);
+        args.commit_secs = args.commit_secs.min(2);
+        args.rows = args.rows.min(20_000);
+    }
+    let db_url = format!(
+        "{}/{DB}",
+        args.database_url
+            .rsplit_once('/')
+            .context("DATABASE_URL must end in /dbname")?
+            .0
+    );
+    let admin = connect(&args.database_url).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DB}"))
+        .await?;
+    let result = run(&args, &db_url).await;
+    let cleanup = cleanup(&args, &admin).await;
+    result.and(cleanup)
+}
+
+async fn run(args: &Args, db_url: &str) -> anyhow::Result<()> {
+    let pg = connect(db_url).await?;
+    let rows = args.rows.max(100_000);
+    pg.batch_execute(&format!(
+        "CREATE TABLE bench_items (id bigint PRIMARY KEY, val bigint NOT NULL);
+         INSERT INTO bench_items SELECT g, 0 FROM generate_series(1, {rows}) g;
+         CREATE TABLE naive_items (id bigint PRIMARY KEY, val bigint NOT NULL);
+         INSERT INTO naive_items SELECT g, 0 FROM generate_series(1, {rows}) g;
+         CREATE FUNCTION naive_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_notify('bench_naive', '{NS}:naive:' || NEW.id); RETURN NULL; END $$;
+         CREATE TRIGGER naive_notify AFTER UPDATE ON naive_items
+           FOR EACH ROW EXECUTE FUNCTION naive_notify();"
+    ))
+    .await?;
+    pg.batch_execute("VACUUM ANALYZE bench_items, naive_items")
+        .await?;
+    let mut daemon = daemon::Daemon::start(args, db_url).await?;
+    println!("# smartcache-bench\n");
+    println!(
+        "runs: {}, commit → delete: {} s at 1,000 commits/s per run, throughput rows: {}, \
+         daemon: {} (separate process, batch_size {})\n",
+        args.runs,
+        args.commit_secs,
+        args.rows,
+        args.daemon_bin.display(),
+        args.batch_size.map_or("default".into(), |b| b.to_string())
+    );
+    println!("daemon RSS idle: {:.1} MB\n", daemon.rss_mb()?);
+    let sections = |s: &str| args.only.iter().any(|o| o == s);
+    let result = async {
+        if sections("hit") {
+            hit::run(args).await?;
+        }
+        if sections("latency") {
+            latency::run(args, db_url).await?;
+        }
+        if sections("throughput") {
+            throughput::run(args, db_url, &mut daemon).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    daemon.stop().await?;
+    result
+}
+
+/// Removes the bench's database and every key of its namespace.
+async fn cleanup(args: &Args, admin: &Client) -> anyhow::Result<()> {
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .await?;
+    let mut con = redis_con(&args.redis_url).await?;
+    let keys = smartcache::invalidate::scan_matching(&mut con, &format!("{NS}:*")).await?;
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("UNLINK")
+            .arg(chunk)
+            .query_async(&mut con)
+            .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// A connection of the type the library and the daemon use.
+pub(crate) async fn redis_manager(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    Ok(redis::Client::open(url)?.get_connection_manager().await?)
+}
+
+/// A separate connection for the observer side of a measurement.
+pub(crate) async fn redis_con(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?)
+}
