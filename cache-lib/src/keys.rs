@@ -168,6 +168,16 @@ impl Namespace {
         format!("{}*", glob_escape(&self.prefix))
     }
 
+    /// `SCAN MATCH` pattern for every dependency set of the namespace.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.match_dep_sets(), "cache:@sc:dep:*");
+    /// ```
+    pub fn match_dep_sets(&self) -> String {
+        format!("{}*", glob_escape(&format!("{}{DEP_SET}", self.prefix)))
+    }
+
     /// `SCAN MATCH` pattern for the row dependency sets of `table`.
     pub fn match_row_dep_sets(&self, table: &TableName) -> String {
         format!(
@@ -453,6 +463,29 @@ end
         )
     };
 }
+
+/// Lua script that forgets registrations whose entry is gone.
+///
+/// `ARGV[1]` is the namespace prefix, `ARGV[2]` a dependency id, then cache
+/// keys that are members of its set. A member with neither a value nor a
+/// lease (its value expired or was evicted; its fill failed or timed out)
+/// is unregistered everywhere; a member with a lease is a fill in flight
+/// and stays. Returns the number of members removed.
+pub const SWEEP_LUA: &str = concat_lua!(
+    r#"
+local set = ns .. '@sc:dep:' .. ARGV[2]
+local removed = 0
+for i = 3, #ARGV do
+  local k = ARGV[i]
+  if redis.call('EXISTS', ns .. k, ns .. '@sc:lease:' .. k) == 0 then
+    unregister(k)
+    redis.pcall('SREM', set, k)
+    removed = removed + 1
+  end
+end
+return removed
+"#
+);
 
 /// Lua script that invalidates entries atomically.
 ///

@@ -40,6 +40,7 @@ struct FileConfig {
     batch_size: Option<usize>,
     poll_interval_ms: Option<u64>,
     canary_interval_ms: Option<u64>,
+    sweep_interval_ms: Option<u64>,
     metrics_addr: Option<SocketAddr>,
     admin_token: Option<String>,
     #[serde(default)]
@@ -88,6 +89,9 @@ pub struct Config {
     /// How often the canary commits a heartbeat through the trigger path;
     /// `None` turns it off.
     pub canary_interval: Option<Duration>,
+    /// How often the sweeper removes registrations of expired or evicted
+    /// entries; `None` turns it off.
+    pub sweep_interval: Option<Duration>,
     /// Where `run` serves `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// Token that the admin page's write actions (clear a key or a table)
@@ -188,6 +192,12 @@ impl Config {
             }
             t => t.map(AdminToken),
         };
+        let sweep_ms = file.sweep_interval_ms.unwrap_or(60_000);
+        if sweep_ms != 0 && !(100..=86_400_000).contains(&sweep_ms) {
+            return Err(ConfigError(format!(
+                "{origin}: setting `sweep_interval_ms`: {sweep_ms} is outside 100..=86400000 (0 turns the sweeper off)"
+            )));
+        }
         let mut tables: Vec<TableSpec> = Vec::new();
         for t in file.tables {
             let name = TableName::parse(&t.name)
@@ -224,6 +234,7 @@ impl Config {
             batch_size,
             poll_interval: Duration::from_millis(poll_ms),
             canary_interval: (canary_ms > 0).then(|| Duration::from_millis(canary_ms)),
+            sweep_interval: (sweep_ms > 0).then(|| Duration::from_millis(sweep_ms)),
             metrics_addr: o.metrics_addr.or(file.metrics_addr),
             admin_token,
             tables,

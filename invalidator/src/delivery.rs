@@ -71,6 +71,15 @@ pub async fn run(
             stop.clone(),
         ))
     });
+    if let Some(every) = daemon.config.sweep_interval {
+        tokio::spawn(crate::sweep::run(
+            daemon.config.clone(),
+            daemon.redis.clone(),
+            daemon.telemetry.clone(),
+            every,
+            stop.clone(),
+        ));
+    }
     let result = daemon.run(stop).await;
     if let Some(canary) = canary {
         // It removes its heartbeat row on the way out.

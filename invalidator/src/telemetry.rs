@@ -47,6 +47,8 @@ pub struct Telemetry {
     pub canary_lag_ms: Gauge,
     /// Canary heartbeats that were invalidated.
     pub canary_beats: Counter,
+    /// Registrations of gone entries removed by the sweeper.
+    pub swept: Counter,
     pg_up: AtomicBool,
     redis_up: AtomicBool,
     canary_ok: AtomicBool,
@@ -75,6 +77,7 @@ impl Telemetry {
         let backlog = Gauge::default();
         let canary_lag_ms = Gauge::default();
         let canary_beats = Counter::default();
+        let swept = Counter::default();
         registry.register("events", "Outbox rows applied", events.clone());
         registry.register("keys_deleted", "Redis values deleted", keys_deleted.clone());
         registry.register("batch_size", "Events per applied batch", batch_size.clone());
@@ -104,6 +107,11 @@ impl Telemetry {
             "Canary heartbeats invalidated",
             canary_beats.clone(),
         );
+        registry.register(
+            "swept",
+            "Registrations of expired or evicted entries removed from dependency sets",
+            swept.clone(),
+        );
         Self {
             registry,
             events,
@@ -115,6 +123,7 @@ impl Telemetry {
             backlog,
             canary_lag_ms,
             canary_beats,
+            swept,
             pg_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(true),
             canary_ok: AtomicBool::new(true),

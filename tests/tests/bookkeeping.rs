@@ -1,0 +1,134 @@
+//! Bookkeeping stays proportional to the live entries: registrations of
+//! entries whose value expired (or was evicted) are swept away, not kept
+//! until the row happens to change.
+
+use redis::AsyncCommands;
+use smartcache::keys::TableName;
+use smartcache::{Cache, Dep};
+use smartcache_tests::{redis_url, Env, PATIENCE};
+use std::time::{Duration, Instant};
+
+const SETUP: &str = "CREATE TABLE items (id int PRIMARY KEY, v int);
+                     INSERT INTO items SELECT g, 0 FROM generate_series(1, 1000) g;";
+
+async fn cache(env: &Env) -> Cache {
+    Cache::builder(&redis_url())
+        .namespace(env.ns.name())
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn is_member(env: &mut Env, id: i32, key: &str) -> bool {
+    let dep = TableName::parse("items")
+        .unwrap()
+        .row_dep(&[id.to_string()]);
+    env.redis
+        .sismember(env.ns.dep_set_key(&dep), key)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn expired_entries_are_swept_from_dependency_sets() {
+    let mut env = Env::new("sweep_expired", SETUP).await;
+    let config = env.config("sweep_interval_ms = 100\n[[tables]]\nname = \"items\"\n");
+    env.install(&config).await;
+    let cache = cache(&env).await;
+    cache
+        .entry("short")
+        .depends_on(Dep::row("items", [1]))
+        .ttl(Duration::from_millis(200))
+        .set(&1)
+        .await
+        .unwrap();
+    cache
+        .entry("long")
+        .depends_on(Dep::row("items", [1]))
+        .set(&2)
+        .await
+        .unwrap();
+    assert!(is_member(&mut env, 1, "short").await);
+    let daemon = env.start_daemon(&config);
+    let start = Instant::now();
+    while is_member(&mut env, 1, "short").await {
+        assert!(start.elapsed() < PATIENCE, "expired entry still registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        is_member(&mut env, 1, "long").await,
+        "a live entry stays registered"
+    );
+    let deps_left: bool = env
+        .redis
+        .exists(env.ns.entry_deps_key("short"))
+        .await
+        .unwrap();
+    assert!(!deps_left);
+    // And the live entry is still invalidated by its row.
+    env.pg
+        .batch_execute("UPDATE items SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    env.wait_gone(&["long"]).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_fill_in_flight_is_not_swept() {
+    let mut env = Env::new("sweep_lease", SETUP).await;
+    let dep = TableName::parse("items").unwrap().row_dep(&["2"]);
+    // What the library's acquire step leaves while the fill computes: a
+    // lease and the registrations, no value yet.
+    let _: () = redis::pipe()
+        .set(env.ns.lease_key("filling"), "token")
+        .sadd(env.ns.dep_set_key(&dep), "filling")
+        .sadd(env.ns.entry_deps_key("filling"), dep.as_str())
+        .query_async(&mut env.redis)
+        .await
+        .unwrap();
+    let ns = env.ns.clone();
+    smartcache_invalidator::sweep::sweep(&mut env.redis, &ns)
+        .await
+        .unwrap();
+    assert!(
+        is_member(&mut env, 2, "filling").await,
+        "swept a fill in flight"
+    );
+    let _: () = env.redis.del(env.ns.lease_key("filling")).await.unwrap();
+    let removed = smartcache_invalidator::sweep::sweep(&mut env.redis, &ns)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(!is_member(&mut env, 2, "filling").await);
+}
+
+#[tokio::test]
+async fn after_many_entries_expire_nothing_of_them_is_left() {
+    let mut env = Env::new("sweep_bounded", SETUP).await;
+    let cache = cache(&env).await;
+    for id in 1..=500 {
+        cache
+            .entry(format!("page:{id}"))
+            .depends_on(Dep::row("items", [id]))
+            .depends_on(Dep::table("items"))
+            .ttl(Duration::from_millis(100))
+            .set(&id)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ns = env.ns.clone();
+    let removed = smartcache_invalidator::sweep::sweep(&mut env.redis, &ns)
+        .await
+        .unwrap();
+    assert!(removed >= 500, "removed {removed}");
+    let left = smartcache::invalidate::scan_matching(&mut env.redis, &env.ns.match_all())
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "bookkeeping left behind: {:?}",
+        &left[..left.len().min(10)]
+    );
+}
