@@ -95,9 +95,12 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// First wait after activity before looking at the outbox again.
 const QUICK_LOOK: Duration = Duration::from_millis(1);
 
-/// Under load, a batch smaller than this is followed by a [`COALESCE`]
-/// pause.
+/// Under load, a batch of [`COALESCE_FROM`] up to this many rows is
+/// followed by a [`COALESCE`] pause.
 const COALESCE_BELOW: u64 = 64;
+/// Batches of fewer rows mean a trickle (≲ a few thousand commits/s):
+/// the pause would then be most of each row's latency for little saving.
+const COALESCE_FROM: u64 = 4;
 const COALESCE: Duration = Duration::from_millis(1);
 
 /// What one drain did.
@@ -352,7 +355,7 @@ impl Daemon {
                     // Under load, let a small batch grow for a moment:
                     // per-batch costs (round trips, commit) then spread
                     // over more rows.
-                    if drained.marked_busy && n < COALESCE_BELOW {
+                    if drained.marked_busy && (COALESCE_FROM..COALESCE_BELOW).contains(&n) {
                         tokio::select! {
                             _ = stop.wait() => {}
                             _ = tokio::time::sleep(COALESCE) => {}
