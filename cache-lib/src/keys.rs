@@ -442,6 +442,14 @@ local function unregister(k)
   redis.call('DEL', dk)
   redis.call('DEL', ns .. '@sc:born:' .. k)
 end
+-- Stores a value, with a TTL in ms when ttl > 0.
+local function put(k, value, ttl)
+  if ttl > 0 then
+    redis.call('SET', ns .. k, value, 'PX', ttl)
+  else
+    redis.call('SET', ns .. k, value)
+  end
+end
 -- Creation time of a value, on the Redis clock (ms), with the value's TTL.
 local function stamp(k, ttl)
   local t = redis.call('TIME')
@@ -558,11 +566,7 @@ local k, token, value, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lk = ns .. '@sc:lease:' .. k
 if redis.call('GET', lk) ~= token then return 0 end
 redis.call('DEL', lk)
-if ttl > 0 then
-  redis.call('SET', ns .. k, value, 'PX', ttl)
-else
-  redis.call('SET', ns .. k, value)
-end
+put(k, value, ttl)
 stamp(k, ttl)
 return 1
 "#
@@ -596,11 +600,7 @@ pub const STORE_LUA: &str = concat_lua!(
 local k, value, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
 redis.call('DEL', ns .. '@sc:lease:' .. k)
 unregister(k)
-if ttl > 0 then
-  redis.call('SET', ns .. k, value, 'PX', ttl)
-else
-  redis.call('SET', ns .. k, value)
-end
+put(k, value, ttl)
 stamp(k, ttl)
 register(k, 5)
 return 1

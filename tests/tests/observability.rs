@@ -64,21 +64,24 @@ async fn metrics_count_applied_changes_and_healthz_is_ok() {
     assert!(metrics.contains("smartcache_outbox_backlog"));
     let health = http_get(&addr, "/healthz").await.unwrap();
     assert_eq!((health.status, health.body.trim()), (200, "ok"));
-    let rows: i64 = env
-        .pg
-        .query_one("SELECT count(*) FROM smartcache.canary", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 1, "the canary beats through its own row");
+    let canary_rows = || async {
+        env.pg
+            .query_one("SELECT count(*) FROM smartcache.canary", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(
+        canary_rows().await,
+        1,
+        "the canary beats through its own row"
+    );
     daemon.stop().await;
-    let rows: i64 = env
-        .pg
-        .query_one("SELECT count(*) FROM smartcache.canary", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 0, "a clean stop removes the canary row");
+    assert_eq!(
+        canary_rows().await,
+        0,
+        "a clean stop removes the canary row"
+    );
 }
 
 #[tokio::test]
