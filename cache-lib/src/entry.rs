@@ -317,10 +317,10 @@ impl<'c> Entry<'c> {
         Fut: Future<Output = Result<T, E>>,
     {
         check_cache_key(&self.key).map_err(|e| E::from(e.into()))?;
-        let deps = dep_ids(&self.deps).map_err(|e| E::from(e.into()))?;
         let inner = &self.cache.inner;
 
-        // The hit path: one GET, nothing else.
+        // The hit path: one GET, nothing else (dependency ids are only
+        // needed, and checked, when the entry is filled).
         let mut con = inner.con.clone();
         let vkey = inner.ns.value_key(&self.key);
         let cached = inner
@@ -334,6 +334,7 @@ impl<'c> Entry<'c> {
             }
         }
 
+        let deps = dep_ids(&self.deps).map_err(|e| E::from(e.into()))?;
         match inner.flights.join(&self.key) {
             Joined::Follower(follower) => {
                 if let Some(bytes) = follower.wait().await {

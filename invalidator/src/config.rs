@@ -164,7 +164,7 @@ impl Config {
                 "{origin}: setting `channel`: {channel:?} must be 1-63 bytes"
             )));
         }
-        let batch_size = file.batch_size.unwrap_or(1000);
+        let batch_size = file.batch_size.unwrap_or(5000);
         if !(1..=100_000).contains(&batch_size) {
             return Err(ConfigError(format!(
                 "{origin}: setting `batch_size`: {batch_size} is outside 1..=100000"

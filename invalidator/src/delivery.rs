@@ -102,6 +102,8 @@ const COALESCE_BELOW: u64 = 64;
 /// the pause would then be most of each row's latency for little saving.
 const COALESCE_FROM: u64 = 4;
 const COALESCE: Duration = Duration::from_millis(1);
+/// A batch of at least this many rows marks the daemon busy.
+const BUSY_FROM: u64 = 2;
 
 /// What one drain did.
 #[derive(Debug, Default)]
@@ -272,13 +274,17 @@ impl Daemon {
         // `idle = false` just before we went idle committed without
         // ringing. The wait doubles up to the poll interval.
         let mut next_look = QUICK_LOOK;
+        let mut backlog_sampled = Instant::now() - Duration::from_secs(1);
         loop {
             let drained = self.drain(&mut client, &st, stop).await?;
             if drained.marked_busy {
                 client.execute(&st.idle, &[]).await?;
             }
-            let backlog: i64 = client.query_one(&st.backlog, &[]).await?.get(0);
-            self.telemetry.backlog.set(backlog);
+            if backlog_sampled.elapsed() >= Duration::from_secs(1) {
+                let backlog: i64 = client.query_one(&st.backlog, &[]).await?.get(0);
+                self.telemetry.backlog.set(backlog);
+                backlog_sampled = Instant::now();
+            }
             if stop.is_set() {
                 // Nobody listens now: writers should not ring.
                 client.execute(&st.busy, &[]).await?;
@@ -320,7 +326,6 @@ impl Daemon {
     ) -> anyhow::Result<Drained> {
         let mut drained = Drained::default();
         let mut backoff = Backoff::default();
-        let mut batches = 0;
         while !stop.is_set() {
             let stalled = self.canary_stalled.clone();
             let batch = tokio::select! {
@@ -343,14 +348,21 @@ impl Daemon {
                 Ok(0) => break,
                 Ok(n) => {
                     drained.applied += n;
-                    batches += 1;
                     backoff.reset();
-                    // Rows arrived while we worked: sustained load. Ask
-                    // writers to stop ringing so their commits don't
-                    // serialise on the notify queue.
-                    if batches == 2 {
+                    // Several rows arrived within one batch cycle: a write
+                    // rate at which NOTIFYs would start to serialise
+                    // commits. Ask writers to stop ringing. A trickle (a
+                    // row or two per batch) keeps ringing, for latency.
+                    if !drained.marked_busy && n >= BUSY_FROM {
                         client.execute(&st.busy, &[]).await?;
                         drained.marked_busy = true;
+                    }
+                    // A trickle: the short batch emptied the queue as of its
+                    // claim, and writers ring for what comes next, so skip
+                    // the empty claim. Under load keep claiming until the
+                    // queue is empty: going idle would make writers ring.
+                    if !drained.marked_busy && n < self.config.batch_size as u64 {
+                        break;
                     }
                     // Under load, let a small batch grow for a moment:
                     // per-batch costs (round trips, commit) then spread
@@ -378,11 +390,22 @@ impl Daemon {
     /// deletes the rows, all in one transaction.
     async fn batch(&mut self, client: &mut Client, st: &Statements) -> Result<u64, BatchError> {
         let started = Instant::now();
-        let tx = client.transaction().await?;
         let limit = self.config.batch_size as i64;
-        let rows = tx.query(&st.claim, &[&limit]).await?;
+        // BEGIN and the claim travel together: one round trip. `join`
+        // polls BEGIN first, so it is sent first: the claim must never run
+        // outside the transaction. A PostgreSQL error ends the session, and
+        // with it the transaction; only a Redis error needs the explicit
+        // ROLLBACK below.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+        let (begin, rows) = futures_util::future::join(
+            client.batch_execute("BEGIN"),
+            client.query(&st.claim, &params),
+        )
+        .await;
+        begin?;
+        let rows = rows?;
         if rows.is_empty() {
-            tx.rollback().await?;
+            client.batch_execute("ROLLBACK").await?;
             return Ok(0);
         }
         let mut work = Work::default();
@@ -395,8 +418,20 @@ impl Daemon {
                 Err(d) => dead.push(d),
             }
         }
-        let (keys, deps) = self.expand(work).await?;
-        let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
+        let applied = match self.expand(work).await {
+            Ok((keys, deps)) => invalidate(&mut self.redis, &self.config.namespace, &keys, &deps)
+                .await
+                .map(|deleted| (keys, deps, deleted)),
+            Err(e) => Err(e),
+        };
+        let (keys, deps, deleted) = match applied {
+            Ok(done) => done,
+            Err(e) => {
+                // The rows go back to the queue.
+                client.batch_execute("ROLLBACK").await?;
+                return Err(e.into());
+            }
+        };
         self.telemetry.set_redis_up(true);
         let since_claim = started.elapsed().as_secs_f64();
         let lag_min = ages.iter().copied().fold(f64::INFINITY, f64::min) + since_claim;
@@ -407,10 +442,11 @@ impl Daemon {
         for d in &dead {
             warn!(outbox_id = d.id, error = %d.error, "unreadable outbox row moved to smartcache.dead_letter");
             self.telemetry.error("dead_letter", &d.error);
-            tx.execute(&st.dead_letter, &[&d.id, &d.event, &d.error])
+            client
+                .execute(&st.dead_letter, &[&d.id, &d.event, &d.error])
                 .await?;
         }
-        tx.commit().await?;
+        client.batch_execute("COMMIT").await?;
         let summary = crate::recent::Batch::new(rows.len() as u64, deleted, lag_min, lag_max);
         crate::recent::record(&self.redis, &self.config.namespace, summary);
         self.telemetry.events.inc_by(rows.len() as u64);
@@ -428,7 +464,7 @@ impl Daemon {
     }
 
     /// Turns truncations into the keys and dependency sets that exist now.
-    async fn expand(&mut self, work: Work) -> Result<(Vec<String>, Vec<DepId>), BatchError> {
+    async fn expand(&mut self, work: Work) -> redis::RedisResult<(Vec<String>, Vec<DepId>)> {
         let mut keys: Vec<String> = work.keys.into_iter().collect();
         let mut deps: Vec<DepId> = work.deps.into_iter().collect();
         for table in &work.truncated {

@@ -8,7 +8,7 @@ use smartcache_invalidator::config::ConfigError;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.log_format);
