@@ -38,6 +38,7 @@ printf '\\set aid random(1, 100000)\nUPDATE pgbench_accounts SET abalance = abal
 DAEMON=""
 cleanup_bench() {
     [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null || true
+    sc clear --all >/dev/null 2>&1 || true
     rm -f "$CFG" "$SCRIPT"
     psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
 }
