@@ -85,14 +85,8 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let cache = smartcache::Cache::builder(&config.redis_url)
-        .namespace(config.namespace.name())
-        .build()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let redis = redis::Client::open(config.redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let cache = crate::cli::cache(&config).await?;
+    let redis = crate::redis_ops::connect_now(&config).await?;
     let state = Arc::new(AppState {
         loopback_only: addr.ip().is_loopback(),
         config,

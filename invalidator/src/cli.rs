@@ -124,8 +124,7 @@ impl GlobalArgs {
 }
 
 async fn connect_pg(config: &Config) -> anyhow::Result<crate::pg::Session> {
-    let pg_config = crate::pg::config(&config.database_url)
-        .map_err(|e| ConfigError(format!("{}: setting `database_url`: {e}", config.origin())))?;
+    let pg_config = crate::pg::config(config)?;
     crate::pg::connect(&pg_config).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to PostgreSQL ({}): {e}; check database_url and that the server is up",
@@ -223,19 +222,12 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn redis_policy(config: &Config) -> anyhow::Result<String> {
-    let client = redis::Client::open(config.redis_url.as_str())
-        .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))?;
-    let mut con = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out connecting to {}", config.redis_url))?
-    .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", config.redis_url))?;
+    let mut con = crate::redis_ops::connect_now(config).await?;
     Ok(crate::redis_ops::maxmemory_policy(&mut con).await?)
 }
 
-async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {
+/// The library's view of the configured namespace, for management calls.
+pub(crate) async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {
     smartcache::Cache::builder(&config.redis_url)
         .namespace(config.namespace.name())
         .build()
@@ -300,9 +292,7 @@ pub async fn clear(config: &Config, args: &ClearArgs) -> anyhow::Result<()> {
 /// templates can produce and everything registered as depending on it or
 /// its rows. Returns how many values were deleted.
 pub async fn clear_table(config: &Config, table: &TableName) -> anyhow::Result<u64> {
-    let mut con = redis::Client::open(config.redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut con = crate::redis_ops::connect_now(config).await?;
     let (keys, mut deps) = truncation_targets(&mut con, config, table).await?;
     deps.push(table.table_dep());
     Ok(invalidate(&mut con, &config.namespace, &keys, &deps).await?)

@@ -159,9 +159,7 @@ impl Statements {
 
 impl Daemon {
     fn new(config: Config) -> anyhow::Result<Self> {
-        let pg_config = pg::config(&config.database_url).map_err(|e| {
-            ConfigError(format!("{}: setting `database_url`: {e}", config.origin()))
-        })?;
+        let pg_config = pg::config(&config)?;
         let redis = crate::redis_ops::connect(&config)?;
         Ok(Self {
             config: Arc::new(config),

@@ -4,6 +4,7 @@
 //! here polls the connection with `poll_message` and rings a [`Notify`] on
 //! each one.
 
+use crate::config::{Config, ConfigError};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,17 @@ pub struct Session {
     pub driver: JoinHandle<Result<(), tokio_postgres::Error>>,
 }
 
-/// Parses a connection string and fills in our defaults where the user set
-/// nothing: an application name, a connect timeout and TCP keepalives, so a
-/// dead peer is noticed.
-pub fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
+/// Parses the configured `database_url` and fills in our defaults where
+/// the user set nothing: an application name, a connect timeout and TCP
+/// keepalives, so a dead peer is noticed. A URL that does not parse is a
+/// configuration error naming the setting.
+pub fn config(settings: &Config) -> Result<tokio_postgres::Config, ConfigError> {
+    let mut config: tokio_postgres::Config = settings.database_url.parse().map_err(|e| {
+        ConfigError(format!(
+            "{}: setting `database_url`: {e}",
+            settings.origin()
+        ))
+    })?;
     if config.get_application_name().is_none() {
         config.application_name("smartcache-invalidator");
     }

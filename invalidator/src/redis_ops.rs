@@ -7,8 +7,7 @@ use std::time::Duration;
 /// A lazily connecting, self-reconnecting connection: the daemon starts
 /// while Redis is down and backs off on its own schedule.
 pub fn connect(config: &Config) -> Result<ConnectionManager, ConfigError> {
-    let client = redis::Client::open(config.redis_url.as_str())
-        .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))?;
+    let client = client(config)?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(30)))
@@ -16,6 +15,26 @@ pub fn connect(config: &Config) -> Result<ConnectionManager, ConfigError> {
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, manager_config)
         .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))
+}
+
+/// A client for the configured `redis_url`; a URL that does not parse is a
+/// configuration error naming the setting.
+pub fn client(config: &Config) -> Result<redis::Client, ConfigError> {
+    redis::Client::open(config.redis_url.as_str())
+        .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))
+}
+
+/// A connection for a command-line or admin call, made now: an unreachable
+/// Redis is an error naming the URL, after at most 5 s.
+pub async fn connect_now(config: &Config) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = client(config)?;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out connecting to {}", config.redis_url))?
+    .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", config.redis_url))
 }
 
 /// Redis' `maxmemory-policy` (`unknown` where `CONFIG` is disabled).
