@@ -294,10 +294,8 @@ impl Daemon {
             let wait = next_look.min(self.config.poll_interval);
             next_look = (next_look * 2).min(self.config.poll_interval);
             tokio::select! {
-                _ = stop.wait() => {
-                    client.execute(&st.busy, &[]).await?;
-                    return Ok(());
-                }
+                // Round the loop: the drain sees the stop, the check above ends the session.
+                _ = stop.wait() => {}
                 _ = doorbell.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.canary_stalled.notified() => {
