@@ -789,19 +789,25 @@ impl Stack {
             .expect("connect to test Redis")
     }
 
-    /// Caches every row both ways: `item:{id}` written straight to Redis
-    /// (invalidated by the key template) and `lib:{id}` through the library
-    /// with `Dep::row("items", [id])`. Values are the row's `val`.
-    pub async fn fill(&self) {
-        use futures_util::StreamExt;
-        let pg = self.pg.connect().await;
-        let rows: Vec<(i64, i64)> = pg
+    /// Every `(id, val)` of `items`, by id.
+    async fn rows(&self) -> Vec<(i64, i64)> {
+        self.pg
+            .connect()
+            .await
             .query("SELECT id, val FROM items ORDER BY id", &[])
             .await
             .unwrap()
             .iter()
             .map(|r| (r.get(0), r.get(1)))
-            .collect();
+            .collect()
+    }
+
+    /// Caches every row both ways: `item:{id}` written straight to Redis
+    /// (invalidated by the key template) and `lib:{id}` through the library
+    /// with `Dep::row("items", [id])`. Values are the row's `val`.
+    pub async fn fill(&self) {
+        use futures_util::StreamExt;
+        let rows = self.rows().await;
         let mut con = self.redis_con().await;
         for chunk in rows.chunks(1000) {
             let mut pipe = redis::pipe();
@@ -909,14 +915,7 @@ impl Stack {
     /// entries of rows in `untouched` (which no writer changed) are still
     /// cached. Prints the counts; panics on a stale or missing entry.
     pub async fn verify(&self, untouched: impl IntoIterator<Item = i64>) -> Verdict {
-        let pg = self.pg.connect().await;
-        let db: HashMap<i64, i64> = pg
-            .query("SELECT id, val FROM items", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let db: HashMap<i64, i64> = self.rows().await.into_iter().collect();
         let mut con = self.redis_con().await;
         let found = smartcache::invalidate::scan_matching(&mut con, &self.ns.match_all())
             .await
