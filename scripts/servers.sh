@@ -28,8 +28,19 @@ sc_cleanup() {
 }
 trap sc_cleanup EXIT
 
+# A port nothing listens on: random candidates, checked with bash's
+# /dev/tcp (no python or netcat needed on a bare machine).
 sc_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    local port
+    for _ in $(seq 100); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    echo "no free port found on 127.0.0.1" >&2
+    return 1
 }
 
 sc_pg_bin() {
