@@ -141,8 +141,8 @@ async fn cleanup(args: &Args, admin: &Client) -> anyhow::Result<()> {
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
         .await?;
-    let mut con = redis_con(&args.redis_url).await?;
-    let keys = smartcache::invalidate::scan_matching(&mut con, &format!("{NS}:*")).await?;
+    let mut con = smartcache::conn::Conn::open(&args.redis_url, &Default::default())?;
+    let keys = con.scan_all(&format!("{NS}:*")).await?;
     for chunk in keys.chunks(1000) {
         let _: () = redis::cmd("UNLINK")
             .arg(chunk)

@@ -4,19 +4,21 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, RedisResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::breaker::{Breaker, LogLimiter};
+use crate::conn::{self, Conn};
 use crate::dep::Dep;
 use crate::entry::Entry;
 use crate::error::{redact_url, Error};
 use crate::flight::Flights;
-use crate::invalidate::{invalidate, scan_matching};
-use crate::keys::{check_cache_key, Namespace, TableName, DEFAULT_NAMESPACE};
+use crate::invalidate::invalidate;
+use crate::keys::{
+    check_cache_key, check_cluster_key, InvalidName, Namespace, TableName, DEFAULT_NAMESPACE,
+};
 use crate::lease;
 
 /// Keys per `SCAN` step and per `UNLINK`/describe batch.
@@ -50,7 +52,7 @@ impl std::fmt::Debug for Cache {
 }
 
 pub(crate) struct Inner {
-    pub(crate) con: ConnectionManager,
+    pub(crate) con: Conn,
     pub(crate) ns: Namespace,
     pub(crate) url: String,
     pub(crate) lease_ttl: Duration,
@@ -115,6 +117,7 @@ pub struct CacheBuilder {
     admin_timeout: Duration,
     breaker_cooldown: Duration,
     log_interval: Duration,
+    cluster: bool,
 }
 
 impl CacheBuilder {
@@ -131,7 +134,22 @@ impl CacheBuilder {
             admin_timeout: Duration::from_secs(30),
             breaker_cooldown: Duration::from_secs(2),
             log_interval: Duration::from_secs(10),
+            cluster: false,
         }
+    }
+
+    /// Talk to a Redis Cluster: the URL is then one or more seed nodes
+    /// separated by commas (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
+    /// Cache keys must not contain `{` or `}` (see
+    /// [`crate::keys::check_cluster_key`]). Default off.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1:7000,redis://127.0.0.1:7001")
+    ///     .cluster(true);
+    /// ```
+    pub fn cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The namespace: every Redis key smartcache touches starts with
@@ -235,27 +253,24 @@ impl CacheBuilder {
         self
     }
 
-    fn settings(&self) -> Result<(redis::Client, Namespace, String), Error> {
+    fn settings(&self) -> Result<(Conn, Namespace, String), Error> {
         let ns = Namespace::new(&self.namespace)?;
         let url = redact_url(&self.url);
-        let client =
-            redis::Client::open(self.url.as_str()).map_err(|source| Error::InvalidUrl {
-                url: url.clone(),
-                source,
-            })?;
-        Ok((client, ns, url))
+        let options = conn::Options {
+            cluster: self.cluster,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.admin_timeout,
+            max_delay: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let con = Conn::open(&self.url, &options).map_err(|source| Error::InvalidUrl {
+            url: url.clone(),
+            source,
+        })?;
+        Ok((con, ns, url))
     }
 
-    fn manager_config(&self) -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.admin_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-    }
-
-    fn finish(&self, con: ConnectionManager, ns: Namespace, url: String) -> Cache {
+    fn finish(&self, con: Conn, ns: Namespace, url: String) -> Cache {
         Cache {
             inner: Arc::new(Inner {
                 con,
@@ -287,10 +302,12 @@ impl CacheBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn build(self) -> Result<Cache, Error> {
-        let (client, ns, url) = self.settings()?;
-        let connect = ConnectionManager::new_with_config(client, self.manager_config());
-        let con = match tokio::time::timeout(self.connect_timeout * 3, connect).await {
-            Ok(Ok(con)) => con,
+        let (con, ns, url) = self.settings()?;
+        let mut probe = con.clone();
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<()>(&mut probe);
+        match tokio::time::timeout(self.connect_timeout * 3, ping).await {
+            Ok(Ok(())) => {}
             Ok(Err(source)) => return Err(Error::Connect { url, source }),
             Err(_) => {
                 return Err(Error::Connect {
@@ -298,9 +315,8 @@ impl CacheBuilder {
                     source: RedisError::from((redis::ErrorKind::Io, "connection timed out")),
                 })
             }
-        };
+        }
         let cache = self.finish(con, ns, url);
-        cache.ping().await?;
         if self.clear_on_start {
             let n = cache.clear_all().await?;
             info!(
@@ -322,13 +338,7 @@ impl CacheBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn build_lazy(self) -> Result<Cache, Error> {
-        let (client, ns, url) = self.settings()?;
-        let con = ConnectionManager::new_lazy_with_config(client, self.manager_config()).map_err(
-            |source| Error::Connect {
-                url: url.clone(),
-                source,
-            },
-        )?;
+        let (con, ns, url) = self.settings()?;
         let cache = self.finish(con, ns, url);
         if self.clear_on_start {
             match cache.clear_all().await {
@@ -356,6 +366,15 @@ fn is_outage(e: &RedisError) -> bool {
 }
 
 impl Inner {
+    /// Checks a cache key given by a caller (see [`check_cluster_key`]).
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), InvalidName> {
+        if self.con.is_cluster() {
+            check_cluster_key(key)
+        } else {
+            check_cache_key(key)
+        }
+    }
+
     /// Runs `fut` within `timeout`, feeding the outcome to the breaker.
     async fn bounded<T>(
         &self,
@@ -597,7 +616,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        check_cache_key(key)?;
+        self.inner.check_key(key)?;
         let mut con = self.inner.con.clone();
         let vkey = self.inner.ns.value_key(key);
         Ok(self
@@ -653,7 +672,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn clear(&self, key: &str) -> Result<bool, Error> {
-        check_cache_key(key)?;
+        self.inner.check_key(key)?;
         let mut con = self.inner.con.clone();
         let n = self
             .inner
@@ -683,7 +702,7 @@ impl Cache {
             .inner
             .admin(
                 "SCAN row dependency sets",
-                scan_matching(&mut con, &ns.match_row_dep_sets(&table)),
+                con.clone().scan_all(&ns.match_row_dep_sets(&table)),
             )
             .await?;
         let mut deps = vec![table.table_dep()];
@@ -705,42 +724,22 @@ impl Cache {
     /// ```
     pub async fn clear_all(&self) -> Result<u64, Error> {
         let ns = &self.inner.ns;
-        let pattern = ns.match_all();
         let mut con = self.inner.con.clone();
-        let mut cursor: u64 = 0;
-        let mut values = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .inner
-                .admin(
-                    "SCAN",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .query_async(&mut con),
-                )
-                .await?;
-            if !batch.is_empty() {
-                let _: u64 = self
-                    .inner
-                    .admin(
-                        "UNLINK",
-                        redis::cmd("UNLINK").arg(&batch).query_async(&mut con),
-                    )
-                    .await?;
-                values += batch
-                    .iter()
-                    .filter(|k| ns.cache_key_of(k).is_some())
-                    .count() as u64;
-            }
-            if next == 0 {
-                return Ok(values);
-            }
-            cursor = next;
-        }
+        let found = self
+            .inner
+            .admin("SCAN", con.clone().scan_all(&ns.match_all()))
+            .await?;
+        let values = found
+            .iter()
+            .filter(|k| ns.cache_key_of(k).is_some())
+            .count() as u64;
+        let unlink = con
+            .group(found, |k| crate::keys::slot(k), BATCH)
+            .into_iter()
+            .map(|batch| redis::cmd("UNLINK").arg(batch).clone())
+            .collect();
+        self.inner.admin("UNLINK", con.run_all(unlink)).await?;
+        Ok(values)
     }
 
     /// Lists the entries whose cache key matches the glob `pattern`
@@ -759,10 +758,7 @@ impl Cache {
         let mut con = self.inner.con.clone();
         let found = self
             .inner
-            .admin(
-                "SCAN",
-                scan_matching(&mut con, &ns.match_cache_keys(pattern)),
-            )
+            .admin("SCAN", con.clone().scan_all(&ns.match_cache_keys(pattern)))
             .await?;
         let keys: Vec<&str> = found.iter().filter_map(|k| ns.cache_key_of(k)).collect();
         self.describe(&mut con, &keys).await
@@ -790,30 +786,14 @@ impl Cache {
         let mut con = self.inner.con.clone();
         let pattern = ns.match_cache_keys(pattern);
         let mut found = std::collections::BTreeSet::new();
-        let mut cursor: u64 = 0;
-        let more = loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .inner
-                .admin(
-                    "SCAN",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .query_async(&mut con),
-                )
-                .await?;
+        let mut more = false;
+        let mut scanner = con.clone();
+        let scan = scanner.scan(&pattern, |batch| {
             found.extend(batch.into_iter().filter(|k| ns.cache_key_of(k).is_some()));
-            if found.len() > limit {
-                break true;
-            }
-            if next == 0 {
-                break false;
-            }
-            cursor = next;
-        };
+            more = found.len() > limit;
+            !more
+        });
+        self.inner.admin("SCAN", scan).await?;
         let keys: Vec<&str> = found
             .iter()
             .filter_map(|k| ns.cache_key_of(k))
@@ -822,11 +802,7 @@ impl Cache {
         Ok((self.describe(&mut con, &keys).await?, more))
     }
 
-    async fn describe(
-        &self,
-        con: &mut ConnectionManager,
-        keys: &[&str],
-    ) -> Result<Vec<KeyInfo>, Error> {
+    async fn describe(&self, con: &mut Conn, keys: &[&str]) -> Result<Vec<KeyInfo>, Error> {
         let ns = &self.inner.ns;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH) {

@@ -12,7 +12,7 @@ use crate::dep::{dep_ids, Dep};
 use crate::error::Error;
 use crate::flight::Joined;
 use crate::invalidate::invalidate;
-use crate::keys::{check_cache_key, DepId};
+use crate::keys::DepId;
 use crate::lease::{self, Acquired, Lease};
 
 /// Where a value returned by [`Entry::fetch`] came from.
@@ -295,7 +295,7 @@ impl<'c> Entry<'c> {
     /// # Ok(()) }
     /// ```
     pub async fn set_bytes(self, value: &[u8]) -> Result<bool, Error> {
-        check_cache_key(&self.key)?;
+        self.cache.inner.check_key(&self.key)?;
         let deps = dep_ids(&self.deps)?;
         let inner = &self.cache.inner;
         let mut con = inner.con.clone();
@@ -316,7 +316,10 @@ impl<'c> Entry<'c> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        check_cache_key(&self.key).map_err(|e| E::from(e.into()))?;
+        self.cache
+            .inner
+            .check_key(&self.key)
+            .map_err(|e| E::from(e.into()))?;
         let inner = &self.cache.inner;
 
         // The hit path: one GET, nothing else (dependency ids are only

@@ -1,102 +1,271 @@
-//! Deleting entries together with their bookkeeping; used by the library's
-//! `clear*` calls and by the invalidator daemon.
+//! Deleting entries together with their bookkeeping, and sweeping
+//! registrations of entries that are gone; used by the library's `clear*`
+//! calls and by the invalidator daemon.
+//!
+//! Every step touches one slot at a time, so the same code serves a single
+//! server and a Redis Cluster. The order of the steps is what keeps a fill
+//! from caching stale data (see the `lease` protocol in the crate docs).
 
-use redis::aio::ConnectionLike;
-use redis::{RedisResult, Script};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use crate::keys::{DepId, Namespace, INVALIDATE_LUA};
+use redis::{RedisResult, Script, Value};
 
-/// Arguments per script call: big enough to amortise the round trip, small
-/// enough that one call never blocks Redis for long.
+use crate::conn::Conn;
+use crate::keys::{slot, DepId, EntryKeys, Namespace, DRAIN_LUA, DROP_LUA, FENCE_LUA, RELEASE_LUA};
+
+/// Entries or sets per script call or command: big enough to amortise the
+/// round trip, small enough that one call never blocks Redis for long.
 const CHUNK: usize = 512;
 
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(INVALIDATE_LUA));
+/// How long the sweeper fences an entry it unregisters.
+const FENCE_MS: u64 = 10_000;
+
+static DROP: LazyLock<Script> = LazyLock::new(|| Script::new(DROP_LUA));
+static DRAIN: LazyLock<Script> = LazyLock::new(|| Script::new(DRAIN_LUA));
+static FENCE: LazyLock<Script> = LazyLock::new(|| Script::new(FENCE_LUA));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Deletes the cache entries `keys` and every entry registered under one of
-/// `deps`, with their leases and dependency registrations, in one pipelined
-/// round trip. Returns how many values were deleted. Idempotent: running it
-/// twice deletes nothing more.
+/// `deps`, with their leases and bookkeeping. Returns how many values were
+/// deleted. Idempotent: running it twice deletes nothing more.
+///
+/// Three steps, each one pipelined round trip (concurrent per node on a
+/// cluster): move each dependency set's members into its drain set; delete
+/// those entries and `keys`; remove exactly the deleted members from the
+/// drain sets. A caller that fails midway and runs again finds the members
+/// still in the drain sets.
 ///
 /// ```no_run
 /// # async fn demo() -> redis::RedisResult<()> {
+/// use smartcache::conn::{Conn, Options};
 /// use smartcache::keys::{Namespace, TableName};
-/// let client = redis::Client::open("redis://127.0.0.1:6379/0")?;
-/// let mut con = client.get_multiplexed_async_connection().await?;
+/// let mut con = Conn::open("redis://127.0.0.1:6379/0", &Options::default())?;
 /// let ns = Namespace::default();
 /// let deps = [TableName::parse("products").unwrap().table_dep()];
 /// smartcache::invalidate::invalidate(&mut con, &ns, &["product_list".into()], &deps).await?;
 /// # Ok(()) }
 /// ```
-pub async fn invalidate<C>(
-    con: &mut C,
+pub async fn invalidate(
+    con: &mut Conn,
     ns: &Namespace,
     keys: &[String],
     deps: &[DepId],
-) -> RedisResult<u64>
-where
-    C: ConnectionLike + Send,
-{
-    if keys.is_empty() && deps.is_empty() {
-        return Ok(0);
+) -> RedisResult<u64> {
+    let drained = drain(con, ns, deps).await?;
+    let mut entries: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    for members in drained.values() {
+        entries.extend(members.iter().map(String::as_str));
     }
-    let mut pipe = redis::pipe();
-    for chunk in keys.chunks(CHUNK) {
-        let mut inv = INVALIDATE.prepare_invoke();
-        inv.arg(ns.prefix()).arg(chunk.len()).arg(chunk);
-        pipe.invoke_script(&inv);
-    }
-    for chunk in deps.chunks(CHUNK) {
-        let mut inv = INVALIDATE.prepare_invoke();
-        inv.arg(ns.prefix()).arg(0);
-        for d in chunk {
-            inv.arg(d.as_str());
-        }
-        pipe.invoke_script(&inv);
-    }
-    let counts: Vec<u64> = match pipe.query_async(con).await {
-        Ok(counts) => counts,
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            INVALIDATE.prepare_invoke().load_async(con).await?;
-            pipe.query_async(con).await?
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(counts.iter().sum())
+    let removed = drop_entries(con, ns, entries).await?;
+    let srem = drained
+        .iter()
+        .filter(|(_, members)| !members.is_empty())
+        .flat_map(|(dep, members)| {
+            let drain = ns.drain_key(dep);
+            members.chunks(CHUNK).map(move |chunk| {
+                let mut cmd = redis::cmd("SREM");
+                cmd.arg(&drain).arg(chunk);
+                cmd
+            })
+        })
+        .collect();
+    con.run_all(srem).await?;
+    Ok(removed)
 }
 
-/// Collects the Redis keys matching `pattern` with `SCAN` (never `KEYS`, so
-/// Redis is not blocked on a large database).
+/// Moves each dependency set into its drain set; returns the members to
+/// delete per dependency.
+async fn drain(
+    con: &mut Conn,
+    ns: &Namespace,
+    deps: &[DepId],
+) -> RedisResult<BTreeMap<DepId, Vec<String>>> {
+    let groups = con.group(deps.iter(), |d| slot(d.as_str()), CHUNK);
+    let calls: Vec<_> = groups
+        .iter()
+        .map(|group| {
+            let mut inv = DRAIN.prepare_invoke();
+            for d in group {
+                inv.key(ns.dep_set_key(d)).key(ns.drain_key(d));
+            }
+            inv
+        })
+        .collect();
+    let replies = con.run_script(&DRAIN, &calls).await?;
+    let mut out = BTreeMap::new();
+    for (group, reply) in groups.iter().zip(replies) {
+        let sets: Vec<Vec<String>> = redis::from_redis_value(reply)?;
+        for (d, members) in group.iter().zip(sets) {
+            out.insert((*d).clone(), members);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes entries with their lease and bookkeeping; returns how many
+/// values were there.
+async fn drop_entries<'a>(
+    con: &mut Conn,
+    ns: &Namespace,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> RedisResult<u64> {
+    let (together, apart): (Vec<EntryKeys>, Vec<EntryKeys>) = keys
+        .into_iter()
+        .map(|k| ns.entry_keys(k))
+        .partition(|e| !con.is_cluster() || slot(&e.value) == slot(&e.lease));
+    let calls: Vec<_> = con
+        .group(together, |e| slot(&e.value), CHUNK)
+        .iter()
+        .map(|group| {
+            let mut inv = DROP.prepare_invoke();
+            for e in group {
+                inv.key(&e.value).key(&e.lease).key(&e.deps).key(&e.born);
+            }
+            inv
+        })
+        .collect();
+    let mut removed = sum(con.run_script(&DROP, &calls).await?)?;
+    // A key with braces, written by another program on a cluster: its
+    // bookkeeping (if any) is in other slots, so delete key by key. The
+    // library refuses such keys, so no fill of it is in flight.
+    if !apart.is_empty() {
+        let cmds = apart
+            .iter()
+            .flat_map(|e| [&e.value, &e.lease, &e.deps, &e.born])
+            .map(|k| redis::cmd("UNLINK").arg(k).clone())
+            .collect();
+        let counts = con.run_all(cmds).await?;
+        removed += sum(counts.into_iter().step_by(4).collect())?;
+    }
+    Ok(removed)
+}
+
+fn sum(replies: Vec<Value>) -> RedisResult<u64> {
+    replies
+        .into_iter()
+        .map(|v| redis::from_redis_value::<u64>(v).map_err(redis::RedisError::from))
+        .sum()
+}
+
+/// One pass over every dependency set of the namespace: removes the
+/// members whose entry is gone (neither a value nor a lease: the value
+/// expired or was evicted, the fill failed); returns how many it removed.
+///
+/// An entry is fenced (its lease taken by the sweeper) before it leaves a
+/// set, so a fill cannot register it anew in between and lose that
+/// registration; a fence that someone overrode meanwhile
+/// ([`crate::Cache::set`]) puts the member back.
 ///
 /// ```no_run
 /// # async fn demo() -> redis::RedisResult<()> {
-/// let client = redis::Client::open("redis://127.0.0.1:6379/0")?;
-/// let mut con = client.get_multiplexed_async_connection().await?;
-/// let found = smartcache::invalidate::scan_matching(&mut con, "cache:product:*").await?;
+/// use smartcache::conn::{Conn, Options};
+/// let mut con = Conn::open("redis://127.0.0.1:6379/0", &Options::default())?;
+/// let ns = smartcache::keys::Namespace::default();
+/// let removed = smartcache::invalidate::sweep(&mut con, &ns).await?;
 /// # Ok(()) }
 /// ```
-pub async fn scan_matching<C>(con: &mut C, pattern: &str) -> RedisResult<Vec<String>>
-where
-    C: ConnectionLike + Send,
-{
-    let mut cursor: u64 = 0;
-    let mut out = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(con)
-            .await?;
-        out.extend(batch);
-        if next == 0 {
-            break;
+pub async fn sweep(con: &mut Conn, ns: &Namespace) -> RedisResult<u64> {
+    let token = format!("sweep:{}", crate::lease::new_token());
+    let sets = con.scan_all(&ns.match_dep_sets()).await?;
+    let mut removed = 0;
+    for set in &sets {
+        let mut cursor: u64 = 0;
+        loop {
+            let reply: RedisResult<(u64, Vec<String>)> = redis::cmd("SSCAN")
+                .arg(set)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query_async(con)
+                .await;
+            // Not a set (another program wrote it): invalidation deals with it.
+            let Ok((next, members)) = reply else {
+                break;
+            };
+            removed += sweep_members(con, ns, set, members, &token).await?;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
     }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    Ok(removed)
+}
+
+async fn sweep_members(
+    con: &mut Conn,
+    ns: &Namespace,
+    set: &str,
+    members: Vec<String>,
+    token: &str,
+) -> RedisResult<u64> {
+    let entries: Vec<(String, EntryKeys)> = members
+        .into_iter()
+        .map(|m| {
+            let e = ns.entry_keys(&m);
+            (m, e)
+        })
+        .filter(|(_, e)| !con.is_cluster() || slot(&e.value) == slot(&e.lease))
+        .collect();
+    let groups = con.group(entries.iter(), |(_, e)| slot(&e.value), CHUNK);
+    let calls: Vec<_> = groups
+        .iter()
+        .map(|group| {
+            let mut inv = FENCE.prepare_invoke();
+            inv.arg(token).arg(FENCE_MS);
+            for (_, e) in group {
+                inv.key(&e.value).key(&e.lease).key(&e.deps).key(&e.born);
+            }
+            inv
+        })
+        .collect();
+    let mut fenced = Vec::new();
+    for (group, reply) in groups.iter().zip(con.run_script(&FENCE, &calls).await?) {
+        let flags: Vec<u8> = redis::from_redis_value(reply)?;
+        fenced.extend(
+            group
+                .iter()
+                .zip(flags)
+                .filter(|(_, f)| *f == 1)
+                .map(|(e, _)| *e),
+        );
+    }
+    if fenced.is_empty() {
+        return Ok(0);
+    }
+    let srem = fenced
+        .chunks(CHUNK)
+        .map(|chunk| {
+            let mut cmd = redis::cmd("SREM");
+            cmd.arg(set);
+            for (m, _) in chunk {
+                cmd.arg(m);
+            }
+            cmd
+        })
+        .collect();
+    con.run_all(srem).await?;
+    let calls: Vec<_> = fenced
+        .iter()
+        .map(|(_, e)| {
+            let mut inv = RELEASE.prepare_invoke();
+            inv.key(&e.lease).key(&e.value).key(&e.deps).arg(token);
+            inv
+        })
+        .collect();
+    let kept = con.run_script(&RELEASE, &calls).await?;
+    let mut readd = redis::cmd("SADD");
+    readd.arg(set);
+    let mut broken = 0;
+    for ((m, _), intact) in fenced.iter().zip(kept) {
+        if redis::from_redis_value::<u8>(intact)? == 0 {
+            readd.arg(m);
+            broken += 1;
+        }
+    }
+    if broken > 0 {
+        con.run_all(vec![readd]).await?;
+    }
+    Ok((fenced.len() - broken) as u64)
 }

@@ -1,22 +1,28 @@
 //! The Redis key layout, shared by the library and the invalidator daemon.
 //!
 //! This module is the only place that builds Redis key names. Everything
-//! lives under `{namespace}:`:
+//! lives under `{ns}:`:
 //!
 //! | Redis key | holds |
 //! |---|---|
 //! | `{ns}:{K}` | the cached value of key `K` (readable by any client) |
-//! | `{ns}:@sc:lease:{K}` | the fill lease of `K` (a token, short expiry) |
-//! | `{ns}:@sc:deps:{K}` | set of dependency ids `K` is registered under |
-//! | `{ns}:@sc:dep:{dep}` | set of keys that depend on `dep` |
-//! | `{ns}:@sc:born:{K}` | when the library stored `K` (ms since the Unix epoch, Redis clock; same TTL as the value) |
+//! | `{ns}:@sc:lease:{{ns}:{K}}` | the fill lease of `K` (a token, short expiry) |
+//! | `{ns}:@sc:deps:{{ns}:{K}}` | set of dependency ids `K` is registered under (expires with the value) |
+//! | `{ns}:@sc:born:{{ns}:{K}}` | when the library stored `K` (ms since the Unix epoch, Redis clock; same TTL as the value) |
+//! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` |
+//! | `{ns}:@sc:drain:{{dep}}` | keys taken from that set by an invalidation in progress |
 //! | `{ns}:@sc:recent` | the daemon's last [`RECENT_LEN`] batch summaries (a list, newest first) |
+//!
+//! The braces are Redis Cluster hash tags: an entry's lease, reverse index
+//! and birth stamp hash like its value key `{ns}:{K}`, and a dependency
+//! set like its drain set, so every script touches one slot. On a single
+//! server they are just characters.
 //!
 //! A dependency id is `t:{table}` for a whole table or
 //! `r:{table}:{row}` for one row, where `{table}` is `schema.name` and
-//! `{row}` is the primary key rendered as text (see [`row_id`]). `:`, `,`
-//! and `%` inside table names and key values are percent-encoded so ids
-//! never collide.
+//! `{row}` is the primary key rendered as text (see [`row_id`]). `:`, `,`,
+//! `%`, `{` and `}` inside table names and key values are percent-encoded,
+//! so ids never collide and never contain a brace.
 //!
 //! Cache keys starting with the reserved marker `@sc:` are refused by the
 //! library, so a user key can never alias the bookkeeping.
@@ -25,8 +31,9 @@
 //! use smartcache::keys::{Namespace, TableName};
 //! let ns = Namespace::new("cache").unwrap();
 //! assert_eq!(ns.value_key("product:1"), "cache:product:1");
+//! assert_eq!(ns.lease_key("product:1"), "cache:@sc:lease:{cache:product:1}");
 //! let t = TableName::parse("products").unwrap();
-//! assert_eq!(ns.dep_set_key(&t.row_dep(&["1"])), "cache:@sc:dep:r:public.products:1");
+//! assert_eq!(ns.dep_set_key(&t.row_dep(&["1"])), "cache:@sc:dep:{r:public.products:1}");
 //! ```
 
 use std::fmt;
@@ -40,6 +47,7 @@ pub const RESERVED_MARKER: &str = "@sc:";
 const LEASE: &str = "@sc:lease:";
 const ENTRY_DEPS: &str = "@sc:deps:";
 const DEP_SET: &str = "@sc:dep:";
+const DRAIN: &str = "@sc:drain:";
 const BORN: &str = "@sc:born:";
 const RECENT: &str = "@sc:recent";
 
@@ -110,14 +118,20 @@ impl Namespace {
         format!("{}{key}", self.prefix)
     }
 
+    /// `{prefix}{ns}:{key}}`: a bookkeeping key of `key`, hash-tagged with
+    /// its value key so both live in one Redis Cluster slot.
+    fn entry_key(&self, kind: &str, key: &str) -> String {
+        format!("{p}{kind}{{{p}{key}}}", p = self.prefix)
+    }
+
     /// Redis key holding the fill lease of `key`.
     pub fn lease_key(&self, key: &str) -> String {
-        format!("{}{LEASE}{key}", self.prefix)
+        self.entry_key(LEASE, key)
     }
 
     /// Redis key of the set of dependency ids that `key` is registered under.
     pub fn entry_deps_key(&self, key: &str) -> String {
-        format!("{}{ENTRY_DEPS}{key}", self.prefix)
+        self.entry_key(ENTRY_DEPS, key)
     }
 
     /// Redis key holding when the library stored `key`: milliseconds since
@@ -127,10 +141,28 @@ impl Namespace {
     ///
     /// ```
     /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
-    /// assert_eq!(ns.born_key("product:1"), "cache:@sc:born:product:1");
+    /// assert_eq!(ns.born_key("product:1"), "cache:@sc:born:{cache:product:1}");
     /// ```
     pub fn born_key(&self, key: &str) -> String {
-        format!("{}{BORN}{key}", self.prefix)
+        self.entry_key(BORN, key)
+    }
+
+    /// Every Redis key of the entry `key`, in the order the scripts take
+    /// them.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let e = ns.entry_keys("post");
+    /// assert_eq!(e.value, "cache:post");
+    /// assert_eq!(e.lease, "cache:@sc:lease:{cache:post}");
+    /// ```
+    pub fn entry_keys(&self, key: &str) -> EntryKeys {
+        EntryKeys {
+            value: self.value_key(key),
+            lease: self.lease_key(key),
+            deps: self.entry_deps_key(key),
+            born: self.born_key(key),
+        }
     }
 
     /// Redis key of the list of the invalidator's recent batch summaries
@@ -145,8 +177,29 @@ impl Namespace {
     }
 
     /// Redis key of the set of cache keys that depend on `dep`.
+    ///
+    /// ```
+    /// use smartcache::keys::{Namespace, TableName};
+    /// let ns = Namespace::new("cache").unwrap();
+    /// let dep = TableName::parse("shop.orders").unwrap().table_dep();
+    /// assert_eq!(ns.dep_set_key(&dep), "cache:@sc:dep:{t:shop.orders}");
+    /// ```
     pub fn dep_set_key(&self, dep: &DepId) -> String {
-        format!("{}{DEP_SET}{}", self.prefix, dep.0)
+        format!("{}{DEP_SET}{{{}}}", self.prefix, dep.0)
+    }
+
+    /// Redis key of the set holding the members an invalidation of `dep`
+    /// took from its dependency set and has not finished deleting (same
+    /// slot as the dependency set).
+    ///
+    /// ```
+    /// use smartcache::keys::{Namespace, TableName};
+    /// let ns = Namespace::new("cache").unwrap();
+    /// let dep = TableName::parse("orders").unwrap().table_dep();
+    /// assert_eq!(ns.drain_key(&dep), "cache:@sc:drain:{t:public.orders}");
+    /// ```
+    pub fn drain_key(&self, dep: &DepId) -> String {
+        format!("{}{DRAIN}{{{}}}", self.prefix, dep.0)
     }
 
     /// The cache key `K` of a Redis key `{ns}:K`, or `None` when the Redis
@@ -180,11 +233,8 @@ impl Namespace {
 
     /// `SCAN MATCH` pattern for the row dependency sets of `table`.
     pub fn match_row_dep_sets(&self, table: &TableName) -> String {
-        format!(
-            "{}{}",
-            glob_escape(&format!("{}{DEP_SET}r:{}:", self.prefix, table.encoded())),
-            "*"
-        )
+        let head = format!("{}{DEP_SET}{{r:{}:", self.prefix, table.encoded());
+        format!("{}*}}", glob_escape(&head))
     }
 
     /// `SCAN MATCH` pattern for the value keys whose cache key matches the
@@ -205,13 +255,11 @@ impl Namespace {
     ///
     /// ```
     /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
-    /// assert_eq!(ns.match_leases("product:*"), "cache:@sc:lease:product:*");
+    /// assert_eq!(ns.match_leases("product:*"), "cache:@sc:lease:{cache:product:*}");
     /// ```
     pub fn match_leases(&self, pattern: &str) -> String {
-        format!(
-            "{}{pattern}",
-            glob_escape(&format!("{}{LEASE}", self.prefix))
-        )
+        let head = format!("{p}{LEASE}{{{p}", p = self.prefix);
+        format!("{}{pattern}}}", glob_escape(&head))
     }
 
     /// The cache key `K` of a lease key `{ns}:@sc:lease:K`.
@@ -222,7 +270,12 @@ impl Namespace {
     /// assert_eq!(ns.cache_key_of_lease("cache:product:1"), None);
     /// ```
     pub fn cache_key_of_lease<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
-        redis_key.strip_prefix(&self.prefix)?.strip_prefix(LEASE)
+        redis_key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(LEASE)?
+            .strip_prefix('{')?
+            .strip_prefix(&self.prefix)?
+            .strip_suffix('}')
     }
 
     /// The dependency id of a Redis dependency-set key built by
@@ -230,7 +283,9 @@ impl Namespace {
     pub fn dep_id_of(&self, redis_key: &str) -> Option<DepId> {
         redis_key
             .strip_prefix(&self.prefix)?
-            .strip_prefix(DEP_SET)
+            .strip_prefix(DEP_SET)?
+            .strip_prefix('{')?
+            .strip_suffix('}')
             .map(|d| DepId(d.to_owned()))
     }
 }
@@ -258,6 +313,74 @@ pub fn check_cache_key(key: &str) -> Result<(), InvalidName> {
         )));
     }
     Ok(())
+}
+
+/// Checks a cache key for use on a Redis Cluster: on top of
+/// [`check_cache_key`], no `{` or `}`, because an entry's bookkeeping is
+/// hash-tagged with its value key and a brace in the key would move the
+/// value to another slot.
+///
+/// ```
+/// assert!(smartcache::keys::check_cluster_key("user:42").is_ok());
+/// assert!(smartcache::keys::check_cluster_key("user:{42}").is_err());
+/// ```
+pub fn check_cluster_key(key: &str) -> Result<(), InvalidName> {
+    check_cache_key(key)?;
+    if key.contains(['{', '}']) {
+        return Err(InvalidName(format!(
+            "cache key {key:?} contains a brace; on a Redis Cluster smartcache hash-tags an \
+             entry's bookkeeping with its key, so cache keys must not contain {{ or }}"
+        )));
+    }
+    Ok(())
+}
+
+/// The Redis keys of one cache entry, all in the slot of the value key
+/// (when the cache key has no braces; see [`check_cluster_key`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryKeys {
+    /// `{ns}:{K}`, the value.
+    pub value: String,
+    /// The fill lease.
+    pub lease: String,
+    /// The reverse index: dependency ids the entry is registered under.
+    pub deps: String,
+    /// When the library stored the value.
+    pub born: String,
+}
+
+/// The Redis Cluster hash slot of `key` (CRC16 of the key, or of its hash
+/// tag, modulo 16384), as Redis computes it.
+///
+/// ```
+/// use smartcache::keys::slot;
+/// assert_eq!(slot("123456789"), 12739);
+/// assert_eq!(slot("cache:@sc:lease:{cache:p:1}"), slot("cache:p:1"));
+/// ```
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(bytes)) % 16384
+}
+
+/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// The cache key (in the reserved space) that the heartbeat of the
@@ -367,7 +490,7 @@ impl fmt::Display for DepId {
 }
 
 /// Renders a primary key as the row part of a dependency id: each value as
-/// text, `%`, `:` and `,` percent-encoded, joined by `,`.
+/// text, `%`, `:`, `,`, `{` and `}` percent-encoded, joined by `,`.
 ///
 /// The text of a value is what PostgreSQL's JSON rendering gives without
 /// quotes: `42`, `1.50`, `550e8400-e29b-41d4-a716-446655440000`,
@@ -389,7 +512,7 @@ pub fn row_id<S: AsRef<str>>(pk: &[S]) -> String {
 }
 
 fn encode(s: &str) -> String {
-    if !s.contains(['%', ':', ',']) {
+    if !s.contains(['%', ':', ',', '{', '}']) {
         return s.to_owned();
     }
     let mut out = String::with_capacity(s.len() + 6);
@@ -398,6 +521,8 @@ fn encode(s: &str) -> String {
             '%' => out.push_str("%25"),
             ':' => out.push_str("%3A"),
             ',' => out.push_str("%2C"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
             c => out.push(c),
         }
     }
@@ -420,51 +545,44 @@ pub fn glob_escape(s: &str) -> String {
     out
 }
 
-/// Prepends the shared registration helpers to a script body.
+/// Prepends the helpers shared by the scripts to a script body.
+///
+/// Every script touches the keys it is given in `KEYS` only, so on a Redis
+/// Cluster it runs on the one slot those keys share (see
+/// [`Namespace::entry_keys`]).
 macro_rules! concat_lua {
     ($body:literal) => {
         concat!(
             r#"
-local ns = ARGV[1]
 -- A bookkeeping key holding something other than a set (written by another
--- program) counts as empty and is deleted, rather than failing the script:
--- a failing invalidation would block the daemon's queue.
+-- program) counts as empty, rather than failing the script: a failing
+-- invalidation would block the daemon's queue.
 local function members(key)
   local m = redis.pcall('SMEMBERS', key)
   if m.err then return {} end
   return m
 end
-local function unregister(k)
-  local dk = ns .. '@sc:deps:' .. k
-  for _, d in ipairs(members(dk)) do
-    redis.pcall('SREM', ns .. '@sc:dep:' .. d, k)
-  end
-  redis.call('DEL', dk)
-  redis.call('DEL', ns .. '@sc:born:' .. k)
-end
 -- Stores a value, with a TTL in ms when ttl > 0.
-local function put(k, value, ttl)
+local function put(key, value, ttl)
   if ttl > 0 then
-    redis.call('SET', ns .. k, value, 'PX', ttl)
+    redis.call('SET', key, value, 'PX', ttl)
   else
-    redis.call('SET', ns .. k, value)
+    redis.call('SET', key, value)
   end
+end
+-- The reverse index lives as long as the value.
+local function keep(key, ttl)
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
 end
 -- Creation time of a value, on the Redis clock (ms), with the value's TTL.
-local function stamp(k, ttl)
+local function stamp(key, ttl)
   local t = redis.call('TIME')
-  local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-  if ttl > 0 then
-    redis.call('SET', ns .. '@sc:born:' .. k, ms, 'PX', ttl)
-  else
-    redis.call('SET', ns .. '@sc:born:' .. k, ms)
-  end
+  put(key, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)), ttl)
 end
-local function register(k, first)
-  for i = first, #ARGV do
-    redis.call('SADD', ns .. '@sc:dep:' .. ARGV[i], k)
-    redis.call('SADD', ns .. '@sc:deps:' .. k, ARGV[i])
-  end
+-- Replaces the reverse index with ARGV[first..].
+local function index(key, first)
+  redis.call('DEL', key)
+  for i = first, #ARGV do redis.call('SADD', key, ARGV[i]) end
 end
 "#,
             $body
@@ -472,81 +590,26 @@ end
     };
 }
 
-/// Lua script that forgets registrations whose entry is gone.
-///
-/// `ARGV[1]` is the namespace prefix, `ARGV[2]` a dependency id, then cache
-/// keys that are members of its set. A member with neither a value nor a
-/// lease (its value expired or was evicted; its fill failed or timed out)
-/// is unregistered everywhere; a member with a lease is a fill in flight
-/// and stays. Returns the number of members removed.
-pub const SWEEP_LUA: &str = concat_lua!(
-    r#"
-local set = ns .. '@sc:dep:' .. ARGV[2]
-local removed = 0
-for i = 3, #ARGV do
-  local k = ARGV[i]
-  if redis.call('EXISTS', ns .. k, ns .. '@sc:lease:' .. k) == 0 then
-    unregister(k)
-    redis.pcall('SREM', set, k)
-    removed = removed + 1
-  end
-end
-return removed
-"#
-);
-
-/// Lua script that invalidates entries atomically.
-///
-/// `ARGV[1]` is the namespace prefix (`{ns}:`), `ARGV[2]` the number `n` of
-/// cache keys that follow, then `n` cache keys, then dependency ids. For a
-/// cache key it deletes the value, its lease (defeating an in-flight fill)
-/// and its dependency registrations; for a dependency id it does that for
-/// every member of the set and deletes the set. Returns the number of
-/// values deleted.
-///
-/// Atomicity matters: a fill registering under a dependency set while the
-/// set is being emptied would otherwise lose its registration.
-pub const INVALIDATE_LUA: &str = concat_lua!(
-    r#"
-local n = tonumber(ARGV[2])
-local removed = 0
-local function drop(k)
-  removed = removed + redis.call('UNLINK', ns .. k)
-  redis.call('UNLINK', ns .. '@sc:lease:' .. k)
-  unregister(k)
-end
-for i = 3, 2 + n do drop(ARGV[i]) end
-for i = 3 + n, #ARGV do
-  local sk = ns .. '@sc:dep:' .. ARGV[i]
-  local keys = members(sk)
-  redis.call('UNLINK', sk)
-  for _, m in ipairs(keys) do drop(m) end
-end
-return removed
-"#
-);
-
 /// Lua script run on a miss: returns the value if it is there, else tries to
-/// take the fill lease and, when it gets it, registers the dependencies
-/// *before* the caller reads the database.
+/// take the fill lease and, when it gets it, records the entry's
+/// dependencies in its reverse index.
 ///
-/// `ARGV`: namespace prefix, cache key, lease token, lease milliseconds,
-/// then dependency ids. Returns `{1, value}` (a value is cached), `{2}`
-/// (lease taken, dependencies registered) or `{0}` (another filler holds
-/// the lease).
+/// `KEYS`: value, lease, reverse index ([`EntryKeys`] order). `ARGV`: lease
+/// token, lease milliseconds, then dependency ids. Returns `{1, value}` (a
+/// value is cached), `{2}` (lease taken) or `{0}` (another filler holds the
+/// lease).
 ///
-/// Registering at lease time is what makes a later invalidation of any
-/// dependency find this key and delete its lease, so the fill that follows
-/// is refused (see [`FILL_LUA`]). Stale registrations from an earlier fill
-/// are replaced, so they follow the dependencies the code declares now.
+/// The caller then adds the key to each dependency set ([`Namespace::dep_set_key`])
+/// *before* it reads the database: any invalidation that empties one of
+/// those sets afterwards deletes the lease, so the fill is refused (see
+/// [`FILL_LUA`]).
 pub const ACQUIRE_LUA: &str = concat_lua!(
     r#"
-local k, token, lease_ms = ARGV[2], ARGV[3], ARGV[4]
-local v = redis.call('GET', ns .. k)
+local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
-if redis.call('SET', ns .. '@sc:lease:' .. k, token, 'NX', 'PX', lease_ms) then
-  unregister(k)
-  register(k, 5)
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  index(KEYS[3], 3)
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
   return {2}
 end
 return {0}
@@ -556,83 +619,149 @@ return {0}
 /// Lua script that stores a computed value only if the fill lease still
 /// holds our token, and drops the lease.
 ///
-/// `ARGV`: namespace prefix, cache key, lease token, value, TTL in
-/// milliseconds (`0` for none). Returns `1` if stored, `0` if the lease was
-/// gone or taken over: an invalidation ran since the lease was taken, so the
-/// value may be stale and must not be cached.
+/// `KEYS`: value, lease, reverse index, birth stamp. `ARGV`: lease token,
+/// value, TTL in milliseconds (`0` for none). Returns `1` if stored, `0` if
+/// the lease was gone or taken over: an invalidation ran since the lease was
+/// taken, so the value may be stale and must not be cached.
 pub const FILL_LUA: &str = concat_lua!(
     r#"
-local k, token, value, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local lk = ns .. '@sc:lease:' .. k
-if redis.call('GET', lk) ~= token then return 0 end
-redis.call('DEL', lk)
-put(k, value, ttl)
-stamp(k, ttl)
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[3])
+redis.call('DEL', KEYS[2])
+put(KEYS[1], ARGV[2], ttl)
+stamp(KEYS[4], ttl)
+keep(KEYS[3], ttl)
 return 1
 "#
 );
 
-/// Lua script that gives a fill lease back without storing (the computation
-/// failed or was cancelled), and drops the dependency registrations when no
-/// value is cached, so they do not linger.
+/// Lua script that gives a fill lease (or a sweeper's fence) back, and
+/// drops the reverse index when no value is cached.
 ///
-/// `ARGV`: namespace prefix, cache key, lease token. Returns `1` if the lease
-/// was ours.
+/// `KEYS`: lease, value, reverse index. `ARGV`: token. Returns `1` if the
+/// lease still held the token, `0` if it was gone or taken over.
 pub const RELEASE_LUA: &str = concat_lua!(
     r#"
-local k, token = ARGV[2], ARGV[3]
-local lk = ns .. '@sc:lease:' .. k
-if redis.call('GET', lk) ~= token then return 0 end
-redis.call('DEL', lk)
-if redis.call('EXISTS', ns .. k) == 0 then unregister(k) end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
 return 1
 "#
 );
 
-/// Lua script for an unconditional store: sets the value, replaces its
-/// dependency registrations and deletes any fill lease, so a fill that
-/// started before this write (and may carry older data) is refused.
+/// Lua script for an unconditional store: sets the value and its reverse
+/// index and deletes any fill lease, so a fill that started before this
+/// write (and may carry older data) is refused. The caller then adds the key
+/// to the dependency sets.
 ///
-/// `ARGV`: namespace prefix, cache key, value, TTL in milliseconds (`0` for
-/// none), then dependency ids. Returns `1`.
+/// `KEYS`: value, lease, reverse index, birth stamp. `ARGV`: value, TTL in
+/// milliseconds (`0` for none), then dependency ids. Returns `1`.
 pub const STORE_LUA: &str = concat_lua!(
     r#"
-local k, value, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
-redis.call('DEL', ns .. '@sc:lease:' .. k)
-unregister(k)
-put(k, value, ttl)
-stamp(k, ttl)
-register(k, 5)
+local ttl = tonumber(ARGV[2])
+redis.call('DEL', KEYS[2])
+put(KEYS[1], ARGV[1], ttl)
+stamp(KEYS[4], ttl)
+index(KEYS[3], 3)
+keep(KEYS[3], ttl)
 return 1
+"#
+);
+
+/// Lua script that deletes entries: for each group of four `KEYS` (value,
+/// lease, reverse index, birth stamp) it unlinks all four, defeating a fill
+/// in flight. Returns the number of values deleted.
+///
+/// The key stays in the dependency sets of other dependencies it had; the
+/// invalidator's sweeper removes such members later, and meanwhile they
+/// only cost a spurious delete of a key that is gone or was refilled.
+pub const DROP_LUA: &str = concat_lua!(
+    r#"
+local removed = 0
+for i = 1, #KEYS, 4 do
+  removed = removed + redis.call('UNLINK', KEYS[i])
+  redis.call('UNLINK', KEYS[i + 1], KEYS[i + 2], KEYS[i + 3])
+end
+return removed
+"#
+);
+
+/// Lua script that takes dependency sets for invalidation: for each pair of
+/// `KEYS` (dependency set, its drain set, see [`Namespace::drain_key`]) it
+/// moves the set's members into the drain set and returns the drain set's
+/// members.
+///
+/// The caller deletes those entries, then removes exactly them from the
+/// drain set. Registrations made meanwhile land in the (new) dependency set
+/// and are kept; members left in a drain set by a daemon that died midway
+/// come back with the next invalidation of that dependency, which replays
+/// the same outbox row.
+pub const DRAIN_LUA: &str = concat_lua!(
+    r#"
+local out = {}
+for i = 1, #KEYS, 2 do
+  local set, drain = KEYS[i], KEYS[i + 1]
+  local t = redis.call('TYPE', set)['ok']
+  if t == 'set' then
+    if redis.call('TYPE', drain)['ok'] ~= 'set' then redis.call('DEL', drain) end
+    redis.call('SUNIONSTORE', drain, drain, set)
+  end
+  if t ~= 'none' then redis.call('DEL', set) end
+  out[#out + 1] = members(drain)
+end
+return out
+"#
+);
+
+/// Lua script with which the sweeper fences entries that are gone: for each
+/// group of four `KEYS` (value, lease, reverse index, birth stamp) with
+/// neither a value nor a lease, it takes the lease with `ARGV[1]` for
+/// `ARGV[2]` milliseconds and drops the reverse index and birth stamp.
+/// Returns one `1` (fenced) or `0` (alive or filling) per entry.
+///
+/// While fenced, no fill of the key can start, so the sweeper can remove it
+/// from a dependency set without racing a fill that registers it anew.
+pub const FENCE_LUA: &str = concat_lua!(
+    r#"
+local out = {}
+for i = 1, #KEYS, 4 do
+  local fenced = 0
+  if redis.call('EXISTS', KEYS[i]) == 0
+    and redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('DEL', KEYS[i + 2], KEYS[i + 3])
+    fenced = 1
+  end
+  out[#out + 1] = fenced
+end
+return out
 "#
 );
 
 /// Lua script describing cache entries for the admin view.
 ///
-/// `ARGV`: namespace prefix, then cache keys. Returns, per key, `{size,
-/// {dependency ids...}, age}`, where `size` is the value length in bytes
-/// (`STRLEN`; `MEMORY USAGE` for a non-string value written by another
-/// program) or `-1` if the key vanished meanwhile, and `age` the
+/// `KEYS`: groups of three (value, reverse index, birth stamp). Returns, per
+/// entry, `{size, {dependency ids...}, age}`, where `size` is the value
+/// length in bytes (`STRLEN`; `MEMORY USAGE` for a non-string value written
+/// by another program) or `-1` if the key vanished meanwhile, and `age` the
 /// milliseconds since the library stored it, `-1` if unknown.
 pub const DESCRIBE_LUA: &str = concat_lua!(
     r#"
 local out = {}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 2, #ARGV do
-  local k = ARGV[i]
-  local t = redis.call('TYPE', ns .. k)['ok']
+for i = 1, #KEYS, 3 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
   local size = -1
-  if t == 'string' then
-    size = redis.call('STRLEN', ns .. k)
-  elseif t ~= 'none' then
-    size = redis.call('MEMORY', 'USAGE', ns .. k) or 0
+  if kind == 'string' then
+    size = redis.call('STRLEN', KEYS[i])
+  elseif kind ~= 'none' then
+    size = redis.call('MEMORY', 'USAGE', KEYS[i]) or 0
   end
   local age = -1
-  local b = redis.pcall('GET', ns .. '@sc:born:' .. k)
+  local b = redis.pcall('GET', KEYS[i + 2])
   local born = type(b) == 'string' and tonumber(b)
   if born then age = math.max(0, now - born) end
-  out[#out + 1] = {size, members(ns .. '@sc:deps:' .. k), age}
+  out[#out + 1] = {size, members(KEYS[i + 1]), age}
 end
 return out
 "#
@@ -662,14 +791,14 @@ mod tests {
         let t = TableName::new("public", "odd*name");
         assert_eq!(
             ns.match_row_dep_sets(&t),
-            r"cache:@sc:dep:r:public.odd\*name:*"
+            r"cache:@sc:dep:{r:public.odd\*name:*}"
         );
     }
 
     #[test]
     fn reserved_keys_are_not_cache_keys() {
         let ns = Namespace::new("cache").unwrap();
-        assert_eq!(ns.cache_key_of("cache:@sc:dep:t:public.x"), None);
+        assert_eq!(ns.cache_key_of("cache:@sc:dep:{t:public.x}"), None);
         assert_eq!(ns.cache_key_of("cache:@scx"), Some("@scx"));
     }
 
@@ -678,5 +807,49 @@ mod tests {
         let ns = Namespace::new("cache").unwrap();
         let dep = TableName::new("s", "t").row_dep(&["1", "2"]);
         assert_eq!(ns.dep_id_of(&ns.dep_set_key(&dep)), Some(dep));
+    }
+
+    #[test]
+    fn entry_bookkeeping_shares_the_value_slot() {
+        let ns = Namespace::new("cache").unwrap();
+        for key in ["product:1", "a", "x y", "@scx", "café:ü"] {
+            let e = ns.entry_keys(key);
+            let s = slot(&e.value);
+            assert_eq!(
+                [slot(&e.lease), slot(&e.deps), slot(&e.born)],
+                [s; 3],
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn dependency_and_drain_sets_share_a_slot() {
+        let ns = Namespace::new("cache").unwrap();
+        let t = TableName::new("we{ird", "t}ab");
+        for dep in [t.table_dep(), t.row_dep(&["{1}", "}"])] {
+            assert!(!dep.as_str().contains(['{', '}']), "{dep}");
+            assert_eq!(slot(&ns.dep_set_key(&dep)), slot(&ns.drain_key(&dep)));
+            assert_eq!(slot(&ns.dep_set_key(&dep)), slot(dep.as_str()));
+        }
+    }
+
+    #[test]
+    fn lease_keys_round_trip() {
+        let ns = Namespace::new("cache").unwrap();
+        for key in ["p:1", "}", "{x}", "a{b"] {
+            assert_eq!(ns.cache_key_of_lease(&ns.lease_key(key)), Some(key));
+        }
+    }
+
+    #[test]
+    fn slot_follows_redis_hash_tag_rules() {
+        // Values from the Redis Cluster specification's examples.
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
+        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
+        assert_eq!(slot("foo"), 12182);
     }
 }

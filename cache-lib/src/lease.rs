@@ -1,26 +1,29 @@
 //! The fill-lease protocol: the Redis side of `get_or_compute` on a miss.
 //!
-//! 1. [`acquire`]: value there? return it. Else take the lease and register
-//!    the entry's dependencies, before the caller reads the database.
+//! 1. [`acquire`]: value there? return it. Else take the lease, then add
+//!    the key to each dependency set, before the caller reads the database.
 //! 2. The caller computes.
 //! 3. [`fill`]: store only if the lease still holds our token.
 //!
-//! Any invalidation that runs after step 1 reaches the entry (through the
-//! dependency sets registered in step 1, or by its key) and deletes the
-//! lease, so step 3 refuses to store what may be stale. A change whose
-//! invalidation ran before step 1 was committed before the read in step 2,
-//! so the read sees it.
+//! Any invalidation that takes a dependency set after step 1 finds the key
+//! there and deletes the lease, so step 3 refuses to store what may be
+//! stale. One that took the set before the key was added ran after the
+//! change it invalidates had committed, so the read in step 2 sees that
+//! change. Each step touches one slot at a time (a Redis Cluster allows no
+//! more); the order is what makes it safe.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script, Value};
 
 use crate::cache::Inner;
-use crate::keys::{DepId, Namespace, ACQUIRE_LUA, DESCRIBE_LUA, FILL_LUA, RELEASE_LUA, STORE_LUA};
+use crate::conn::Conn;
+use crate::keys::{
+    slot, DepId, Namespace, ACQUIRE_LUA, DESCRIBE_LUA, FILL_LUA, RELEASE_LUA, STORE_LUA,
+};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 static FILL: LazyLock<Script> = LazyLock::new(|| Script::new(FILL_LUA));
@@ -61,32 +64,51 @@ fn ttl_ms(ttl: Option<Duration>) -> u64 {
     ttl.map_or(0, |d| (d.as_millis() as u64).max(1))
 }
 
-pub(crate) async fn acquire<C: ConnectionLike + Send>(
-    con: &mut C,
+pub(crate) async fn acquire(
+    con: &mut Conn,
     ns: &Namespace,
     key: &str,
     token: &str,
     lease_ttl: Duration,
     deps: &[DepId],
 ) -> RedisResult<Acquired> {
+    let e = ns.entry_keys(key);
     let mut inv = ACQUIRE.prepare_invoke();
-    inv.arg(ns.prefix())
-        .arg(key)
+    inv.key(&e.value)
+        .key(&e.lease)
+        .key(&e.deps)
         .arg(token)
         .arg((lease_ttl.as_millis() as u64).max(1));
     for d in deps {
         inv.arg(d.as_str());
     }
     let reply: Value = inv.invoke_async(con).await?;
-    match reply {
+    let acquired = match reply {
         Value::Array(items) => match items.as_slice() {
-            [Value::Int(1), Value::BulkString(v)] => Ok(Acquired::Value(v.clone())),
-            [Value::Int(2)] => Ok(Acquired::Lease),
-            [Value::Int(0)] => Ok(Acquired::HeldByOther),
-            _ => Err(unexpected("acquire", &items)),
+            [Value::Int(1), Value::BulkString(v)] => Acquired::Value(v.clone()),
+            [Value::Int(2)] => Acquired::Lease,
+            [Value::Int(0)] => Acquired::HeldByOther,
+            _ => return Err(unexpected("acquire", &items)),
         },
-        other => Err(unexpected("acquire", &other)),
+        other => return Err(unexpected("acquire", &other)),
+    };
+    if matches!(acquired, Acquired::Lease) {
+        if let Err(e) = register(con, ns, key, deps).await {
+            // Without its registrations the fill could not be invalidated.
+            let _ = release(con, ns, key, token).await;
+            return Err(e);
+        }
     }
+    Ok(acquired)
+}
+
+/// Adds `key` to the dependency set of each of `deps`.
+async fn register(con: &mut Conn, ns: &Namespace, key: &str, deps: &[DepId]) -> RedisResult<()> {
+    let cmds = deps
+        .iter()
+        .map(|d| redis::cmd("SADD").arg(ns.dep_set_key(d)).arg(key).clone())
+        .collect();
+    con.run_all(cmds).await.map(drop)
 }
 
 fn unexpected(script: &str, got: &dyn std::fmt::Debug) -> redis::RedisError {
@@ -98,17 +120,20 @@ fn unexpected(script: &str, got: &dyn std::fmt::Debug) -> redis::RedisError {
 }
 
 /// Stores `value` if our lease still stands; true if stored.
-pub(crate) async fn fill<C: ConnectionLike + Send>(
-    con: &mut C,
+pub(crate) async fn fill(
+    con: &mut Conn,
     ns: &Namespace,
     key: &str,
     token: &str,
     value: &[u8],
     ttl: Option<Duration>,
 ) -> RedisResult<bool> {
+    let e = ns.entry_keys(key);
     FILL.prepare_invoke()
-        .arg(ns.prefix())
-        .arg(key)
+        .key(&e.value)
+        .key(&e.lease)
+        .key(&e.deps)
+        .key(&e.born)
         .arg(token)
         .arg(value)
         .arg(ttl_ms(ttl))
@@ -117,60 +142,84 @@ pub(crate) async fn fill<C: ConnectionLike + Send>(
 }
 
 /// Gives the lease back without storing.
-pub(crate) async fn release<C: ConnectionLike + Send>(
-    con: &mut C,
+pub(crate) async fn release(
+    con: &mut Conn,
     ns: &Namespace,
     key: &str,
     token: &str,
 ) -> RedisResult<bool> {
+    let e = ns.entry_keys(key);
     RELEASE
         .prepare_invoke()
-        .arg(ns.prefix())
-        .arg(key)
+        .key(&e.lease)
+        .key(&e.value)
+        .key(&e.deps)
         .arg(token)
         .invoke_async(con)
         .await
 }
 
 /// Unconditional store with dependency registration; defeats in-flight
-/// fills of the key.
-pub(crate) async fn store<C: ConnectionLike + Send>(
-    con: &mut C,
+/// fills of the key. The value is written before the key joins the
+/// dependency sets: an invalidation in between misses it, as it would miss
+/// a store that came a moment later, but the key is registered for every
+/// change after.
+pub(crate) async fn store(
+    con: &mut Conn,
     ns: &Namespace,
     key: &str,
     value: &[u8],
     ttl: Option<Duration>,
     deps: &[DepId],
 ) -> RedisResult<()> {
+    let e = ns.entry_keys(key);
     let mut inv = STORE.prepare_invoke();
-    inv.arg(ns.prefix()).arg(key).arg(value).arg(ttl_ms(ttl));
+    inv.key(&e.value)
+        .key(&e.lease)
+        .key(&e.deps)
+        .key(&e.born)
+        .arg(value)
+        .arg(ttl_ms(ttl));
     for d in deps {
         inv.arg(d.as_str());
     }
-    inv.invoke_async::<i64>(con).await.map(drop)
+    inv.invoke_async::<i64>(con).await?;
+    register(con, ns, key, deps).await
 }
 
 /// Size in bytes, dependency ids and age (if the library stored it) of
 /// each key; `None` for keys that vanished.
-pub(crate) async fn describe<C: ConnectionLike + Send>(
-    con: &mut C,
+pub(crate) async fn describe(
+    con: &mut Conn,
     ns: &Namespace,
     keys: &[&str],
 ) -> RedisResult<Vec<Option<(u64, Vec<String>, Option<Duration>)>>> {
-    let mut inv = DESCRIBE.prepare_invoke();
-    inv.arg(ns.prefix());
-    for k in keys {
-        inv.arg(*k);
-    }
-    let rows: Vec<(i64, Vec<String>, i64)> = inv.invoke_async(con).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(size, mut deps, age_ms)| {
+    let groups = con.group(
+        keys.iter().enumerate(),
+        |(_, k)| slot(&ns.value_key(k)),
+        256,
+    );
+    let calls: Vec<_> = groups
+        .iter()
+        .map(|group| {
+            let mut inv = DESCRIBE.prepare_invoke();
+            for (_, k) in group {
+                let e = ns.entry_keys(k);
+                inv.key(e.value).key(e.deps).key(e.born);
+            }
+            inv
+        })
+        .collect();
+    let mut out = vec![None; keys.len()];
+    for (group, reply) in groups.iter().zip(con.run_script(&DESCRIBE, &calls).await?) {
+        let rows: Vec<(i64, Vec<String>, i64)> = redis::from_redis_value(reply)?;
+        for ((i, _), (size, mut deps, age_ms)) in group.iter().zip(rows) {
             deps.sort_unstable();
             let age = u64::try_from(age_ms).ok().map(Duration::from_millis);
-            u64::try_from(size).ok().map(|s| (s, deps, age))
-        })
-        .collect())
+            out[*i] = u64::try_from(size).ok().map(|s| (s, deps, age));
+        }
+    }
+    Ok(out)
 }
 
 /// A held lease. Dropped without [`Lease::fill`] (the computation failed or

@@ -5,6 +5,7 @@
 
 mod breaker;
 mod cache;
+pub mod conn;
 mod dep;
 mod entry;
 mod error;

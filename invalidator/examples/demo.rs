@@ -7,6 +7,7 @@
 //! removes both at the end.
 
 use redis::AsyncCommands;
+use smartcache::conn::Conn;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::schema;
 use std::path::Path;
@@ -63,9 +64,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     println!("3. daemon running (namespace `demo`, Redis {redis_url})");
 
-    let mut redis = redis::Client::open(redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut redis = Conn::open(&redis_url, &Default::default())?;
     let _: () = redis
         .set("demo:product:42", r#"{"id":42,"price_cents":4200}"#)
         .await?;
@@ -146,9 +145,11 @@ async fn main() -> anyhow::Result<()> {
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
         .await?;
-    let keys = smartcache::invalidate::scan_matching(&mut redis, "demo:*").await?;
+    let keys = redis.scan_all("demo:*").await?;
     if !keys.is_empty() {
-        let _: () = redis.unlink(keys).await?;
+        for key in keys {
+            let _: () = redis.unlink(key).await?;
+        }
     }
     println!("10. cleaned up: uninstalled, dropped database {DB}, cleared namespace demo");
     Ok(())
@@ -163,10 +164,7 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// Polls until `key` is gone; returns how long that took.
-async fn wait_gone(
-    redis: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> anyhow::Result<Duration> {
+async fn wait_gone(redis: &mut Conn, key: &str) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
         let exists: bool = redis.exists(key).await?;
@@ -182,9 +180,9 @@ async fn wait_gone(
 
 /// Cached values left in the namespace (the daemon's own bookkeeping, such
 /// as its list of recent batches, is not counted).
-async fn count(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<usize> {
+async fn count(redis: &mut Conn) -> anyhow::Result<usize> {
     let ns = smartcache::keys::Namespace::new("demo")?;
-    let found = smartcache::invalidate::scan_matching(redis, &ns.match_all()).await?;
+    let found = redis.scan_all(&ns.match_all()).await?;
     Ok(found
         .iter()
         .filter(|k| ns.cache_key_of(k).is_some())

@@ -114,7 +114,7 @@ pub async fn serve_on(
 struct AppState {
     config: Config,
     cache: smartcache::Cache,
-    redis: redis::aio::MultiplexedConnection,
+    redis: smartcache::conn::Conn,
     loopback_only: bool,
 }
 

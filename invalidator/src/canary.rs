@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::pg;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
+use smartcache::conn::Conn;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
@@ -36,7 +36,7 @@ enum Miss {
 pub(crate) async fn run(
     config: Arc<Config>,
     pg_config: tokio_postgres::Config,
-    mut redis: ConnectionManager,
+    mut redis: Conn,
     telemetry: Arc<Telemetry>,
     stalled: Arc<Notify>,
     every: Duration,
@@ -113,7 +113,7 @@ pub(crate) async fn run(
 
 async fn beat(
     client: &tokio_postgres::Client,
-    redis: &mut ConnectionManager,
+    redis: &mut Conn,
     telemetry: &Telemetry,
     id: &str,
     key: &str,

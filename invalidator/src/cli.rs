@@ -33,6 +33,9 @@ pub struct GlobalArgs {
     /// Redis URL [default: redis://127.0.0.1:6379/0]
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
+    /// Redis is a cluster; --redis-url may then list seed nodes separated by commas
+    #[arg(long, global = true, env = "SMARTCACHE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Namespace: first segment of every Redis key [default: cache]
     #[arg(long, global = true, env = "SMARTCACHE_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
@@ -115,6 +118,7 @@ impl GlobalArgs {
         let overrides = Overrides {
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
+            redis_cluster: self.redis_cluster.then_some(true),
             namespace: self.namespace.clone(),
             metrics_addr,
             admin_token: std::env::var("SMARTCACHE_ADMIN_TOKEN").ok(),
@@ -195,10 +199,15 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         tables.len()
     );
     let mut problems = Vec::new();
-    match redis_policy(config).await {
-        Ok(policy) => {
-            println!("redis: connected (maxmemory-policy {policy})");
-            problems.extend(crate::redis_ops::eviction_risk(&policy));
+    match redis_problems(config).await {
+        Ok((policy, found)) => {
+            let kind = if config.redis_cluster {
+                "cluster"
+            } else {
+                "server"
+            };
+            println!("redis: connected to the {kind} (maxmemory-policy {policy})");
+            problems.extend(found);
         }
         Err(e) => problems.push(format!("redis: {e}")),
     }
@@ -221,15 +230,21 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     )
 }
 
-async fn redis_policy(config: &Config) -> anyhow::Result<String> {
+async fn redis_problems(config: &Config) -> anyhow::Result<(String, Vec<String>)> {
     let mut con = crate::redis_ops::connect_now(config).await?;
-    Ok(crate::redis_ops::maxmemory_policy(&mut con).await?)
+    let policy = crate::redis_ops::maxmemory_policy(&mut con).await?;
+    let mut problems: Vec<String> = crate::redis_ops::eviction_risk(&policy)
+        .into_iter()
+        .collect();
+    problems.extend(crate::redis_ops::cluster_mismatch(&mut con).await?);
+    Ok((policy, problems))
 }
 
 /// The library's view of the configured namespace, for management calls.
 pub(crate) async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {
     smartcache::Cache::builder(&config.redis_url)
         .namespace(config.namespace.name())
+        .cluster(config.redis_cluster)
         .build()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))

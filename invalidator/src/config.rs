@@ -35,6 +35,7 @@ pub struct ConfigError(pub String);
 struct FileConfig {
     database_url: Option<String>,
     redis_url: Option<String>,
+    redis_cluster: Option<bool>,
     namespace: Option<String>,
     channel: Option<String>,
     batch_size: Option<usize>,
@@ -63,6 +64,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     /// `--redis-url` / `REDIS_URL`.
     pub redis_url: Option<String>,
+    /// `--redis-cluster` / `SMARTCACHE_REDIS_CLUSTER`.
+    pub redis_cluster: Option<bool>,
     /// `--namespace` / `SMARTCACHE_NAMESPACE`.
     pub namespace: Option<String>,
     /// `run --metrics-addr`.
@@ -76,8 +79,10 @@ pub struct Overrides {
 pub struct Config {
     /// PostgreSQL connection string (URL or key=value form).
     pub database_url: String,
-    /// Redis URL.
+    /// Redis URL; with `redis_cluster`, comma-separated seed node URLs.
     pub redis_url: String,
+    /// Speak the Redis Cluster protocol.
+    pub redis_cluster: bool,
     /// Namespace of every Redis key we touch.
     pub namespace: Namespace,
     /// NOTIFY channel of the doorbell.
@@ -198,6 +203,7 @@ impl Config {
                 "{origin}: setting `sweep_interval_ms`: {sweep_ms} is outside 100..=86400000 (0 turns the sweeper off)"
             )));
         }
+        let redis_cluster = o.redis_cluster.or(file.redis_cluster).unwrap_or(false);
         let mut tables: Vec<TableSpec> = Vec::new();
         for t in file.tables {
             let name = TableName::parse(&t.name)
@@ -229,6 +235,7 @@ impl Config {
                 .clone()
                 .or(file.redis_url)
                 .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            redis_cluster,
             namespace,
             channel,
             batch_size,

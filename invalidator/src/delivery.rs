@@ -11,7 +11,7 @@ use crate::pg;
 use crate::schema;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, Telemetry};
-use redis::aio::ConnectionManager;
+use smartcache::conn::Conn;
 use smartcache::invalidate::invalidate;
 use smartcache::keys::DepId;
 use std::future::Future;
@@ -73,7 +73,7 @@ pub async fn run(
     });
     if let Some(every) = daemon.config.sweep_interval {
         tokio::spawn(crate::sweep::run(
-            daemon.config.clone(),
+            daemon.config.namespace.clone(),
             daemon.redis.clone(),
             daemon.telemetry.clone(),
             every,
@@ -124,7 +124,7 @@ enum BatchError {
 struct Daemon {
     config: Arc<Config>,
     pg_config: tokio_postgres::Config,
-    redis: ConnectionManager,
+    redis: Conn,
     telemetry: Arc<Telemetry>,
     /// Rung by the canary when a heartbeat was not invalidated in time.
     canary_stalled: Arc<Notify>,
@@ -200,6 +200,11 @@ impl Daemon {
                     Ok(policy) => {
                         if let Some(risk) = crate::redis_ops::eviction_risk(&policy) {
                             tracing::error!(%policy, "{risk}");
+                        }
+                        if let Ok(Some(problem)) =
+                            crate::redis_ops::cluster_mismatch(&mut self.redis).await
+                        {
+                            tracing::error!("{problem}");
                         }
                     }
                     Err(e) => {

@@ -22,7 +22,7 @@ pub mod redis_ops;
 pub mod schema;
 pub mod shutdown;
 pub mod sql;
-pub mod sweep;
+mod sweep;
 pub mod telemetry;
 
 pub use delivery::run;

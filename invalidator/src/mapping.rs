@@ -2,9 +2,8 @@
 
 use crate::config::Config;
 use crate::outbox::{Event, Op, RowImage};
-use redis::aio::ConnectionLike;
 use redis::RedisResult;
-use smartcache::invalidate::scan_matching;
+use smartcache::conn::Conn;
 use smartcache::keys::{DepId, TableName};
 use std::collections::BTreeSet;
 
@@ -72,8 +71,8 @@ impl Work {
 /// every cache key its templates can produce (values, and leases of fills
 /// in flight, which must be defeated too) and every row dependency set of
 /// the table (the table's own set is in the event already).
-pub async fn truncation_targets<C: ConnectionLike + Send>(
-    con: &mut C,
+pub async fn truncation_targets(
+    con: &mut Conn,
     config: &Config,
     table: &TableName,
 ) -> RedisResult<(Vec<String>, Vec<DepId>)> {
@@ -82,16 +81,17 @@ pub async fn truncation_targets<C: ConnectionLike + Send>(
     if let Some(spec) = config.table(table) {
         for template in &spec.keys {
             let pattern = ns.match_cache_keys(&template.scan_pattern());
-            for redis_key in scan_matching(con, &pattern).await? {
+            for redis_key in con.scan_all(&pattern).await? {
                 keys.extend(ns.cache_key_of(&redis_key).map(str::to_owned));
             }
             let leases = ns.match_leases(&template.scan_pattern());
-            for redis_key in scan_matching(con, &leases).await? {
+            for redis_key in con.scan_all(&leases).await? {
                 keys.extend(ns.cache_key_of_lease(&redis_key).map(str::to_owned));
             }
         }
     }
-    let deps = scan_matching(con, &ns.match_row_dep_sets(table))
+    let deps = con
+        .scan_all(&ns.match_row_dep_sets(table))
         .await?
         .iter()
         .filter_map(|k| ns.dep_id_of(k))

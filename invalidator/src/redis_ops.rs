@@ -1,54 +1,60 @@
 //! The daemon's Redis connection and the server settings it depends on.
 
 use crate::config::{Config, ConfigError};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use smartcache::conn::{Conn, Options};
 use std::time::Duration;
 
-/// A lazily connecting, self-reconnecting connection: the daemon starts
-/// while Redis is down and backs off on its own schedule.
-pub fn connect(config: &Config) -> Result<ConnectionManager, ConfigError> {
-    let client = client(config)?;
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(30)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, manager_config)
+/// A lazily connecting, self-reconnecting connection (to one server or a
+/// cluster, per `redis_cluster`): the daemon starts while Redis is down and
+/// backs off on its own schedule.
+pub fn connect(config: &Config) -> Result<Conn, ConfigError> {
+    let mut options = Options::default();
+    options.cluster = config.redis_cluster;
+    Conn::open(&config.redis_url, &options)
         .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))
 }
 
-/// A client for the configured `redis_url`; a URL that does not parse is a
-/// configuration error naming the setting.
-pub fn client(config: &Config) -> Result<redis::Client, ConfigError> {
-    redis::Client::open(config.redis_url.as_str())
-        .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))
+/// A connection for a command-line or admin call, checked now: an
+/// unreachable Redis is an error naming the URL, after at most 5 s.
+pub async fn connect_now(config: &Config) -> anyhow::Result<Conn> {
+    let mut con = connect(config)?;
+    let ping = redis::cmd("PING");
+    tokio::time::timeout(Duration::from_secs(5), ping.query_async::<()>(&mut con))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out connecting to {}", config.redis_url))?
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", config.redis_url))?;
+    Ok(con)
 }
 
-/// A connection for a command-line or admin call, made now: an unreachable
-/// Redis is an error naming the URL, after at most 5 s.
-pub async fn connect_now(config: &Config) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = client(config)?;
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out connecting to {}", config.redis_url))?
-    .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", config.redis_url))
-}
-
-/// Redis' `maxmemory-policy` (`unknown` where `CONFIG` is disabled).
-pub async fn maxmemory_policy<C: ConnectionLike + Send>(con: &mut C) -> redis::RedisResult<String> {
-    let reply: redis::RedisResult<(String, String)> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(con)
-        .await;
+/// Redis' `maxmemory-policy` (`unknown` where `CONFIG` is disabled); on a
+/// cluster, the riskiest policy of any primary.
+pub async fn maxmemory_policy(con: &mut Conn) -> redis::RedisResult<String> {
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("maxmemory-policy");
+    let reply: redis::RedisResult<Vec<(String, String)>> = con.each_primary(&cmd).await;
     match reply {
-        Ok((_, policy)) => Ok(policy),
+        Ok(policies) => Ok(policies
+            .into_iter()
+            .map(|(_, p)| p)
+            .max_by_key(|p| eviction_risk(p).is_some())
+            .unwrap_or_else(|| "unknown".to_owned())),
         Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => Err(e),
         Err(_) => Ok("unknown".to_owned()),
     }
+}
+
+/// Whether the server is a cluster node while `redis_cluster` is off: every
+/// key of another slot would fail with `MOVED`.
+pub async fn cluster_mismatch(con: &mut Conn) -> redis::RedisResult<Option<String>> {
+    if con.is_cluster() {
+        return Ok(None);
+    }
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(con).await?;
+    Ok(info.contains("cluster_enabled:1").then(|| {
+        "redis_url points at a Redis Cluster node but `redis_cluster` is off; \
+         set redis_cluster = true (or --redis-cluster)"
+            .to_owned()
+    }))
 }
 
 /// Why `policy` endangers invalidation, if it does: an `allkeys-*` policy

@@ -8,8 +8,8 @@ pub mod db;
 pub mod servers;
 
 use db::TestDb;
-use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
+use smartcache::conn::{Conn, Options};
 use smartcache::keys::Namespace;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::schema;
@@ -33,31 +33,54 @@ pub struct Env {
     pub db: TestDb,
     pub ns: Namespace,
     pub pg: Client,
-    pub redis: MultiplexedConnection,
+    pub redis: Conn,
+    /// The Redis URL and whether it is a cluster, as the config gets them.
+    pub redis_url: String,
+    pub redis_cluster: bool,
+}
+
+/// A connection to `url` (a cluster's seed nodes when `cluster`).
+pub fn redis_conn(url: &str, cluster: bool) -> Conn {
+    let mut options = Options::default();
+    options.cluster = cluster;
+    Conn::open(url, &options).expect("valid Redis URL")
 }
 
 impl Env {
     /// Creates the database and runs `setup_sql` in it.
     pub async fn new(tag: &str, setup_sql: &str) -> Self {
+        Self::on_redis(tag, setup_sql, &redis_url(), false).await
+    }
+
+    /// Like [`Env::new`], against the Redis (or cluster) at `url`.
+    pub async fn on_redis(tag: &str, setup_sql: &str, url: &str, cluster: bool) -> Self {
         let db = TestDb::create(tag).await;
         let pg = db.connect().await;
         pg.batch_execute(setup_sql).await.expect("setup SQL");
         let ns = Namespace::new(&format!("t_{}", db::unique_name(tag))).unwrap();
-        let redis = redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
+        let mut redis = redis_conn(url, cluster);
+        let _: () = redis::cmd("PING")
+            .query_async(&mut redis)
             .await
             .expect("connect to Redis");
-        Self { db, ns, pg, redis }
+        Self {
+            db,
+            ns,
+            pg,
+            redis,
+            redis_url: url.to_owned(),
+            redis_cluster: cluster,
+        }
     }
 
     /// A config for this database and namespace with `tables_toml` (the
     /// `[[tables]]` part) and a short poll interval.
     pub fn config(&self, tables_toml: &str) -> Config {
         let text = format!(
-            "database_url = {:?}\nredis_url = {:?}\nnamespace = {:?}\npoll_interval_ms = 100\n{tables_toml}",
+            "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{tables_toml}",
             self.db.url,
-            redis_url(),
+            self.redis_url,
+            self.redis_cluster,
             self.ns.name()
         );
         Config::from_toml(&text, Path::new("test.toml"), &Overrides::default())
@@ -141,9 +164,7 @@ impl Env {
 
     /// Cache keys of the namespace that hold a value, sorted.
     pub async fn cached_keys(&mut self) -> Vec<String> {
-        let found = smartcache::invalidate::scan_matching(&mut self.redis, &self.ns.match_all())
-            .await
-            .unwrap();
+        let found = self.redis.scan_all(&self.ns.match_all()).await.unwrap();
         let mut keys: Vec<String> = found
             .iter()
             .filter_map(|k| self.ns.cache_key_of(k).map(str::to_owned))
@@ -156,17 +177,12 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         let ns = self.ns.clone();
+        let (url, cluster) = (self.redis_url.clone(), self.redis_cluster);
         db::block_on_side(async move {
-            let Ok(client) = redis::Client::open(redis_url()) else {
-                return;
-            };
-            let Ok(mut con) = client.get_multiplexed_async_connection().await else {
-                return;
-            };
-            if let Ok(keys) = smartcache::invalidate::scan_matching(&mut con, &ns.match_all()).await
-            {
-                for chunk in keys.chunks(1000) {
-                    let _: Result<(), _> = con.unlink(chunk).await;
+            let mut con = redis_conn(&url, cluster);
+            if let Ok(keys) = con.scan_all(&ns.match_all()).await {
+                for key in keys {
+                    let _: Result<(), _> = con.unlink(key).await;
                 }
             }
         });

@@ -557,6 +557,256 @@ async fn ping(url: &str) -> bool {
         .is_ok()
 }
 
+/// How many masters a [`RedisCluster`] has.
+pub const CLUSTER_NODES: usize = 3;
+
+/// Hash slots of a Redis Cluster.
+const CLUSTER_SLOTS: i64 = 16384;
+
+/// A free port P on 127.0.0.1 for a cluster node: its cluster bus port
+/// P + 10000 must be free too (so P < 55536), and neither may clash with
+/// the ports or bus ports in `taken`.
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        let Some(bus) = port.checked_add(10000) else {
+            continue;
+        };
+        let clash = taken
+            .iter()
+            .any(|&t| [t, t + 10000].iter().any(|&u| u == port || u == bus));
+        if !clash && std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port P below 55536 with P + 10000 free too");
+}
+
+/// One `redis-server` of a [`RedisCluster`].
+struct ClusterNode {
+    port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl ClusterNode {
+    fn spawn(port: u16) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("smartcache-redis-cluster-")
+            .tempdir()
+            .expect("temporary directory");
+        let log = File::create(dir.path().join("redis.log")).expect("Redis log file");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .arg(dir.path().join("nodes.conf"))
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        Self {
+            port,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+/// A throwaway Redis Cluster of [`CLUSTER_NODES`] masters and no
+/// replicas, each a `redis-server` on a free port of 127.0.0.1 (its bus
+/// on the port + 10000) with its own temporary directory, no persistence.
+/// Every node is killed by PID on drop.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them with `redis-cli --cluster create` and
+    /// waits until every node reports `cluster_state:ok` and a slot map
+    /// covering all 16384 slots with the masters of this cluster.
+    pub async fn start() -> Self {
+        let mut ports = Vec::with_capacity(CLUSTER_NODES);
+        for _ in 0..CLUSTER_NODES {
+            ports.push(free_cluster_port(&ports));
+        }
+        // Pushed one by one: a panic below still kills the started ones.
+        let mut cluster = Self { nodes: Vec::new() };
+        for &port in &ports {
+            cluster.nodes.push(ClusterNode::spawn(port));
+        }
+        for node in &mut cluster.nodes {
+            let url = node.url();
+            wait_for(&format!("Redis cluster node {url} to answer"), WAIT, || {
+                assert!(
+                    !node.exited(),
+                    "Redis cluster node {url} exited at start:\n{}",
+                    tail(&node.log(), 20)
+                );
+                let url = url.clone();
+                async move { ping(&url).await.then_some(()) }
+            })
+            .await;
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = blocking(move || {
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .stdin(Stdio::null())
+                .output()
+        })
+        .await
+        .expect("run redis-cli --cluster create");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("[OK] All 16384 slots covered"),
+            "redis-cli --cluster create failed ({}):\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for node in &cluster.nodes {
+            let url = node.url();
+            let ports = &ports;
+            wait_for(
+                &format!("Redis cluster node {url} to see the whole cluster"),
+                WAIT,
+                || {
+                    let url = url.clone();
+                    async move { cluster_ready(&url, ports).await.then_some(()) }
+                },
+            )
+            .await;
+        }
+        cluster
+    }
+
+    /// Ports of the nodes on 127.0.0.1.
+    pub fn ports(&self) -> [u16; CLUSTER_NODES] {
+        std::array::from_fn(|i| self.nodes[i].port)
+    }
+
+    /// URLs of the nodes, `redis://127.0.0.1:{port}/`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(ClusterNode::url).collect()
+    }
+
+    /// URL of the first node, to seed a cluster client with.
+    pub fn seed_url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// PIDs of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- Redis cluster node {} log, last lines:\n{}",
+                    node.port,
+                    tail(&node.log(), 20)
+                );
+            }
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Whether the node at `url` reports `cluster_state:ok` and its
+/// `CLUSTER SLOTS` covers every slot exactly once, served by masters on
+/// exactly `ports`.
+async fn cluster_ready(url: &str, ports: &[u16]) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(Ok(mut con)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    else {
+        return false;
+    };
+    let info: Result<String, _> = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut con)
+        .await;
+    if !info.is_ok_and(|i| i.lines().any(|l| l.trim() == "cluster_state:ok")) {
+        return false;
+    }
+    let Ok(redis::Value::Array(entries)) = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async::<redis::Value>(&mut con)
+        .await
+    else {
+        return false;
+    };
+    // Each entry: [first slot, last slot, [ip, port, id, ...], replicas...].
+    let mut ranges = Vec::new();
+    let mut masters = Vec::new();
+    for entry in entries {
+        let redis::Value::Array(entry) = entry else {
+            return false;
+        };
+        let (Some(redis::Value::Int(first)), Some(redis::Value::Int(last))) =
+            (entry.first(), entry.get(1))
+        else {
+            return false;
+        };
+        let Some(redis::Value::Array(master)) = entry.get(2) else {
+            return false;
+        };
+        let Some(redis::Value::Int(port)) = master.get(1) else {
+            return false;
+        };
+        ranges.push((*first, *last));
+        masters.push(*port);
+    }
+    ranges.sort_unstable();
+    let mut next = 0;
+    for (first, last) in ranges {
+        if first != next || last < first {
+            return false;
+        }
+        next = last + 1;
+    }
+    masters.sort_unstable();
+    masters.dedup();
+    let mut want: Vec<i64> = ports.iter().map(|&p| i64::from(p)).collect();
+    want.sort_unstable();
+    next == CLUSTER_SLOTS && masters == want
+}
+
 /// The `smartcache-invalidator` binary next to the test executable
 /// (`target/debug/deps/xxx` → `target/debug/smartcache-invalidator`),
 /// built by `cargo test --workspace`.
@@ -781,12 +1031,9 @@ impl Stack {
     }
 
     /// A Redis connection.
-    pub async fn redis_con(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to test Redis")
+    pub async fn redis_con(&self) -> smartcache::conn::Conn {
+        smartcache::conn::Conn::open(&self.redis.url(), &Default::default())
+            .expect("test Redis URL")
     }
 
     /// Every `(id, val)` of `items`, by id.
@@ -917,7 +1164,8 @@ impl Stack {
     pub async fn verify(&self, untouched: impl IntoIterator<Item = i64>) -> Verdict {
         let db: HashMap<i64, i64> = self.rows().await.into_iter().collect();
         let mut con = self.redis_con().await;
-        let found = smartcache::invalidate::scan_matching(&mut con, &self.ns.match_all())
+        let found = con
+            .scan_all(&self.ns.match_all())
             .await
             .expect("scan the namespace");
         let keys: Vec<String> = found
@@ -1088,5 +1336,62 @@ impl Rng {
     pub fn pick(&mut self, range: &std::ops::RangeInclusive<i64>) -> i64 {
         let span = (range.end() - range.start() + 1) as u64;
         range.start() + self.below(span) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `redis-cli -p {port} {args}` (with `-c`: following redirects);
+    /// its trimmed stdout.
+    fn cli(port: u16, follow: bool, args: &[&str]) -> String {
+        let mut c = Command::new("redis-cli");
+        if follow {
+            c.arg("-c");
+        }
+        let out = c
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn redis_cluster_starts_serves_and_stops() {
+        let started = Instant::now();
+        let cluster = RedisCluster::start().await;
+        println!("Redis cluster up in {:?}", started.elapsed());
+        let [p1, p2, p3] = cluster.ports();
+        assert_eq!(cluster.seed_url(), format!("redis://127.0.0.1:{p1}/"));
+        assert_eq!(cluster.urls().len(), CLUSTER_NODES);
+        // `foo` hashes to slot 12182, which `--cluster create` gives to the
+        // third master: set through the first node and read through the
+        // second both need a redirect.
+        assert_eq!(cli(p1, false, &["cluster", "keyslot", "foo"]), "12182");
+        assert!(cli(p1, false, &["get", "foo"]).contains(&format!("MOVED 12182 127.0.0.1:{p3}")));
+        assert_eq!(cli(p1, true, &["set", "foo", "bar"]), "OK");
+        assert_eq!(cli(p2, true, &["get", "foo"]), "bar");
+        assert_eq!(cli(p3, false, &["get", "foo"]), "bar");
+        let pids = cluster.pids();
+        let urls = cluster.urls();
+        let ports = cluster.ports();
+        drop(cluster);
+        for pid in pids {
+            assert!(!alive(pid), "node {pid} still runs after drop");
+        }
+        for url in urls {
+            assert!(!ping(&url).await, "{url} still answers after drop");
+        }
+        for port in ports {
+            for p in [port, port + 10000] {
+                assert!(
+                    std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),
+                    "127.0.0.1:{p} still accepts connections after drop"
+                );
+            }
+        }
     }
 }

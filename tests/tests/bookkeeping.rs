@@ -88,7 +88,7 @@ async fn a_fill_in_flight_is_not_swept() {
         .await
         .unwrap();
     let ns = env.ns.clone();
-    smartcache_invalidator::sweep::sweep(&mut env.redis, &ns)
+    smartcache::invalidate::sweep(&mut env.redis, &ns)
         .await
         .unwrap();
     assert!(
@@ -96,7 +96,7 @@ async fn a_fill_in_flight_is_not_swept() {
         "swept a fill in flight"
     );
     let _: () = env.redis.del(env.ns.lease_key("filling")).await.unwrap();
-    let removed = smartcache_invalidator::sweep::sweep(&mut env.redis, &ns)
+    let removed = smartcache::invalidate::sweep(&mut env.redis, &ns)
         .await
         .unwrap();
     assert_eq!(removed, 1);
@@ -119,13 +119,11 @@ async fn after_many_entries_expire_nothing_of_them_is_left() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ns = env.ns.clone();
-    let removed = smartcache_invalidator::sweep::sweep(&mut env.redis, &ns)
+    let removed = smartcache::invalidate::sweep(&mut env.redis, &ns)
         .await
         .unwrap();
     assert!(removed >= 500, "removed {removed}");
-    let left = smartcache::invalidate::scan_matching(&mut env.redis, &env.ns.match_all())
-        .await
-        .unwrap();
+    let left = env.redis.scan_all(&env.ns.match_all()).await.unwrap();
     assert!(
         left.is_empty(),
         "bookkeeping left behind: {:?}",

@@ -8,10 +8,23 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use smartcache::conn::{Conn, Options};
 use smartcache::Cache;
 
 pub fn redis_url() -> String {
     std::env::var("SMARTCACHE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// Whether `SMARTCACHE_TEST_REDIS_URL` names a Redis Cluster
+/// (`SMARTCACHE_TEST_REDIS_CLUSTER=1`).
+pub fn cluster() -> bool {
+    std::env::var("SMARTCACHE_TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1")
+}
+
+pub fn builder(ns: &str) -> smartcache::CacheBuilder {
+    Cache::builder(&redis_url())
+        .namespace(ns)
+        .cluster(cluster())
 }
 
 /// `t_<name>_<pid>_<n>_<nanos>`: unique per test run, so tests run in
@@ -32,32 +45,25 @@ pub fn namespace(test: &str) -> String {
 pub struct Fixture {
     pub ns: String,
     pub cache: Cache,
-    pub redis: redis::aio::MultiplexedConnection,
+    pub redis: Conn,
 }
 
 impl Fixture {
     pub async fn new(test: &str) -> Self {
         let ns = namespace(test);
-        let cache = Cache::builder(&redis_url())
-            .namespace(ns.clone())
+        let cache = builder(&ns)
             .build()
             .await
             .expect("Redis at 127.0.0.1:6379 must be running for these tests");
-        let redis = redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut options = Options::default();
+        options.cluster = cluster();
+        let redis = Conn::open(&redis_url(), &options).unwrap();
         Self { ns, cache, redis }
     }
 
     /// Another `Cache` on the same namespace, as another process would have.
     pub async fn other_process(&self) -> Cache {
-        Cache::builder(&redis_url())
-            .namespace(self.ns.clone())
-            .build()
-            .await
-            .unwrap()
+        builder(&self.ns).build().await.unwrap()
     }
 
     pub async fn raw_get(&mut self, key: &str) -> Option<Vec<u8>> {
@@ -89,11 +95,7 @@ impl Fixture {
     /// Every Redis key of the namespace, sorted.
     pub async fn all_keys(&mut self) -> Vec<String> {
         let pattern = self.cache.namespace().match_all();
-        let mut keys = smartcache::invalidate::scan_matching(&mut self.redis, &pattern)
-            .await
-            .unwrap();
-        keys.sort();
-        keys
+        self.redis.scan_all(&pattern).await.unwrap()
     }
 
     pub async fn cleanup(mut self) {

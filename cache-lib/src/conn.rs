@@ -1,0 +1,412 @@
+//! One connection handle for a single Redis server or a Redis Cluster.
+//!
+//! Both kinds reconnect by themselves and can be created while Redis is
+//! down. On a cluster, commands and scripts are routed by their first key;
+//! smartcache's scripts only ever touch keys of one slot (see
+//! [`crate::keys`]), and whatever spans the keyspace (`SCAN`) visits every
+//! primary.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
+use tokio::sync::OnceCell;
+
+/// How to reach Redis; see [`Conn::open`].
+///
+/// ```
+/// let mut options = smartcache::conn::Options::default();
+/// options.cluster = true;
+/// options.response_timeout = std::time::Duration::from_secs(5);
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// Speak the Redis Cluster protocol; the URL may then list several seed
+    /// nodes separated by commas.
+    pub cluster: bool,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for a reply.
+    pub response_timeout: Duration,
+    /// Reconnection attempts per request before it fails.
+    pub retries: usize,
+    /// Longest pause between reconnection attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cluster: false,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            retries: 1,
+            max_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A Redis connection: a single server or a cluster. Cheap to clone; clones
+/// share the underlying multiplexed connections.
+///
+/// ```no_run
+/// # async fn demo() -> redis::RedisResult<()> {
+/// use smartcache::conn::{Conn, Options};
+/// let mut con = Conn::open("redis://127.0.0.1:6379/0", &Options::default())?;
+/// let keys = con.scan_all("cache:product:*").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Conn(Kind);
+
+#[derive(Clone)]
+enum Kind {
+    Single(ConnectionManager),
+    Cluster(Cluster),
+}
+
+/// A cluster connection made on first use, so the handle can be created
+/// while the cluster is down (the cluster client itself needs a reachable
+/// seed to start).
+#[derive(Clone)]
+struct Cluster {
+    client: Arc<ClusterClient>,
+    con: Arc<OnceCell<ClusterConnection>>,
+}
+
+impl Cluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        self.con
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_cluster() {
+            "Conn(cluster)"
+        } else {
+            "Conn(single)"
+        })
+    }
+}
+
+/// Keys per `SCAN` step.
+const SCAN_COUNT: usize = 1000;
+
+impl Conn {
+    /// A handle on the Redis at `url` (`redis://[user:password@]host[:port][/db]`),
+    /// or, with [`Options::cluster`], on the cluster reachable through the
+    /// comma-separated seed URLs. Does no I/O: only a URL that does not
+    /// parse is an error.
+    ///
+    /// ```
+    /// use smartcache::conn::{Conn, Options};
+    /// let mut options = Options::default();
+    /// options.cluster = true;
+    /// let con = Conn::open("redis://127.0.0.1:7000,redis://127.0.0.1:7001", &options).unwrap();
+    /// assert!(con.is_cluster());
+    /// ```
+    pub fn open(url: &str, options: &Options) -> RedisResult<Self> {
+        if options.cluster {
+            let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+            let client = ClusterClientBuilder::new(seeds)
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.response_timeout)
+                .retries(options.retries as u32)
+                .max_retry_wait(options.max_delay.as_millis() as u64)
+                .build()?;
+            return Ok(Self(Kind::Cluster(Cluster {
+                client: Arc::new(client),
+                con: Arc::new(OnceCell::new()),
+            })));
+        }
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(options.retries)
+            .set_min_delay(Duration::from_millis(50).min(options.max_delay))
+            .set_max_delay(options.max_delay);
+        Ok(Self(Kind::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?)))
+    }
+
+    /// Whether this is a cluster connection.
+    ///
+    /// ```
+    /// use smartcache::conn::{Conn, Options};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let con = Conn::open("redis://127.0.0.1:6379/0", &Options::default()).unwrap();
+    /// assert!(!con.is_cluster());
+    /// # });
+    /// ```
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0, Kind::Cluster(_))
+    }
+
+    /// Every key matching the glob `pattern`, sorted, found with `SCAN` on
+    /// every primary (never `KEYS`, so Redis is not blocked on a large
+    /// database).
+    ///
+    /// ```no_run
+    /// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+    /// let found = con.scan_all("cache:product:*").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn scan_all(&mut self, pattern: &str) -> RedisResult<Vec<String>> {
+        let mut out = Vec::new();
+        self.scan(pattern, |batch| {
+            out.extend(batch);
+            true
+        })
+        .await?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Hands each `SCAN` batch of keys matching `pattern` to `visit` until
+    /// it returns `false` or every primary has been scanned. A key may come
+    /// twice (Redis' `SCAN` guarantee).
+    ///
+    /// ```no_run
+    /// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+    /// let mut n = 0;
+    /// con.scan("cache:*", |batch| { n += batch.len(); n < 100 }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn scan(
+        &mut self,
+        pattern: &str,
+        mut visit: impl FnMut(Vec<String>) -> bool,
+    ) -> RedisResult<()> {
+        for node in self.nodes().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, batch): (u64, Vec<String>) =
+                    redis::from_redis_value(self.query_node(&node, cmd).await?)?;
+                if !visit(batch) {
+                    return Ok(());
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` on every primary (the one server, or each primary of the
+    /// cluster) and returns the replies, e.g. to read a setting that each
+    /// node has.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+    /// let mut cmd = redis::cmd("CONFIG");
+    /// cmd.arg("GET").arg("maxmemory-policy");
+    /// let replies: Vec<(String, String)> = con.each_primary(&cmd).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn each_primary<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+    ) -> RedisResult<Vec<T>> {
+        let mut out = Vec::new();
+        for node in self.nodes().await? {
+            out.push(redis::from_redis_value(
+                self.query_node(&node, cmd.clone()).await?,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// The primaries: `None` for the one server, else their addresses.
+    async fn nodes(&self) -> RedisResult<Vec<Option<(String, u16)>>> {
+        Ok(match &self.0 {
+            Kind::Single(_) => vec![None],
+            Kind::Cluster(c) => primaries(&mut c.get().await?)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        })
+    }
+
+    async fn query_node(&mut self, node: &Option<(String, u16)>, cmd: Cmd) -> RedisResult<Value> {
+        match (node, &self.0) {
+            (Some((host, port)), Kind::Cluster(c)) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                c.get().await?.route_command(cmd, route).await
+            }
+            _ => cmd.query_async(self).await,
+        }
+    }
+
+    /// Splits `items` into groups that one command or script call may
+    /// take: on a single server, chunks of `chunk`; on a cluster, items of
+    /// one slot (by `slot_of`) only.
+    pub(crate) fn group<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        slot_of: impl Fn(&T) -> u16,
+        chunk: usize,
+    ) -> Vec<Vec<T>> {
+        let mut by_slot: BTreeMap<u16, Vec<T>> = BTreeMap::new();
+        let cluster = self.is_cluster();
+        for item in items {
+            let slot = if cluster { slot_of(&item) } else { 0 };
+            by_slot.entry(slot).or_default().push(item);
+        }
+        let mut out = Vec::new();
+        for (_, mut items) in by_slot {
+            while items.len() > chunk {
+                let rest = items.split_off(chunk);
+                out.push(std::mem::replace(&mut items, rest));
+            }
+            out.push(items);
+        }
+        out
+    }
+
+    /// Runs independent commands: one pipeline on a single server; sent
+    /// concurrently on a cluster (each to its slot's node). Replies come in
+    /// order; the first error fails the whole call.
+    pub(crate) async fn run_all(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
+        match &self.0 {
+            _ if cmds.is_empty() => Ok(Vec::new()),
+            Kind::Single(_) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async(self).await
+            }
+            Kind::Cluster(c) => {
+                let con = c.get().await?;
+                try_join_all(cmds.into_iter().map(|cmd| {
+                    let mut con = con.clone();
+                    async move { cmd.query_async::<Value>(&mut con).await }
+                }))
+                .await
+            }
+        }
+    }
+
+    /// Runs calls of one script like [`Conn::run_all`], loading the script
+    /// first where the server does not know it.
+    pub(crate) async fn run_script(
+        &mut self,
+        script: &Script,
+        calls: &[ScriptInvocation<'_>],
+    ) -> RedisResult<Vec<Value>> {
+        match &self.0 {
+            _ if calls.is_empty() => Ok(Vec::new()),
+            Kind::Single(_) => {
+                let mut pipe = redis::pipe();
+                for inv in calls {
+                    pipe.invoke_script(inv);
+                }
+                match pipe.query_async(self).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        script.prepare_invoke().load_async(self).await?;
+                        pipe.query_async(self).await
+                    }
+                    other => other,
+                }
+            }
+            Kind::Cluster(c) => {
+                let con = c.get().await?;
+                try_join_all(calls.iter().map(|inv| {
+                    let mut con = con.clone();
+                    async move { inv.invoke_async::<Value>(&mut con).await }
+                }))
+                .await
+            }
+        }
+    }
+}
+
+/// `host:port` of every primary that serves slots, from `CLUSTER SLOTS`.
+async fn primaries(con: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+    let reply = con
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let ranges: Vec<Vec<Value>> = redis::from_redis_value(reply)?;
+    let mut out: Vec<(String, u16)> = Vec::new();
+    for range in ranges {
+        let Some(primary) = range.into_iter().nth(2) else {
+            continue;
+        };
+        let node: Vec<Value> = redis::from_redis_value(primary)?;
+        let (Some(host), Some(port)) = (node.first(), node.get(1)) else {
+            continue;
+        };
+        let host: String = redis::from_redis_value(host.clone())?;
+        let port: u16 = redis::from_redis_value(port.clone())?;
+        if !out.contains(&(host.clone(), port)) {
+            out.push((host, port));
+        }
+    }
+    Ok(out)
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.0 {
+            Kind::Single(con) => con.req_packed_command(cmd),
+            Kind::Cluster(c) => Box::pin(async move {
+                let mut con = c.get().await?;
+                con.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.0 {
+            Kind::Single(con) => con.req_packed_commands(pipeline, offset, count),
+            Kind::Cluster(c) => Box::pin(async move {
+                let mut con = c.get().await?;
+                con.req_packed_commands(pipeline, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.0 {
+            Kind::Single(con) => con.get_db(),
+            Kind::Cluster(_) => 0,
+        }
+    }
+}
