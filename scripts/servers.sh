@@ -12,6 +12,7 @@ export DATABASE_URL REDIS_URL
 SC_TMP=""
 SC_PG_DATA=""
 SC_REDIS_PID=""
+SC_CLUSTER_PIDS=()
 
 sc_cleanup() {
     if [ -n "$SC_PG_DATA" ] && [ -f "$SC_PG_DATA/postmaster.pid" ]; then
@@ -20,6 +21,9 @@ sc_cleanup() {
     if [ -n "$SC_REDIS_PID" ]; then
         kill "$SC_REDIS_PID" 2>/dev/null || true
     fi
+    for pid in "${SC_CLUSTER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
     if [ -n "$SC_TMP" ]; then
         sleep 0.5
         rm -rf "$SC_TMP"
@@ -104,4 +108,48 @@ sc_ensure_servers() {
     sc_pg_answers || sc_start_pg || return 1
     sc_redis_answers || sc_start_redis || return 1
     export DATABASE_URL REDIS_URL
+}
+
+# Starts a throwaway 3-master Redis Cluster on free ports (each node's bus
+# port, +10000, free too) and exports its seed URLs, comma-separated, as
+# SC_CLUSTER_URL. Stopped by PID on exit like the other throwaway servers.
+sc_start_cluster() {
+    local ports=() port dir i
+    command -v redis-cli >/dev/null || { echo "redis-cli not found: apt-get install redis-tools" >&2; return 1; }
+    sc_tmpdir
+    while [ "${#ports[@]}" -lt 3 ]; do
+        port=$(sc_free_port)
+        if [ "$port" -lt 55000 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null \
+            && [[ " ${ports[*]} " != *" $port "* ]]; then
+            ports+=("$port")
+        fi
+    done
+    for port in "${ports[@]}"; do
+        dir="$SC_TMP/cluster-$port"
+        mkdir -p "$dir"
+        redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 \
+            --save "" --appendonly no --dir "$dir" --daemonize no --logfile "$dir/redis.log" &
+        SC_CLUSTER_PIDS+=($!)
+    done
+    for port in "${ports[@]}"; do
+        for i in $(seq 50); do
+            redis-cli -p "$port" PING >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+    redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
+        >"$SC_TMP/cluster-create.log" 2>&1 \
+        || { cat "$SC_TMP/cluster-create.log" >&2; return 1; }
+    for port in "${ports[@]}"; do
+        for i in $(seq 100); do
+            redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' && break
+            [ "$i" = 100 ] && { echo "cluster node $port never reported cluster_state:ok" >&2; return 1; }
+            sleep 0.1
+        done
+    done
+    SC_CLUSTER_URL=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}")
+    SC_CLUSTER_URL=${SC_CLUSTER_URL%,}
+    export SC_CLUSTER_URL
+    echo "started a throwaway Redis Cluster on 127.0.0.1:${ports[*]}"
 }

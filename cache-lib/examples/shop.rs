@@ -14,6 +14,8 @@
 //! | `GET /products` | `product_list` | the table `shop_products` |
 //!
 //! The app never clears the cache: the invalidator does, whoever writes.
+//! On a Redis Cluster, set `SMARTCACHE_REDIS_CLUSTER=1` and list the seed
+//! nodes in `REDIS_URL`, comma-separated.
 
 use std::net::SocketAddr;
 
@@ -187,6 +189,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let redis_url = env_or("REDIS_URL", "redis://127.0.0.1:6379/0");
     let namespace = env_or("SMARTCACHE_NAMESPACE", "cache");
+    let cluster = matches!(
+        env_or("SMARTCACHE_REDIS_CLUSTER", "").as_str(),
+        "1" | "true"
+    );
     let addr: SocketAddr = env_or("SHOP_ADDR", "127.0.0.1:3000")
         .parse()
         .context("SHOP_ADDR must be host:port")?;
@@ -202,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
     // Lazy: the shop starts and serves (uncached) even while Redis is down.
     let cache = Cache::builder(&redis_url)
         .namespace(namespace)
+        .cluster(cluster)
         .build_lazy()
         .await?;
     if let Err(e) = cache.ping().await {

@@ -221,8 +221,7 @@ async fn clear_all_stays_inside_the_namespace() {
 async fn clear_on_start_empties_the_namespace() {
     let fx = Fixture::new("clear_on_start").await;
     fx.cache.set("a", &1, []).await.unwrap();
-    let again = Cache::builder(&common::redis_url())
-        .namespace(fx.ns.clone())
+    let again = common::builder(&fx.ns)
         .clear_on_start(true)
         .build()
         .await
@@ -486,8 +485,7 @@ async fn another_process_waits_for_the_lease_holder() {
 #[tokio::test]
 async fn lease_wait_is_bounded_then_computes_uncached() {
     let fx = Fixture::new("lease_bounded").await;
-    let impatient = Cache::builder(&common::redis_url())
-        .namespace(fx.ns.clone())
+    let impatient = common::builder(&fx.ns)
         .lease_wait(Duration::from_millis(100))
         .build()
         .await

@@ -25,6 +25,13 @@ pub fn redis_url() -> String {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
+/// Whether the Redis URL names a cluster's seed nodes
+/// (`SMARTCACHE_TEST_REDIS_CLUSTER=1`): `scripts/test.sh` runs the
+/// invalidation suites a second time that way.
+pub fn redis_cluster() -> bool {
+    std::env::var("SMARTCACHE_TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1")
+}
+
 /// How long a test waits for the daemon before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -49,7 +56,7 @@ pub fn redis_conn(url: &str, cluster: bool) -> Conn {
 impl Env {
     /// Creates the database and runs `setup_sql` in it.
     pub async fn new(tag: &str, setup_sql: &str) -> Self {
-        Self::on_redis(tag, setup_sql, &redis_url(), false).await
+        Self::on_redis(tag, setup_sql, &redis_url(), redis_cluster()).await
     }
 
     /// Like [`Env::new`], against the Redis (or cluster) at `url`.
@@ -71,6 +78,16 @@ impl Env {
             redis_url: url.to_owned(),
             redis_cluster: cluster,
         }
+    }
+
+    /// The library on this test's Redis and namespace.
+    pub async fn cache(&self) -> smartcache::Cache {
+        smartcache::Cache::builder(&self.redis_url)
+            .namespace(self.ns.name())
+            .cluster(self.redis_cluster)
+            .build()
+            .await
+            .expect("connect the library to Redis")
     }
 
     /// A config for this database and namespace with `tables_toml` (the

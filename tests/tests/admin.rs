@@ -7,7 +7,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use smartcache::{Cache, Dep};
 use smartcache_invalidator::config::Config;
-use smartcache_tests::{free_port, redis_url, Env, PATIENCE};
+use smartcache_tests::{free_port, Env, PATIENCE};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -140,11 +140,7 @@ async fn world(tag: &str, token: bool) -> (Env, Config, Cache) {
     let config = env.config(&format!(
         "{extra}[[tables]]\nname = \"products\"\nkeys = [\"product:{{id}}\"]\n"
     ));
-    let cache = Cache::builder(&redis_url())
-        .namespace(env.ns.name())
-        .build()
-        .await
-        .unwrap();
+    let cache = env.cache().await;
     cache
         .set("product:1", &"teapot", [Dep::row("products", [1])])
         .await

@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use smartcache::{Cache, Dep};
 use smartcache_invalidator::config::{Config, ConfigError};
 use smartcache_invalidator::schema;
-use smartcache_tests::{redis_url, Env};
+use smartcache_tests::Env;
 
 async fn setup(tag: &str, sql: &str, tables: &str) -> (Env, Config) {
     let mut env = Env::new(tag, sql).await;
@@ -17,11 +17,7 @@ async fn setup(tag: &str, sql: &str, tables: &str) -> (Env, Config) {
 
 /// The library, on this test's namespace.
 async fn library(env: &Env) -> Cache {
-    Cache::builder(&redis_url())
-        .namespace(env.ns.name())
-        .build()
-        .await
-        .expect("cache")
+    env.cache().await
 }
 
 /// Stores `key` through the library, registered under `dep`.

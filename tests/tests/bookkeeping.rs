@@ -5,18 +5,14 @@
 use redis::AsyncCommands;
 use smartcache::keys::TableName;
 use smartcache::{Cache, Dep};
-use smartcache_tests::{redis_url, Env, PATIENCE};
+use smartcache_tests::{Env, PATIENCE};
 use std::time::{Duration, Instant};
 
 const SETUP: &str = "CREATE TABLE items (id int PRIMARY KEY, v int);
                      INSERT INTO items SELECT g, 0 FROM generate_series(1, 1000) g;";
 
 async fn cache(env: &Env) -> Cache {
-    Cache::builder(&redis_url())
-        .namespace(env.ns.name())
-        .build()
-        .await
-        .unwrap()
+    env.cache().await
 }
 
 async fn is_member(env: &mut Env, id: i32, key: &str) -> bool {
@@ -80,13 +76,18 @@ async fn a_fill_in_flight_is_not_swept() {
     let dep = TableName::parse("items").unwrap().row_dep(&["2"]);
     // What the library's acquire step leaves while the fill computes: a
     // lease and the registrations, no value yet.
-    let _: () = redis::pipe()
+    let _: () = env
+        .redis
         .set(env.ns.lease_key("filling"), "token")
-        .sadd(env.ns.dep_set_key(&dep), "filling")
-        .sadd(env.ns.entry_deps_key("filling"), dep.as_str())
-        .query_async(&mut env.redis)
         .await
         .unwrap();
+    let _: () = env
+        .redis
+        .sadd(env.ns.dep_set_key(&dep), "filling")
+        .await
+        .unwrap();
+    let deps = env.ns.entry_deps_key("filling");
+    let _: () = env.redis.sadd(deps, dep.as_str()).await.unwrap();
     let ns = env.ns.clone();
     smartcache::invalidate::sweep(&mut env.redis, &ns)
         .await

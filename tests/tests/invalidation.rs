@@ -1,6 +1,7 @@
 //! A committed change deletes exactly the affected keys; nothing else.
 
-use smartcache::keys::TableName;
+use redis::AsyncCommands;
+use smartcache::keys::{DepId, TableName};
 use smartcache_tests::Env;
 
 const PRODUCTS: &str = "
@@ -19,6 +20,14 @@ async fn setup(tag: &str) -> (Env, smartcache_invalidator::config::Config) {
     let config = env.config(TABLES);
     env.install(&config).await;
     (env, config)
+}
+
+/// Registers `key` under `dep` as another program following the documented
+/// layout would (one command per key: they may live on different slots).
+async fn register(env: &mut Env, key: &str, dep: &DepId) {
+    let _: () = env.redis.sadd(env.ns.dep_set_key(dep), key).await.unwrap();
+    let deps = env.ns.entry_deps_key(key);
+    let _: () = env.redis.sadd(deps, dep.as_str()).await.unwrap();
 }
 
 /// A change to another row, committed after `sql`; once its key is gone
@@ -202,12 +211,7 @@ async fn library_dependency_sets_are_invalidated_by_row_and_table() {
         ("summary", table.table_dep()),
     ];
     for (key, dep) in &regs {
-        let _: () = redis::pipe()
-            .sadd(env.ns.dep_set_key(dep), *key)
-            .sadd(env.ns.entry_deps_key(key), dep.as_str())
-            .query_async(&mut env.redis)
-            .await
-            .unwrap();
+        register(&mut env, key, dep).await;
     }
     let daemon = env.start_daemon(&config);
     env.pg
@@ -296,12 +300,7 @@ async fn table_without_primary_key_invalidates_its_table_dependents() {
     env.install(&config).await;
     let dep = TableName::parse("log").unwrap().table_dep();
     env.put(&["log_page", "other"]).await;
-    let _: () = redis::pipe()
-        .sadd(env.ns.dep_set_key(&dep), "log_page")
-        .sadd(env.ns.entry_deps_key("log_page"), dep.as_str())
-        .query_async(&mut env.redis)
-        .await
-        .unwrap();
+    register(&mut env, "log_page", &dep).await;
     let daemon = env.start_daemon(&config);
     env.pg
         .batch_execute("INSERT INTO log VALUES ('b'); UPDATE log SET msg = 'c'; DELETE FROM log;")

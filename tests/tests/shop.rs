@@ -42,7 +42,11 @@ async fn start_shop(env: &Env) -> Shop {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(shop_binary())
         .env("DATABASE_URL", &env.db.url)
-        .env("REDIS_URL", smartcache_tests::redis_url())
+        .env("REDIS_URL", &env.redis_url)
+        .env(
+            "SMARTCACHE_REDIS_CLUSTER",
+            if env.redis_cluster { "1" } else { "0" },
+        )
         .env("SMARTCACHE_NAMESPACE", env.ns.name())
         .env("SHOP_ADDR", &addr)
         .stdout(Stdio::null())
@@ -68,7 +72,8 @@ async fn price_changed_with_plain_sql_is_a_miss_with_the_new_price() {
     // way flags would.
     let overrides = Overrides {
         database_url: Some(env.db.url.clone()),
-        redis_url: Some(smartcache_tests::redis_url()),
+        redis_url: Some(env.redis_url.clone()),
+        redis_cluster: Some(env.redis_cluster),
         namespace: Some(env.ns.name().to_owned()),
         ..Overrides::default()
     };
