@@ -35,7 +35,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Time allowed for a reply.
     pub response_timeout: Duration,
-    /// Reconnection attempts per request before it fails.
+    /// Reconnection attempts per request before it fails (at least 5 on a
+    /// cluster, where following a redirection counts as one).
     pub retries: usize,
     /// Longest pause between reconnection attempts.
     pub max_delay: Duration,
@@ -100,6 +101,9 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// Least retries per request on a cluster.
+const CLUSTER_RETRIES: usize = 5;
+
 /// Keys per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
 
@@ -122,7 +126,9 @@ impl Conn {
             let client = ClusterClientBuilder::new(seeds)
                 .connection_timeout(options.connect_timeout)
                 .response_timeout(options.response_timeout)
-                .retries(options.retries as u32)
+                // A redirection (MOVED, ASK) after a failover or a
+                // restart counts as a retry.
+                .retries(options.retries.max(CLUSTER_RETRIES) as u32)
                 .max_retry_wait(options.max_delay.as_millis() as u64)
                 .build()?;
             return Ok(Self(Kind::Cluster(Cluster {

@@ -269,3 +269,84 @@ async fn sweep_members(
     }
     Ok((fenced.len() - broken) as u64)
 }
+
+/// What [`check_markers`] found (see [`Namespace::marker_keys`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Markers {
+    /// Every marker is there: no part of the keyspace lost its data.
+    Intact,
+    /// None is there: a new namespace, or all of Redis lost its data (the
+    /// cached values with it).
+    Absent,
+    /// Some are gone: part of the keyspace lost its data, and dependency
+    /// sets may have gone while values elsewhere survived.
+    Lost {
+        /// How many markers are gone.
+        missing: usize,
+    },
+}
+
+/// Checks the namespace's marker keys.
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+/// use smartcache::invalidate::{check_markers, Markers};
+/// let ns = smartcache::keys::Namespace::default();
+/// if let Markers::Lost { missing } = check_markers(&mut con, &ns).await? {
+///     eprintln!("{missing} markers gone: part of Redis lost its data");
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn check_markers(con: &mut Conn, ns: &Namespace) -> RedisResult<Markers> {
+    let markers = ns.marker_keys();
+    let cmds = markers
+        .iter()
+        .map(|k| redis::cmd("EXISTS").arg(k).clone())
+        .collect();
+    let found: u64 = sum(con.run_all(cmds).await?)?;
+    let missing = markers.len() - found as usize;
+    Ok(match missing {
+        0 => Markers::Intact,
+        m if m == markers.len() => Markers::Absent,
+        m => Markers::Lost { missing: m },
+    })
+}
+
+/// Sets the namespace's marker keys.
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+/// smartcache::invalidate::set_markers(&mut con, &smartcache::keys::Namespace::default()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn set_markers(con: &mut Conn, ns: &Namespace) -> RedisResult<()> {
+    let cmds = ns
+        .marker_keys()
+        .iter()
+        .map(|k| redis::cmd("SET").arg(k).arg(1).clone())
+        .collect();
+    con.run_all(cmds).await.map(drop)
+}
+
+/// Drops every cached value of the namespace with its lease (defeating
+/// fills in flight) and bookkeeping, then sets the markers: what to do when
+/// part of Redis lost its data. Dependency sets stay, so a fill racing this
+/// keeps its registration; the sweeper removes what is left over. Returns
+/// how many values were dropped.
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+/// let ns = smartcache::keys::Namespace::default();
+/// let dropped = smartcache::invalidate::drop_all_values(&mut con, &ns).await?;
+/// # Ok(()) }
+/// ```
+pub async fn drop_all_values(con: &mut Conn, ns: &Namespace) -> RedisResult<u64> {
+    let found = con.scan_all(&ns.match_all()).await?;
+    let entries: BTreeSet<&str> = found
+        .iter()
+        .filter_map(|k| ns.cache_key_of(k).or_else(|| ns.cache_key_of_lease(k)))
+        .collect();
+    let dropped = drop_entries(con, ns, entries).await?;
+    set_markers(con, ns).await?;
+    Ok(dropped)
+}

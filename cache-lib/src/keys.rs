@@ -50,6 +50,11 @@ const DEP_SET: &str = "@sc:dep:";
 const DRAIN: &str = "@sc:drain:";
 const BORN: &str = "@sc:born:";
 const RECENT: &str = "@sc:recent";
+const MARKER: &str = "@sc:marker:";
+
+/// How many marker keys watch the keyspace for data loss (see
+/// [`Namespace::marker_keys`]): one every `16384 / MARKERS` hash slots.
+pub const MARKERS: usize = 64;
 
 /// How many batch summaries the daemon keeps at [`Namespace::recent_key`].
 pub const RECENT_LEN: usize = 100;
@@ -174,6 +179,31 @@ impl Namespace {
     /// ```
     pub fn recent_key(&self) -> String {
         format!("{}{RECENT}", self.prefix)
+    }
+
+    /// The marker keys: [`MARKERS`] keys spread evenly over the Redis
+    /// Cluster hash slots (one every 256 slots), so every primary that
+    /// serves at least 256 contiguous slots holds some. The invalidator
+    /// keeps them set; when some are gone but not all, part of the
+    /// keyspace lost its data (a primary restarted empty, a failover lost
+    /// writes) and dependency sets may be gone with it, so it drops every
+    /// cached value. On a single server they all live or die together.
+    ///
+    /// ```
+    /// use smartcache::keys::{slot, Namespace, MARKERS};
+    /// let ns = Namespace::new("cache").unwrap();
+    /// let markers = ns.marker_keys();
+    /// assert_eq!(markers.len(), MARKERS);
+    /// assert_eq!(slot(&markers[1]), 256);
+    /// ```
+    pub fn marker_keys(&self) -> Vec<String> {
+        let step = 16384 / MARKERS;
+        (0..MARKERS)
+            .map(|i| {
+                let tag = slot_tag((i * step) as u16);
+                format!("{}{MARKER}{{{tag}}}", self.prefix)
+            })
+            .collect()
     }
 
     /// Redis key of the set of cache keys that depend on `dep`.
@@ -365,6 +395,29 @@ pub fn slot(key: &str) -> u16 {
         (close > 0).then(|| &rest[..close])
     });
     crc16(tagged.unwrap_or(bytes)) % 16384
+}
+
+/// The shortest decimal number whose hash slot is `slot`, for the marker
+/// slots (a multiple of `16384 / MARKERS`).
+fn slot_tag(slot: u16) -> String {
+    static TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let step = (16384 / MARKERS) as u16;
+        let mut tags = vec![String::new(); MARKERS];
+        let mut left = MARKERS;
+        let mut n: u64 = 0;
+        while left > 0 {
+            let s = n.to_string();
+            let hashed = crc16(s.as_bytes()) % 16384;
+            let i = usize::from(hashed / step);
+            if hashed % step == 0 && tags[i].is_empty() {
+                tags[i] = s;
+                left -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    TAGS[usize::from(slot) / (16384 / MARKERS)].clone()
 }
 
 /// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.

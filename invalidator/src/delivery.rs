@@ -71,6 +71,12 @@ pub async fn run(
             stop.clone(),
         ))
     });
+    tokio::spawn(crate::markers::run(
+        daemon.config.namespace.clone(),
+        daemon.redis.clone(),
+        daemon.telemetry.clone(),
+        stop.clone(),
+    ));
     if let Some(every) = daemon.config.sweep_interval {
         tokio::spawn(crate::sweep::run(
             daemon.config.namespace.clone(),

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 mod delivery;
 pub mod mapping;
+mod markers;
 pub mod outbox;
 pub mod pg;
 pub mod recent;

@@ -49,6 +49,8 @@ pub struct Telemetry {
     pub canary_beats: Counter,
     /// Registrations of gone entries removed by the sweeper.
     pub swept: Counter,
+    /// Times part of Redis was found to have lost its data.
+    pub data_loss: Counter,
     pg_up: AtomicBool,
     redis_up: AtomicBool,
     canary_ok: AtomicBool,
@@ -78,6 +80,7 @@ impl Telemetry {
         let canary_lag_ms = Gauge::default();
         let canary_beats = Counter::default();
         let swept = Counter::default();
+        let data_loss = Counter::default();
         registry.register("events", "Outbox rows applied", events.clone());
         registry.register("keys_deleted", "Redis values deleted", keys_deleted.clone());
         registry.register("batch_size", "Events per applied batch", batch_size.clone());
@@ -112,6 +115,11 @@ impl Telemetry {
             "Registrations of expired or evicted entries removed from dependency sets",
             swept.clone(),
         );
+        registry.register(
+            "redis_data_loss",
+            "Times some marker keys were gone (part of Redis lost its data) and every cached value was dropped",
+            data_loss.clone(),
+        );
         Self {
             registry,
             events,
@@ -124,6 +132,7 @@ impl Telemetry {
             canary_lag_ms,
             canary_beats,
             swept,
+            data_loss,
             pg_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(true),
             canary_ok: AtomicBool::new(true),

@@ -595,8 +595,21 @@ impl ClusterNode {
             .prefix("smartcache-redis-cluster-")
             .tempdir()
             .expect("temporary directory");
-        let log = File::create(dir.path().join("redis.log")).expect("Redis log file");
-        let child = Command::new("redis-server")
+        let child = Self::start_in(port, &dir);
+        Self {
+            port,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    fn start_in(port: u16, dir: &TempDir) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("redis.log"))
+            .expect("Redis log file");
+        Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes", "--cluster-config-file"])
             .arg(dir.path().join("nodes.conf"))
@@ -608,12 +621,7 @@ impl ClusterNode {
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server");
-        Self {
-            port,
-            child: Some(child),
-            dir,
-        }
+            .expect("start redis-server")
     }
 
     fn url(&self) -> String {
@@ -713,6 +721,33 @@ impl RedisCluster {
     /// URL of the first node, to seed a cluster client with.
     pub fn seed_url(&self) -> String {
         self.nodes[0].url()
+    }
+
+    /// Kills node `i` with SIGKILL and starts it again on the same port
+    /// and directory: it rejoins the cluster (same node id, same slots)
+    /// with an empty keyspace, as a primary without persistence or
+    /// replicas comes back from a crash. Waits until the cluster is whole.
+    pub async fn restart_empty(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        node.child = Some(ClusterNode::start_in(node.port, &node.dir));
+        let ports = self.ports();
+        for node in &self.nodes {
+            let url = node.url();
+            let ports = &ports;
+            wait_for(
+                &format!("Redis cluster node {url} to see the whole cluster again"),
+                WAIT,
+                || {
+                    let url = url.clone();
+                    async move { cluster_ready(&url, ports).await.then_some(()) }
+                },
+            )
+            .await;
+        }
     }
 
     /// PIDs of the running nodes.

@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use smartcache::invalidate::Markers;
 use smartcache::keys::{slot, TableName};
 use smartcache::{Cache, CacheStatus, Dep};
 use smartcache_tests::servers::{daemon_binary, RedisCluster};
@@ -264,4 +265,40 @@ async fn the_cli_speaks_to_the_cluster_and_spots_a_missing_cluster_flag() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("set redis_cluster = true"), "{text}");
+}
+
+#[tokio::test]
+async fn a_primary_that_restarts_empty_costs_the_cache_not_freshness() {
+    let mut cluster = RedisCluster::start().await;
+    let (mut env, cache) = setup(&cluster, "cl_loss").await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    let ns = env.ns.clone();
+    let start = std::time::Instant::now();
+    while smartcache::invalidate::check_markers(&mut env.redis, &ns)
+        .await
+        .unwrap()
+        != Markers::Intact
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "markers never set"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fill(&env, &cache, 1..=60).await, vec![100; 60]);
+
+    // The first primary loses its keys, dependency sets among them; values
+    // on the other primaries survive. Then every row changes.
+    cluster.restart_empty(0).await;
+    env.pg
+        .batch_execute("UPDATE products SET price = 200 WHERE id <= 60")
+        .await
+        .unwrap();
+    let keys: Vec<String> = (1..=60).map(|id| format!("price:{id}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    env.wait_gone(&keys).await;
+    assert_eq!(fill(&env, &cache, 1..=60).await, vec![200; 60]);
+    daemon.stop().await;
 }
