@@ -409,7 +409,7 @@ fn slot_tag(slot: u16) -> String {
             let s = n.to_string();
             let hashed = crc16(s.as_bytes()) % 16384;
             let i = usize::from(hashed / step);
-            if hashed % step == 0 && tags[i].is_empty() {
+            if hashed.is_multiple_of(step) && tags[i].is_empty() {
                 tags[i] = s;
                 left -= 1;
             }
