@@ -11,6 +11,7 @@
 //! | `{ns}:@sc:born:{{ns}:{K}}` | when the library stored `K` (ms since the Unix epoch, Redis clock; same TTL as the value) |
 //! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` |
 //! | `{ns}:@sc:drain:{{dep}}` | keys taken from that set by an invalidation in progress |
+//! | `{ns}:@sc:marker:{…}` | [`MARKERS`] keys spread over the hash slots, watching for data loss |
 //! | `{ns}:@sc:recent` | the daemon's last [`RECENT_LEN`] batch summaries (a list, newest first) |
 //!
 //! The braces are Redis Cluster hash tags: an entry's lease, reverse index

@@ -459,6 +459,20 @@ mod tests {
     }
 
     #[test]
+    fn redis_cluster_comes_from_the_file_or_the_flag() {
+        assert!(!load("").unwrap().redis_cluster);
+        assert!(load("redis_cluster = true").unwrap().redis_cluster);
+        let flag = Overrides {
+            redis_cluster: Some(true),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml("redis_cluster = false", Path::new("x.toml"), &flag).unwrap();
+        assert!(c.redis_cluster);
+        let e = load("redis_cluster = \"yes\"").unwrap_err().0;
+        assert!(e.contains("line 1") && e.contains("boolean"), "{e}");
+    }
+
+    #[test]
     fn defaults_apply_to_an_empty_file() {
         let c = load("").unwrap();
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
