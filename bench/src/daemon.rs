@@ -38,6 +38,9 @@ impl Daemon {
                 .arg(&args.redis_url)
                 .arg("--namespace")
                 .arg(NS);
+            if args.redis_cluster {
+                cmd.arg("--redis-cluster");
+            }
         };
         let mut install = Command::new(&args.daemon_bin);
         flags(&mut install);

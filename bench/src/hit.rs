@@ -1,5 +1,6 @@
 //! The hit path: the library and the axum layer against a raw `GET` of the
-//! same bytes on the same connection type (`ConnectionManager`).
+//! same bytes on the redis crate's own connection type
+//! (`ConnectionManager`, or `ClusterConnection` with `--redis-cluster`).
 
 use crate::stats::{histogram, med_fmt, median, met, record, us};
 use crate::{Args, NS};
@@ -8,6 +9,7 @@ use axum::http::Request;
 use axum::routing::get;
 use axum::Router;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smartcache::axum::{CacheLayer, X_CACHE};
@@ -55,8 +57,24 @@ const PAIRS: [(Variant, Variant); 3] = [
     (Variant::AxumRaw, Variant::AxumLayer),
 ];
 
+/// The baseline's connection: the redis crate's, without smartcache.
+#[derive(Clone)]
+enum Raw {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Raw {
+    async fn get(&self, key: &str) -> redis::RedisResult<Vec<u8>> {
+        match self.clone() {
+            Raw::Single(mut con) => con.get(key).await,
+            Raw::Cluster(mut con) => con.get(key).await,
+        }
+    }
+}
+
 struct Ctx {
-    raw: ConnectionManager,
+    raw: Raw,
     cache: Cache,
     raw_app: Router,
     layer_app: Router,
@@ -67,11 +85,11 @@ impl Ctx {
     async fn op(&self, v: Variant) {
         match v {
             Variant::RawBytes => {
-                let b: Vec<u8> = self.raw.clone().get(&self.value_key).await.expect("GET");
+                let b: Vec<u8> = self.raw.get(&self.value_key).await.expect("GET");
                 std::hint::black_box(b);
             }
             Variant::RawJson => {
-                let b: Vec<u8> = self.raw.clone().get(&self.value_key).await.expect("GET");
+                let b: Vec<u8> = self.raw.get(&self.value_key).await.expect("GET");
                 let p: Product = serde_json::from_slice(&b).expect("decode");
                 std::hint::black_box(p);
             }
@@ -153,9 +171,19 @@ async fn measure(ctx: &Arc<Ctx>, v: Variant, tasks: usize, ops: usize) -> Sample
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
-    let raw = crate::redis_manager(&args.redis_url).await?;
+    let raw = if args.redis_cluster {
+        let seeds: Vec<&str> = args.redis_url.split(',').collect();
+        Raw::Cluster(
+            redis::cluster::ClusterClient::new(seeds)?
+                .get_async_connection()
+                .await?,
+        )
+    } else {
+        Raw::Single(crate::redis_manager(&args.redis_url).await?)
+    };
     let cache = Cache::builder(&args.redis_url)
         .namespace(NS)
+        .cluster(args.redis_cluster)
         .build()
         .await?;
     let product = Product {
@@ -173,7 +201,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let raw_app = Router::new().route(
         "/raw",
         get(move || {
-            let mut con = raw_for_app.clone();
+            let con = raw_for_app.clone();
             let key = raw_key.clone();
             async move {
                 let b: Vec<u8> = con.get(&key).await.unwrap_or_default();

@@ -33,6 +33,9 @@ struct Args {
     /// Redis URL; only keys under the bench namespace are written or deleted.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
     redis_url: String,
+    /// The Redis URL lists the seed nodes of a Redis Cluster.
+    #[arg(long)]
+    redis_cluster: bool,
     /// The daemon binary, started as a separate process.
     #[arg(long, default_value = "target/release/smartcache-invalidator")]
     daemon_bin: PathBuf,
@@ -71,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         args.commit_secs = args.commit_secs.min(2);
         args.rows = args.rows.min(20_000);
     }
+    anyhow::ensure!(
+        !args.redis_cluster || args.only.iter().all(|s| s == "hit"),
+        "--redis-cluster measures the hit path only: add --only hit"
+    );
     let db_url = format!(
         "{}/{DB}",
         args.database_url
@@ -141,13 +148,11 @@ async fn cleanup(args: &Args, admin: &Client) -> anyhow::Result<()> {
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
         .await?;
-    let mut con = smartcache::conn::Conn::open(&args.redis_url, &Default::default())?;
-    let keys = con.scan_all(&format!("{NS}:*")).await?;
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("UNLINK")
-            .arg(chunk)
-            .query_async(&mut con)
-            .await?;
+    let mut options = smartcache::conn::Options::default();
+    options.cluster = args.redis_cluster;
+    let mut con = smartcache::conn::Conn::open(&args.redis_url, &options)?;
+    for key in con.scan_all(&format!("{NS}:*")).await? {
+        let _: () = redis::cmd("UNLINK").arg(key).query_async(&mut con).await?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
+use futures_util::future::try_join;
 use redis::{RedisResult, Script, Value};
 
 use crate::conn::Conn;
@@ -31,9 +32,10 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 /// deleted. Idempotent: running it twice deletes nothing more.
 ///
 /// Three steps, each one pipelined round trip (concurrent per node on a
-/// cluster): move each dependency set's members into its drain set; delete
-/// those entries and `keys`; remove exactly the deleted members from the
-/// drain sets. A caller that fails midway and runs again finds the members
+/// cluster): move each dependency set's members into its drain set (and
+/// delete `keys` meanwhile); delete the entries found there; remove exactly
+/// those members from the drain sets. The last two are skipped when the
+/// sets were empty. A caller that fails midway and runs again finds the members
 /// still in the drain sets.
 ///
 /// ```no_run
@@ -52,12 +54,21 @@ pub async fn invalidate(
     keys: &[String],
     deps: &[DepId],
 ) -> RedisResult<u64> {
-    let drained = drain(con, ns, deps).await?;
-    let mut entries: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
-    for members in drained.values() {
-        entries.extend(members.iter().map(String::as_str));
-    }
-    let removed = drop_entries(con, ns, entries).await?;
+    // The keys given directly go in the same round trip as the draining.
+    let mut other = con.clone();
+    let direct: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    let (drained, mut removed) = try_join(
+        drain(con, ns, deps),
+        drop_entries(&mut other, ns, direct.iter().copied()),
+    )
+    .await?;
+    let members: BTreeSet<&str> = drained
+        .values()
+        .flatten()
+        .map(String::as_str)
+        .filter(|m| !direct.contains(m))
+        .collect();
+    removed += drop_entries(con, ns, members).await?;
     let srem = drained
         .iter()
         .filter(|(_, members)| !members.is_empty())
