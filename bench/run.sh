@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Every benchmark in one command: builds the release binaries, runs
 # smartcache-bench (hit path, commit -> key deleted, throughput, daemon
-# resources) and bench/pgbench.sh (write overhead). Uses the servers at
+# resources; the hit path again on a throwaway Redis Cluster) and
+# bench/pgbench.sh (write overhead). Uses the servers at
 # DATABASE_URL / REDIS_URL or starts throwaway ones (scripts/servers.sh).
 # The report goes to stdout and to target/bench-report.md; the latency CDF
 # to bench/commit_to_delete_cdf.png.
 #
 # Usage: bench/run.sh [smartcache-bench flags, e.g. --quick or --runs 1]
-# Env: PGBENCH_SECS (seconds per pgbench run, default 10; 0 skips pgbench).
+# Env: PGBENCH_SECS (seconds per pgbench run, default 10; 0 skips pgbench),
+# CLUSTER_BENCH (0 skips the hit path on a throwaway Redis Cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/servers.sh
@@ -19,6 +21,12 @@ REPORT=target/bench-report.md
     echo "PostgreSQL: $(psql "$DATABASE_URL" -Atc 'SHOW server_version'), Redis: $(redis-cli -u "$REDIS_URL" INFO server | awk -F: '/^redis_version/ {print $2}' | tr -d '\r')"
     echo
     target/release/smartcache-bench "$@"
+    if [ "${CLUSTER_BENCH:-1}" != 0 ]; then
+        sc_start_cluster
+        echo "## Hit path on a Redis Cluster (3 primaries on this machine)"
+        echo
+        target/release/smartcache-bench --only hit --redis-cluster --redis-url "$SC_CLUSTER_URL"
+    fi
     if [ "${PGBENCH_SECS:-10}" != 0 ]; then
         echo "## Write overhead (bench/pgbench.sh ${PGBENCH_SECS:-10})"
         echo
