@@ -539,16 +539,20 @@ impl Drop for Redis {
     }
 }
 
-async fn ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(Ok(mut con)) = tokio::time::timeout(
+/// A connection to `url` within a second, or `None`.
+async fn try_connect(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).ok()?;
+    tokio::time::timeout(
         Duration::from_secs(1),
         client.get_multiplexed_async_connection(),
     )
     .await
-    else {
+    .ok()?
+    .ok()
+}
+
+async fn ping(url: &str) -> bool {
+    let Some(mut con) = try_connect(url).await else {
         return false;
     };
     redis::cmd("PING")
@@ -692,7 +696,14 @@ impl RedisCluster {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        for node in &cluster.nodes {
+        cluster.wait_whole().await;
+        cluster
+    }
+
+    /// Waits until every node sees the whole cluster.
+    async fn wait_whole(&self) {
+        let ports = self.ports();
+        for node in &self.nodes {
             let url = node.url();
             let ports = &ports;
             wait_for(
@@ -705,7 +716,6 @@ impl RedisCluster {
             )
             .await;
         }
-        cluster
     }
 
     /// Ports of the nodes on 127.0.0.1.
@@ -734,20 +744,7 @@ impl RedisCluster {
             let _ = child.wait();
         }
         node.child = Some(ClusterNode::start_in(node.port, &node.dir));
-        let ports = self.ports();
-        for node in &self.nodes {
-            let url = node.url();
-            let ports = &ports;
-            wait_for(
-                &format!("Redis cluster node {url} to see the whole cluster again"),
-                WAIT,
-                || {
-                    let url = url.clone();
-                    async move { cluster_ready(&url, ports).await.then_some(()) }
-                },
-            )
-            .await;
-        }
+        self.wait_whole().await;
     }
 
     /// PIDs of the running nodes.
@@ -781,15 +778,7 @@ impl Drop for RedisCluster {
 /// `CLUSTER SLOTS` covers every slot exactly once, served by masters on
 /// exactly `ports`.
 async fn cluster_ready(url: &str, ports: &[u16]) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(Ok(mut con)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    else {
+    let Some(mut con) = try_connect(url).await else {
         return false;
     };
     let info: Result<String, _> = redis::cmd("CLUSTER")

@@ -58,6 +58,13 @@ async fn fill(env: &Env, cache: &Cache, ids: impl IntoIterator<Item = i64>) -> V
     out
 }
 
+/// Waits until no `price:{id}` of `ids` is cached.
+async fn wait_prices_gone(env: &mut Env, ids: impl IntoIterator<Item = i64>) {
+    let keys: Vec<String> = ids.into_iter().map(|id| format!("price:{id}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    env.wait_gone(&keys).await;
+}
+
 /// How many keys each node holds.
 async fn keys_per_node(cluster: &RedisCluster) -> Vec<u64> {
     let mut out = Vec::new();
@@ -101,9 +108,7 @@ async fn commits_invalidate_entries_spread_over_every_node() {
         .batch_execute("UPDATE products SET price = 200 WHERE id <= 10")
         .await
         .unwrap();
-    let gone: Vec<String> = (1..=10).map(|id| format!("price:{id}")).collect();
-    let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-    env.wait_gone(&gone).await;
+    wait_prices_gone(&mut env, 1..=10).await;
     env.wait_gone(&["total"]).await;
     for id in 11..=60 {
         assert!(env.cached(&format!("price:{id}")).await, "price:{id}");
@@ -296,9 +301,7 @@ async fn a_primary_that_restarts_empty_costs_the_cache_not_freshness() {
         .batch_execute("UPDATE products SET price = 200 WHERE id <= 60")
         .await
         .unwrap();
-    let keys: Vec<String> = (1..=60).map(|id| format!("price:{id}")).collect();
-    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    env.wait_gone(&keys).await;
+    wait_prices_gone(&mut env, 1..=60).await;
     assert_eq!(fill(&env, &cache, 1..=60).await, vec![200; 60]);
     daemon.stop().await;
 }
