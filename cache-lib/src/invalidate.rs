@@ -124,7 +124,7 @@ async fn drop_entries<'a>(
     let (together, apart): (Vec<EntryKeys>, Vec<EntryKeys>) = keys
         .into_iter()
         .map(|k| ns.entry_keys(k))
-        .partition(|e| !con.is_cluster() || slot(&e.value) == slot(&e.lease));
+        .partition(|e| !con.is_cluster() || e.one_slot());
     let calls: Vec<_> = con
         .group(together, |e| slot(&e.value), CHUNK)
         .iter()
@@ -217,7 +217,7 @@ async fn sweep_members(
             let e = ns.entry_keys(&m);
             (m, e)
         })
-        .filter(|(_, e)| !con.is_cluster() || slot(&e.value) == slot(&e.lease))
+        .filter(|(_, e)| !con.is_cluster() || e.one_slot())
         .collect();
     let groups = con.group(entries.iter(), |(_, e)| slot(&e.value), CHUNK);
     let calls: Vec<_> = groups

@@ -380,6 +380,21 @@ pub struct EntryKeys {
     pub born: String,
 }
 
+impl EntryKeys {
+    /// Whether the bookkeeping shares the value's slot: false only for a
+    /// cache key with braces (written by another program), whose
+    /// bookkeeping a script on a cluster cannot reach with the value.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert!(ns.entry_keys("user:7").one_slot());
+    /// assert!(!ns.entry_keys("user:{7}").one_slot());
+    /// ```
+    pub fn one_slot(&self) -> bool {
+        slot(&self.value) == slot(&self.lease)
+    }
+}
+
 /// The Redis Cluster hash slot of `key` (CRC16 of the key, or of its hash
 /// tag, modulo 16384), as Redis computes it.
 ///

@@ -194,23 +194,32 @@ pub(crate) async fn describe(
     ns: &Namespace,
     keys: &[&str],
 ) -> RedisResult<Vec<Option<(u64, Vec<String>, Option<Duration>)>>> {
-    let groups = con.group(
-        keys.iter().enumerate(),
-        |(_, k)| slot(&ns.value_key(k)),
-        256,
-    );
+    let (together, apart): (Vec<_>, Vec<_>) = keys
+        .iter()
+        .map(|k| ns.entry_keys(k))
+        .enumerate()
+        .partition(|(_, e)| !con.is_cluster() || e.one_slot());
+    let groups = con.group(together, |(_, e)| slot(&e.value), 256);
     let calls: Vec<_> = groups
         .iter()
         .map(|group| {
             let mut inv = DESCRIBE.prepare_invoke();
-            for (_, k) in group {
-                let e = ns.entry_keys(k);
-                inv.key(e.value).key(e.deps).key(e.born);
+            for (_, e) in group {
+                inv.key(&e.value).key(&e.deps).key(&e.born);
             }
             inv
         })
         .collect();
     let mut out = vec![None; keys.len()];
+    // A key with braces on a cluster (another program's): its size only.
+    let sizes = apart
+        .iter()
+        .map(|(_, e)| redis::cmd("MEMORY").arg("USAGE").arg(&e.value).clone())
+        .collect();
+    for ((i, _), size) in apart.iter().zip(con.run_all(sizes).await?) {
+        let size: Option<u64> = redis::from_redis_value(size)?;
+        out[*i] = size.map(|s| (s, Vec::new(), None));
+    }
     for (group, reply) in groups.iter().zip(con.run_script(&DESCRIBE, &calls).await?) {
         let rows: Vec<(i64, Vec<String>, i64)> = redis::from_redis_value(reply)?;
         for ((i, _), (size, mut deps, age_ms)) in group.iter().zip(rows) {

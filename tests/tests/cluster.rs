@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use smartcache::invalidate::Markers;
 use smartcache::keys::{slot, TableName};
 use smartcache::{Cache, CacheStatus, Dep};
@@ -210,9 +211,22 @@ async fn listing_clearing_and_sweeping_span_the_cluster() {
         .unwrap()
         .is_empty());
 
-    // Keys with braces would split an entry over slots: refused.
+    // Keys with braces would split an entry over slots: the library refuses
+    // them; one written by another program is listed and invalidated.
     let err = cache.set("user:{1}", &1, []).await.unwrap_err();
     assert!(err.to_string().contains("brace"), "{err}");
+    let _: () = env
+        .redis
+        .set(env.ns.value_key("user:{1}"), "x")
+        .await
+        .unwrap();
+    let listed = cache.keys("user:*").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].size_bytes > 0 && listed[0].deps.is_empty());
+    let n = smartcache::invalidate::invalidate(&mut env.redis, &env.ns, &["user:{1}".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
 }
 
 #[tokio::test]
