@@ -140,8 +140,9 @@ impl CacheBuilder {
 
     /// Talk to a Redis Cluster: the URL is then one or more seed nodes
     /// separated by commas (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
-    /// Cache keys must not contain `{` or `}` (see
-    /// [`crate::keys::check_cluster_key`]). Default off.
+    /// The library refuses to store keys containing `{` or `}` there (see
+    /// [`crate::keys::check_cluster_key`]); reading or clearing such a key
+    /// written by another program works. Default off.
     ///
     /// ```
     /// let b = smartcache::Cache::builder("redis://127.0.0.1:7000,redis://127.0.0.1:7001")
@@ -616,7 +617,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.inner.check_key(key)?;
+        check_cache_key(key)?;
         let mut con = self.inner.con.clone();
         let vkey = self.inner.ns.value_key(key);
         Ok(self
@@ -672,7 +673,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn clear(&self, key: &str) -> Result<bool, Error> {
-        self.inner.check_key(key)?;
+        check_cache_key(key)?;
         let mut con = self.inner.con.clone();
         let n = self
             .inner

@@ -223,6 +223,13 @@ async fn listing_clearing_and_sweeping_span_the_cluster() {
     let listed = cache.keys("user:*").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert!(listed[0].size_bytes > 0 && listed[0].deps.is_empty());
+    assert_eq!(cache.get::<String>("user:{1}").await.unwrap(), None);
+    assert!(cache.clear("user:{1}").await.unwrap());
+    let _: () = env
+        .redis
+        .set(env.ns.value_key("user:{1}"), "x")
+        .await
+        .unwrap();
     let n = smartcache::invalidate::invalidate(&mut env.redis, &env.ns, &["user:{1}".into()], &[])
         .await
         .unwrap();
