@@ -236,6 +236,22 @@ async fn listing_clearing_and_sweeping_span_the_cluster() {
     assert_eq!(n, 1);
 }
 
+/// The CLI with `file` as its only source of settings: the environment of
+/// `scripts/test.sh` (DATABASE_URL, REDIS_URL) would override the file.
+fn cli_command(file: &std::path::Path) -> Command {
+    let mut cmd = Command::new(daemon_binary());
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SMARTCACHE_NAMESPACE",
+        "SMARTCACHE_REDIS_CLUSTER",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config").arg(file);
+    cmd
+}
+
 #[tokio::test]
 async fn the_cli_speaks_to_the_cluster_and_spots_a_missing_cluster_flag() {
     let cluster = RedisCluster::start().await;
@@ -256,9 +272,7 @@ async fn the_cli_speaks_to_the_cluster_and_spots_a_missing_cluster_flag() {
     .unwrap();
     let seeds = cluster.urls().join(",");
     let cli = |args: &[&str]| {
-        let out = Command::new(daemon_binary())
-            .arg("--config")
-            .arg(&file)
+        let out = cli_command(&file)
             .args(["--redis-url", &seeds])
             .args(args)
             .output()
@@ -282,9 +296,7 @@ async fn the_cli_speaks_to_the_cluster_and_spots_a_missing_cluster_flag() {
 
     // One seed without the flag: `check` names the fix.
     let single = cluster.seed_url();
-    let out = Command::new(daemon_binary())
-        .arg("--config")
-        .arg(&file)
+    let out = cli_command(&file)
         .args(["--redis-url", &single, "check"])
         .output()
         .unwrap();
