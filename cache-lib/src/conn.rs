@@ -18,6 +18,8 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
+use crate::keys::EntryKeys;
+
 /// How to reach Redis; see [`Conn::open`].
 ///
 /// ```
@@ -267,6 +269,13 @@ impl Conn {
             }
             _ => cmd.query_async(self).await,
         }
+    }
+
+    /// Whether one script call can reach all of `entry`'s keys: always on a
+    /// single server; on a cluster unless the key has braces
+    /// ([`EntryKeys::one_slot`]).
+    pub(crate) fn reaches(&self, entry: &EntryKeys) -> bool {
+        !self.is_cluster() || entry.one_slot()
     }
 
     /// Splits `items` into groups that one command or script call may

@@ -124,14 +124,14 @@ async fn drop_entries<'a>(
     let (together, apart): (Vec<EntryKeys>, Vec<EntryKeys>) = keys
         .into_iter()
         .map(|k| ns.entry_keys(k))
-        .partition(|e| !con.is_cluster() || e.one_slot());
+        .partition(|e| con.reaches(e));
     let calls: Vec<_> = con
         .group(together, |e| slot(&e.value), CHUNK)
         .iter()
         .map(|group| {
             let mut inv = DROP.prepare_invoke();
             for e in group {
-                inv.key(&e.value).key(&e.lease).key(&e.deps).key(&e.born);
+                inv.key(e.all().as_slice());
             }
             inv
         })
@@ -143,7 +143,7 @@ async fn drop_entries<'a>(
     if !apart.is_empty() {
         let cmds = apart
             .iter()
-            .flat_map(|e| [&e.value, &e.lease, &e.deps, &e.born])
+            .flat_map(EntryKeys::all)
             .map(|k| redis::cmd("UNLINK").arg(k).clone())
             .collect();
         let counts = con.run_all(cmds).await?;
@@ -217,7 +217,7 @@ async fn sweep_members(
             let e = ns.entry_keys(&m);
             (m, e)
         })
-        .filter(|(_, e)| !con.is_cluster() || e.one_slot())
+        .filter(|(_, e)| con.reaches(e))
         .collect();
     let groups = con.group(entries.iter(), |(_, e)| slot(&e.value), CHUNK);
     let calls: Vec<_> = groups
@@ -226,7 +226,7 @@ async fn sweep_members(
             let mut inv = FENCE.prepare_invoke();
             inv.arg(token).arg(FENCE_MS);
             for (_, e) in group {
-                inv.key(&e.value).key(&e.lease).key(&e.deps).key(&e.born);
+                inv.key(e.all().as_slice());
             }
             inv
         })

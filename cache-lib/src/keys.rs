@@ -381,6 +381,17 @@ pub struct EntryKeys {
 }
 
 impl EntryKeys {
+    /// All four keys in the order the scripts take them: value, lease,
+    /// reverse index, birth stamp.
+    ///
+    /// ```
+    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.entry_keys("p").all()[0], "cache:p");
+    /// ```
+    pub fn all(&self) -> [&str; 4] {
+        [&self.value, &self.lease, &self.deps, &self.born]
+    }
+
     /// Whether the bookkeeping shares the value's slot: false only for a
     /// cache key with braces (written by another program), whose
     /// bookkeeping a script on a cluster cannot reach with the value.

@@ -130,10 +130,7 @@ pub(crate) async fn fill(
 ) -> RedisResult<bool> {
     let e = ns.entry_keys(key);
     FILL.prepare_invoke()
-        .key(&e.value)
-        .key(&e.lease)
-        .key(&e.deps)
-        .key(&e.born)
+        .key(e.all().as_slice())
         .arg(token)
         .arg(value)
         .arg(ttl_ms(ttl))
@@ -174,12 +171,7 @@ pub(crate) async fn store(
 ) -> RedisResult<()> {
     let e = ns.entry_keys(key);
     let mut inv = STORE.prepare_invoke();
-    inv.key(&e.value)
-        .key(&e.lease)
-        .key(&e.deps)
-        .key(&e.born)
-        .arg(value)
-        .arg(ttl_ms(ttl));
+    inv.key(e.all().as_slice()).arg(value).arg(ttl_ms(ttl));
     for d in deps {
         inv.arg(d.as_str());
     }
@@ -198,7 +190,7 @@ pub(crate) async fn describe(
         .iter()
         .map(|k| ns.entry_keys(k))
         .enumerate()
-        .partition(|(_, e)| !con.is_cluster() || e.one_slot());
+        .partition(|(_, e)| con.reaches(e));
     let groups = con.group(together, |(_, e)| slot(&e.value), 256);
     let calls: Vec<_> = groups
         .iter()

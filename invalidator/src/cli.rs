@@ -232,12 +232,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
 
 async fn redis_problems(config: &Config) -> anyhow::Result<(String, Vec<String>)> {
     let mut con = crate::redis_ops::connect_now(config).await?;
-    let policy = crate::redis_ops::maxmemory_policy(&mut con).await?;
-    let mut problems: Vec<String> = crate::redis_ops::eviction_risk(&policy)
-        .into_iter()
-        .collect();
-    problems.extend(crate::redis_ops::cluster_mismatch(&mut con).await?);
-    Ok((policy, problems))
+    Ok(crate::redis_ops::problems(&mut con).await?)
 }
 
 /// The library's view of the configured namespace, for management calls.

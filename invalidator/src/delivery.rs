@@ -202,15 +202,10 @@ impl Daemon {
                     continue;
                 }
                 validated = true;
-                match crate::redis_ops::maxmemory_policy(&mut self.redis).await {
-                    Ok(policy) => {
-                        if let Some(risk) = crate::redis_ops::eviction_risk(&policy) {
-                            tracing::error!(%policy, "{risk}");
-                        }
-                        if let Ok(Some(problem)) =
-                            crate::redis_ops::cluster_mismatch(&mut self.redis).await
-                        {
-                            tracing::error!("{problem}");
+                match crate::redis_ops::problems(&mut self.redis).await {
+                    Ok((policy, problems)) => {
+                        for problem in problems {
+                            tracing::error!(%policy, "{problem}");
                         }
                     }
                     Err(e) => {

@@ -43,6 +43,16 @@ pub async fn maxmemory_policy(con: &mut Conn) -> redis::RedisResult<String> {
     }
 }
 
+/// Redis' `maxmemory-policy` and what in the server's settings endangers
+/// invalidation: an evicting policy, a cluster node spoken to as a single
+/// server.
+pub async fn problems(con: &mut Conn) -> redis::RedisResult<(String, Vec<String>)> {
+    let policy = maxmemory_policy(con).await?;
+    let mut found: Vec<String> = eviction_risk(&policy).into_iter().collect();
+    found.extend(cluster_mismatch(con).await?);
+    Ok((policy, found))
+}
+
 /// Whether the server is a cluster node while `redis_cluster` is off: every
 /// key of another slot would fail with `MOVED`.
 pub async fn cluster_mismatch(con: &mut Conn) -> redis::RedisResult<Option<String>> {
