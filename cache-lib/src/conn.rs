@@ -138,6 +138,15 @@ impl Conn {
                 con: Arc::new(OnceCell::new()),
             })));
         }
+        if url.contains(',') {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "several URLs given for a single Redis server",
+                "for a Redis Cluster turn cluster mode on (redis_cluster = true, \
+                 --redis-cluster, or CacheBuilder::cluster(true))"
+                    .to_owned(),
+            )));
+        }
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))

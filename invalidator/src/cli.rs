@@ -242,7 +242,7 @@ pub(crate) async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> 
         .cluster(config.redis_cluster)
         .build()
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(anyhow::Error::new)
 }
 
 /// `keys [PATTERN]`: one line per entry, size and dependencies.

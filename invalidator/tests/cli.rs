@@ -54,6 +54,7 @@ impl Case {
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env_remove("SMARTCACHE_NAMESPACE")
+            .env_remove("SMARTCACHE_REDIS_CLUSTER")
             .output()
             .unwrap()
     }
@@ -236,6 +237,23 @@ async fn refused(tag: &str, config: &str, needles: &[&str]) {
         Vec::<String>::new(),
         "nothing installed"
     );
+}
+
+#[tokio::test]
+async fn several_redis_urls_without_cluster_mode_are_refused_naming_the_fix() {
+    let case = Case::new("redis_seeds", SETUP).await;
+    let cfg = case.config("");
+    let seeds = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+    let out = case.run(&cfg, &["--redis-url", seeds, "run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in ["redis_url", "several URLs", "redis_cluster = true"] {
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}: {}",
+            text(&out)
+        );
+    }
 }
 
 #[tokio::test]
