@@ -110,16 +110,33 @@ sc_ensure_servers() {
     export DATABASE_URL REDIS_URL
 }
 
-# Starts a throwaway 3-master Redis Cluster on free ports (each node's bus
-# port, +10000, free too) and exports its seed URLs, comma-separated, as
-# SC_CLUSTER_URL. Stopped by PID on exit like the other throwaway servers.
+# Starts a throwaway 3-master Redis Cluster on free ports and exports its
+# seed URLs, comma-separated, as SC_CLUSTER_URL. Ports come from
+# 20000-22767 so that neither they nor the bus ports (+10000) fall in the
+# kernel's range for outgoing connections (32768 and up), where a port that
+# looked free can be taken before the node binds it; a failed start is
+# retried on other ports. Stopped by PID on exit like the other throwaway
+# servers.
 sc_start_cluster() {
-    local ports=() port dir i
     command -v redis-cli >/dev/null || { echo "redis-cli not found: apt-get install redis-tools" >&2; return 1; }
     sc_tmpdir
+    local attempt
+    for attempt in 1 2 3; do
+        sc_try_cluster && return 0
+        echo "starting the throwaway Redis Cluster failed (attempt $attempt of 3)" >&2
+    done
+    return 1
+}
+
+sc_port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+sc_try_cluster() {
+    local ports=() pids=() port dir i ok
     while [ "${#ports[@]}" -lt 3 ]; do
-        port=$(sc_free_port)
-        if [ "$port" -lt 55000 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null \
+        port=$((20000 + RANDOM % 2768))
+        if sc_port_free "$port" && sc_port_free "$((port + 10000))" \
             && [[ " ${ports[*]} " != *" $port "* ]]; then
             ports+=("$port")
         fi
@@ -130,24 +147,38 @@ sc_start_cluster() {
         redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
             --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 \
             --save "" --appendonly no --dir "$dir" --daemonize no --logfile "$dir/redis.log" &
+        pids+=($!)
         SC_CLUSTER_PIDS+=($!)
     done
+    ok=1
     for port in "${ports[@]}"; do
         for i in $(seq 50); do
             redis-cli -p "$port" PING >/dev/null 2>&1 && break
+            [ "$i" = 50 ] && ok=0
             sleep 0.1
         done
     done
-    redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
-        >"$SC_TMP/cluster-create.log" 2>&1 \
-        || { cat "$SC_TMP/cluster-create.log" >&2; return 1; }
-    for port in "${ports[@]}"; do
-        for i in $(seq 100); do
-            redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' && break
-            [ "$i" = 100 ] && { echo "cluster node $port never reported cluster_state:ok" >&2; return 1; }
-            sleep 0.1
+    if [ "$ok" = 1 ] && redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" \
+        --cluster-replicas 0 --cluster-yes >"$SC_TMP/cluster-create.log" 2>&1; then
+        for port in "${ports[@]}"; do
+            for i in $(seq 100); do
+                redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' && break
+                [ "$i" = 100 ] && ok=0
+                sleep 0.1
+            done
         done
-    done
+    else
+        ok=0
+    fi
+    if [ "$ok" = 0 ]; then
+        cat "$SC_TMP/cluster-create.log" 2>/dev/null >&2
+        for port in "${ports[@]}"; do
+            echo "--- cluster node $port, last log lines:" >&2
+            tail -5 "$SC_TMP/cluster-$port/redis.log" >&2 2>/dev/null || true
+        done
+        kill "${pids[@]}" 2>/dev/null || true
+        return 1
+    fi
     SC_CLUSTER_URL=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}")
     SC_CLUSTER_URL=${SC_CLUSTER_URL%,}
     export SC_CLUSTER_URL
