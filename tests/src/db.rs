@@ -91,3 +91,10 @@ pub fn with_database(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("URL with a /database part");
     format!("{base}/{db}")
 }
+
+/// `url` with its user replaced by `user` (trust authentication).
+pub fn with_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("URL with a scheme");
+    let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}@{rest}")
+}

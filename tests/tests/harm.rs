@@ -1,0 +1,646 @@
+//! Installing smartcache never harms the database: writes never fail,
+//! whatever the writer's role, a migration or the daemon's state, and
+//! capture that is switched off is reported.
+
+use smartcache::Dep;
+use smartcache_invalidator::config::{Config, Overrides};
+use smartcache_tests::db::{self, with_user};
+use smartcache_tests::{free_port, http_get, Env, PATIENCE};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PRODUCTS: &str = "
+    CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, category_id int);
+    INSERT INTO products SELECT g, 'p' || g, g % 10 FROM generate_series(1, 100) g;
+";
+
+const TABLES: &str = r#"
+[[tables]]
+name = "products"
+keys = ["product:{id}", "category:{category_id}"]
+"#;
+
+/// A login role unique to this test, dropped (with what it owns) at the end.
+struct Role {
+    name: String,
+}
+
+impl Role {
+    async fn create(env: &Env, tag: &str, grants: &str) -> Self {
+        let name = format!("r_{}", db::unique_name(tag));
+        let admin = db::connect(&db::admin_url()).await;
+        admin
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
+            .await
+            .unwrap();
+        let sql = grants.replace("{role}", &format!("\"{name}\""));
+        env.pg.batch_execute(&sql).await.unwrap();
+        Self { name }
+    }
+
+    fn url(&self, env: &Env) -> String {
+        with_user(&env.db.url, &self.name)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        db::block_on_side(async move {
+            if let Ok((c, conn)) =
+                tokio_postgres::connect(&db::admin_url(), tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                // The test database (and the role's grants in it) may still
+                // exist: retry until it is dropped by its own guard.
+                for _ in 0..50 {
+                    if c.batch_execute(&format!("DROP ROLE IF EXISTS \"{name}\""))
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+    }
+}
+
+fn config(env: &Env, settings: &str, tables: &str) -> Config {
+    let text = format!(
+        "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{settings}\n{tables}",
+        env.db.url,
+        env.redis_url,
+        env.redis_cluster,
+        env.ns.name()
+    );
+    Config::from_toml(&text, Path::new("test.toml"), &Overrides::default()).expect("valid config")
+}
+
+async fn healthz(addr: &str) -> (u16, String) {
+    match http_get(addr, "/healthz").await {
+        Ok(r) => (r.status, r.body),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Waits until `/healthz` answers with `status` and a body containing
+/// every one of `needles`; returns the body.
+async fn wait_health(addr: &str, status: u16, needles: &[&str]) -> String {
+    let start = Instant::now();
+    loop {
+        let (s, body) = healthz(addr).await;
+        if s == status && needles.iter().all(|n| body.contains(n)) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "/healthz did not become {status} with {needles:?}: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `smartcache-invalidator check` as a process: (exit status, output).
+fn check(config: &Config) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smartcache.toml");
+    let tables: String = config
+        .tables
+        .iter()
+        .map(|t| {
+            let keys: Vec<String> = t
+                .keys
+                .iter()
+                .map(|k| format!("{:?}", k.to_string()))
+                .collect();
+            format!(
+                "[[tables]]\nname = {:?}\nkeys = [{}]\n",
+                t.name.to_string(),
+                keys.join(", ")
+            )
+        })
+        .collect();
+    std::fs::write(&path, tables).unwrap();
+    let out = std::process::Command::new(smartcache_tests::servers::daemon_binary())
+        .arg("--config")
+        .arg(&path)
+        .args(["--database-url", &config.database_url])
+        .args(["--redis-url", &config.redis_url])
+        .args(["--namespace", config.namespace.name()])
+        .arg("check")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn an_application_role_keeps_writing_after_install_and_cannot_touch_the_outbox() {
+    let mut env = Env::new("approle", PRODUCTS).await;
+    let app = Role::create(&env, "app", "GRANT ALL ON products TO {role}").await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    env.put(&["product:1", "category:1", "product:2"]).await;
+    let as_app = db::connect(&app.url(&env)).await;
+    as_app
+        .batch_execute("UPDATE products SET name = 'x' WHERE id = 1")
+        .await
+        .expect("the application role writes a watched table");
+    as_app
+        .batch_execute(
+            "INSERT INTO products VALUES (500, 'n', 3); DELETE FROM products WHERE id = 500",
+        )
+        .await
+        .expect("insert and delete too");
+    env.wait_gone(&["product:1", "category:1"]).await;
+    assert!(env.cached("product:2").await);
+    for sql in [
+        "SELECT count(*) FROM smartcache.outbox",
+        "DELETE FROM smartcache.outbox",
+        "INSERT INTO smartcache.outbox (table_schema, table_name, op) VALUES ('public', 'products', 'T')",
+        "SELECT setval('smartcache.doorbell', 0)",
+    ] {
+        let e = as_app
+            .batch_execute(sql)
+            .await
+            .expect_err("smartcache's objects are not the application's");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {e:?}"
+        );
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_daemon_runs_as_a_least_privilege_role() {
+    let mut env = Env::new("daemonrole", PRODUCTS).await;
+    let role = Role::create(&env, "daemon", "").await;
+    let settings = format!(
+        "daemon_role = {:?}\ncanary_interval_ms = 200\nmetrics_addr = \"127.0.0.1:{}\"",
+        role.name,
+        free_port()
+    );
+    let installer = config(&env, &settings, TABLES);
+    env.install(&installer).await;
+    let mut daemon_config = installer.clone();
+    daemon_config.database_url = role.url(&env);
+    let addr = daemon_config.metrics_addr.unwrap().to_string();
+    let daemon = env.start_daemon(&daemon_config);
+    env.put(&["product:3", "category:3"]).await;
+    env.pg
+        .batch_execute("UPDATE products SET name = 'y' WHERE id = 3")
+        .await
+        .unwrap();
+    env.wait_gone(&["product:3", "category:3"]).await;
+    // The canary beats through its own table as that role.
+    let start = Instant::now();
+    loop {
+        let m = http_get(&addr, "/metrics")
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default();
+        if m.contains("smartcache_canary_beats_total 1")
+            || m.contains("smartcache_canary_beats_total 2")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "no canary beat as the daemon role:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_health(&addr, 200, &["ok"]).await;
+    // It cannot change the user's tables.
+    let as_daemon = db::connect(&role.url(&env)).await;
+    let e = as_daemon
+        .batch_execute("UPDATE products SET name = 'z'")
+        .await
+        .expect_err("the daemon role has no business with products");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn renaming_a_template_column_never_fails_writes_and_invalidates_what_the_template_can_produce(
+) {
+    let mut env = Env::new("rename_col", PRODUCTS).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = config(&env, &format!("metrics_addr = {addr:?}"), TABLES);
+    env.install(&config).await;
+    let app = Role::create(&env, "app", "GRANT ALL ON products TO {role}").await;
+    let daemon = env.start_daemon(&config);
+    wait_health(&addr, 200, &["ok"]).await;
+    env.put(&[
+        "product:1",
+        "product:2",
+        "category:1",
+        "category:2",
+        "category:9",
+    ])
+    .await;
+    env.pg
+        .batch_execute("ALTER TABLE products RENAME COLUMN category_id TO cat_id")
+        .await
+        .unwrap();
+    let as_app = db::connect(&app.url(&env)).await;
+    as_app
+        .batch_execute("UPDATE products SET name = 'renamed' WHERE id = 1")
+        .await
+        .expect("a write after the rename succeeds");
+    // The template can no longer be rendered: every key it can produce goes.
+    env.wait_gone(&["product:1", "category:1", "category:2", "category:9"])
+        .await;
+    assert!(
+        env.cached("product:2").await,
+        "the key template still renders exactly"
+    );
+    let body = wait_health(&addr, 503, &["products", "category_id"]).await;
+    assert!(body.contains("install"), "{body}");
+    let metrics = http_get(&addr, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains("smartcache_capture_problems 1"),
+        "{metrics}"
+    );
+    let (status, out) = check(&config);
+    assert_ne!(status, 0, "{out}");
+    assert!(out.contains("category_id"), "{out}");
+    assert!(!out.contains("trigger drift"), "{out}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn dropping_and_retyping_columns_never_fail_writes() {
+    let mut env = Env::new("retype", PRODUCTS).await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    env.put(&["product:4", "category:4", "category:5"]).await;
+    env.pg
+        .batch_execute(
+            "BEGIN;
+             ALTER TABLE products DROP COLUMN category_id;
+             UPDATE products SET name = 'dropped' WHERE id = 4;
+             COMMIT;",
+        )
+        .await
+        .expect("a write in the same transaction as the drop succeeds");
+    env.wait_gone(&["product:4", "category:4", "category:5"])
+        .await;
+    env.put(&["product:6"]).await;
+    env.pg
+        .batch_execute(
+            "ALTER TABLE products ALTER COLUMN id TYPE numeric(10,2);
+             UPDATE products SET name = 'numeric' WHERE id = 6;
+             ALTER TABLE products ADD COLUMN extra text;
+             INSERT INTO products (id, name, extra) VALUES (700, 'x', 'y');",
+        )
+        .await
+        .expect("writes after retyping the primary key succeed");
+    // The key now renders as 6.00: the old key cannot be produced any more,
+    // so the template's keys go wholesale.
+    env.wait_gone(&["product:6"]).await;
+    let (status, out) = check(&config);
+    assert_ne!(status, 0, "{out}");
+    assert!(out.contains("id") && out.contains("numeric"), "{out}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn renaming_the_watched_table_keeps_capturing_under_the_configured_name() {
+    let mut env = Env::new("rename_table", PRODUCTS).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = config(&env, &format!("metrics_addr = {addr:?}"), TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    env.put(&["product:7", "category:7"]).await;
+    env.pg
+        .batch_execute(
+            "ALTER TABLE products RENAME TO products_old;
+             UPDATE products_old SET name = 'moved' WHERE id = 7;",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["product:7", "category:7"]).await;
+    wait_health(&addr, 503, &["products"]).await;
+    let (status, out) = check(&config);
+    assert_ne!(status, 0, "{out}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_watched_table_dropped_while_the_daemon_runs_is_reported_and_the_rest_goes_on() {
+    let setup = format!(
+        "{PRODUCTS} CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (1);"
+    );
+    let mut env = Env::new("drop_table", &setup).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let tables = format!("{TABLES}\n[[tables]]\nname = \"other\"\nkeys = [\"other:{{id}}\"]\n");
+    let config = config(&env, &format!("metrics_addr = {addr:?}"), &tables);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    env.pg.batch_execute("DROP TABLE products").await.unwrap();
+    wait_health(&addr, 503, &["products"]).await;
+    env.put(&["other:1"]).await;
+    env.pg
+        .batch_execute("UPDATE other SET id = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    env.wait_gone(&["other:1"]).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn disabled_capture_and_the_replica_role_are_reported() {
+    let mut env = Env::new("disabled", PRODUCTS).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = config(&env, &format!("metrics_addr = {addr:?}"), TABLES);
+    env.install(&config).await;
+    assert_eq!(check(&config).0, 0, "{}", check(&config).1);
+    let daemon = env.start_daemon(&config);
+    wait_health(&addr, 200, &["ok"]).await;
+    env.pg
+        .batch_execute("ALTER TABLE products DISABLE TRIGGER USER")
+        .await
+        .unwrap();
+    wait_health(&addr, 503, &["products", "disabled"]).await;
+    let (status, out) = check(&config);
+    assert_ne!(status, 0, "{out}");
+    assert!(out.contains("disabled"), "{out}");
+    env.pg
+        .batch_execute(&format!(
+            "ALTER TABLE products ENABLE TRIGGER USER;
+             ALTER DATABASE \"{}\" SET session_replication_role = replica;",
+            env.db.name
+        ))
+        .await
+        .unwrap();
+    let (status, out) = check(&config);
+    assert_ne!(status, 0, "{out}");
+    assert!(out.contains("session_replication_role"), "{out}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn capture_in_replica_mode_fires_for_replica_role_sessions() {
+    let mut env = Env::new("replica_mode", PRODUCTS).await;
+    let config = config(&env, "capture_in_replica_mode = true", TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    env.put(&["product:8"]).await;
+    env.pg
+        .batch_execute(
+            "SET session_replication_role = replica;
+             UPDATE products SET name = 'applied' WHERE id = 8;
+             RESET session_replication_role;",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["product:8"]).await;
+    daemon.stop().await;
+}
+
+/// Stores `key` through the library, registered under `dep`.
+async fn cached_under(cache: &smartcache::Cache, key: &str, dep: Dep) {
+    let stored = cache
+        .entry(key)
+        .depends_on(dep)
+        .set(&"cached")
+        .await
+        .unwrap();
+    assert!(stored, "library stored {key}");
+}
+
+const MEASUREMENTS: &str = "
+    CREATE TABLE readings (id int, region text, v int, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+    CREATE TABLE readings_eu PARTITION OF readings FOR VALUES IN ('eu');
+    INSERT INTO readings VALUES (1, 'eu', 0), (2, 'eu', 0);
+";
+
+#[tokio::test]
+async fn a_partitioned_parent_captures_every_current_and_future_partition() {
+    let mut env = Env::new("partitioned", MEASUREMENTS).await;
+    let tables = "[[tables]]\nname = \"readings\"\nkeys = [\"reading:{region}:{id}\"]\n";
+    let config = config(&env, "", tables);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    let cache = env.cache().await;
+    cached_under(&cache, "all_readings", Dep::table("readings")).await;
+    env.put(&["reading:eu:1", "reading:us:5"]).await;
+    // Written through the partition, not the parent.
+    env.pg
+        .batch_execute("UPDATE readings_eu SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    env.wait_gone(&["reading:eu:1", "all_readings"]).await;
+    // A partition created after install.
+    env.pg
+        .batch_execute(
+            "CREATE TABLE readings_us PARTITION OF readings FOR VALUES IN ('us');
+             INSERT INTO readings VALUES (5, 'us', 0);",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["reading:us:5"]).await;
+    cached_under(&cache, "reading_us_5", Dep::row("readings", ["us", "5"])).await;
+    env.pg
+        .batch_execute("UPDATE readings_us SET v = 2 WHERE id = 5")
+        .await
+        .unwrap();
+    env.wait_gone(&["reading_us_5"]).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_partition_attached_with_rows_invalidates_the_parents_keys() {
+    let mut env = Env::new("attach", MEASUREMENTS).await;
+    let tables = "[[tables]]\nname = \"readings\"\nkeys = [\"readings_list\"]\n";
+    let config = config(&env, "", tables);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    env.put(&["readings_list"]).await;
+    env.pg
+        .batch_execute(
+            "CREATE TABLE readings_asia (id int, region text, v int, PRIMARY KEY (region, id));
+             INSERT INTO readings_asia VALUES (9, 'asia', 0);
+             ALTER TABLE readings ATTACH PARTITION readings_asia FOR VALUES IN ('asia');",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["readings_list"]).await;
+    daemon.stop().await;
+}
+
+/// Notifications on the doorbell channel seen by a separate listener
+/// while `load` runs.
+async fn notifications_during<F: std::future::Future<Output = ()>>(env: &Env, load: F) -> usize {
+    use futures_util::StreamExt;
+    let (client, mut conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    let driver = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                let _ = tx.send(());
+            }
+        }
+    });
+    client.batch_execute("LISTEN smartcache").await.unwrap();
+    load.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    let _ = driver.await;
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+async fn single_row_writes(env: &Env, n: i32) {
+    for i in 0..n {
+        env.pg
+            .batch_execute(&format!(
+                "UPDATE products SET name = name WHERE id = {}",
+                i % 100 + 1
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn nobody_rings_the_doorbell_while_no_daemon_runs() {
+    let mut env = Env::new("no_daemon", PRODUCTS).await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let rung = notifications_during(&env, single_row_writes(&env, 50)).await;
+    assert_eq!(rung, 0, "writers rang a doorbell nobody listens to");
+    // A daemon that ran and was killed without a clean stop (its task
+    // aborted: the connection drops, nothing runs on the way out).
+    let daemon = env.start_daemon(&config);
+    env.put(&["product:1"]).await;
+    env.pg
+        .batch_execute("UPDATE products SET name = 'a' WHERE id = 1")
+        .await
+        .unwrap();
+    env.wait_gone(&["product:1"]).await;
+    drop(daemon);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let rung = notifications_during(&env, single_row_writes(&env, 50)).await;
+    assert_eq!(rung, 0, "writers still ring after the daemon was killed");
+}
+
+#[tokio::test]
+async fn writers_under_sustained_load_almost_never_ring() {
+    let mut env = Env::new("load_ring", PRODUCTS).await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    // Warm up: the daemon sees the load before we count.
+    single_row_writes(&env, 200).await;
+    let writers = async {
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let url = env.db.url.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = db::connect(&url).await;
+                for i in 0..500 {
+                    c.batch_execute(&format!(
+                        "UPDATE products SET name = name WHERE id = {}",
+                        (w * 500 + i) % 100 + 1
+                    ))
+                    .await
+                    .unwrap();
+                    // A steady rate the daemon keeps up with: it empties
+                    // the outbox between commits.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    let rung = notifications_during(&env, writers).await;
+    assert!(
+        rung <= 20,
+        "{rung} of 2000 writing transactions rang the doorbell under load"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_single_commit_after_a_daemon_restart_is_delivered_by_the_doorbell() {
+    let mut env = Env::new("restart_ring", PRODUCTS).await;
+    // A poll this slow would show: only the doorbell can be fast.
+    let config = config(&env, "poll_interval_ms = 20000", TABLES);
+    env.install(&config).await;
+    for round in 0..2 {
+        let daemon = env.start_daemon(&config);
+        // A burst, then rest.
+        single_row_writes(&env, 100).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for id in [11, 12, 13] {
+            env.put(&[&format!("product:{id}")]).await;
+            let start = Instant::now();
+            env.pg
+                .batch_execute(&format!("UPDATE products SET name = 'r' WHERE id = {id}"))
+                .await
+                .unwrap();
+            env.wait_gone(&[&format!("product:{id}")]).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "round {round}: a single commit at rest waited for the poll ({:?})",
+                start.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if round == 0 {
+            daemon.stop().await;
+        } else {
+            drop(daemon);
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_statement_over_many_rows_is_one_outbox_row() {
+    let mut env = Env::new("bulk_row", PRODUCTS).await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    env.pg
+        .batch_execute("UPDATE products SET name = name || '!'")
+        .await
+        .unwrap();
+    let n: i64 = env
+        .pg
+        .query_one("SELECT count(*) FROM smartcache.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "one statement, one outbox row");
+    env.put(&["product:1", "product:100", "category:0", "category:9"])
+        .await;
+    let daemon = env.start_daemon(&config);
+    env.wait_gone(&["product:1", "product:100", "category:0", "category:9"])
+        .await;
+    daemon.stop().await;
+}
