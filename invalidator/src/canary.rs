@@ -4,159 +4,113 @@
 //! until the key is gone.
 //!
 //! A LISTEN connection can look healthy and receive nothing; a daemon can
-//! hang in a query on a dead socket. Neither shows up as an error, but both
-//! stall the canary. A stall is reported to `/healthz` and makes the daemon
-//! reconnect and replay the outbox.
+//! hang on a dead socket. Neither shows up as an error, but both stall the
+//! canary. A drain that makes progress is slow, not stalled; what the
+//! monitor does about a stall is in [`crate::monitor`].
 
 use crate::config::Config;
-use crate::pg;
-use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
 use redis::AsyncCommands;
 use smartcache::conn::Conn;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tokio_postgres::Client;
 
 const BEAT_SQL: &str = "INSERT INTO smartcache.canary (id) VALUES ($1) \
      ON CONFLICT (id) DO UPDATE SET beat = smartcache.canary.beat + 1, beat_at = now()";
 
-/// Why one heartbeat did not complete.
-enum Miss {
+/// How one heartbeat went.
+pub(crate) enum Beat {
+    /// Invalidated this long after its commit.
+    Done(Duration),
     /// Committed, but the key was not deleted in time while nothing else
-    /// was being applied either.
+    /// progressed either.
     Stalled,
     /// PostgreSQL or Redis is unreachable: reported by the main loop, not
     /// a silent failure.
-    Unreachable(String),
+    Skipped(String),
 }
 
-/// Runs until `stop`; rings `stalled` on every stall.
-pub(crate) async fn run(
-    config: Arc<Config>,
-    pg_config: tokio_postgres::Config,
-    mut redis: Conn,
-    telemetry: Arc<Telemetry>,
-    stalled: Arc<Notify>,
-    every: Duration,
-    mut stop: Shutdown,
-) {
-    let id = instance_id();
-    let key = config
-        .namespace
-        .value_key(&smartcache::keys::canary_key(&id));
-    // Generous: an idle daemon may only look every poll interval.
-    let patience = (config.poll_interval * 4).max(Duration::from_secs(5));
-    // Its own name, so operators (and tests) can tell the two connections
-    // apart in pg_stat_activity.
-    let mut pg_config = pg_config;
-    pg_config.application_name("smartcache-invalidator canary");
-    let mut session: Option<pg::Session> = None;
-    loop {
-        tokio::select! {
-            _ = stop.wait() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if session.as_ref().is_some_and(|s| s.driver.is_finished()) {
-            session = None;
-        }
-        if session.is_none() {
-            match pg::connect(&pg_config).await {
-                Ok(s) => {
-                    let _ = s
-                        .client
-                        .execute(
-                            "DELETE FROM smartcache.canary WHERE beat_at < now() - interval '1 day'",
-                            &[],
-                        )
-                        .await;
-                    session = Some(s);
-                }
-                Err(e) => {
-                    debug!(error = %e, "canary: PostgreSQL unreachable, skipping this beat");
-                    continue;
-                }
-            }
-        }
-        let client = &session.as_ref().expect("connected above").client;
-        match beat(client, &mut redis, &telemetry, &id, &key, patience).await {
-            Ok(lag) => {
-                debug!(
-                    lag_ms = lag.as_secs_f64() * 1e3,
-                    "canary: heartbeat invalidated"
-                );
-                telemetry.canary(Some(lag));
-            }
-            Err(Miss::Stalled) => {
-                warn!(
-                    patience_ms = patience.as_millis() as u64,
-                    "canary stalled: a committed heartbeat was not invalidated in time; reconnecting and replaying"
-                );
-                telemetry.canary(None);
-                telemetry.error("canary", "heartbeat not invalidated in time");
-                stalled.notify_one();
-            }
-            Err(Miss::Unreachable(e)) => {
-                debug!(error = %e, "canary: skipping this beat");
-                session = None;
-            }
+/// This daemon's heartbeat row and key.
+pub(crate) struct Canary {
+    id: String,
+}
+
+impl Canary {
+    pub(crate) fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Self {
+            id: format!("{}-{nanos:x}", std::process::id()),
         }
     }
-    if let Some(s) = session {
-        let _ = s
-            .client
-            .execute("DELETE FROM smartcache.canary WHERE id = $1", &[&id])
+
+    /// On a new session: forget the rows of daemons long gone.
+    pub(crate) async fn connected(&self, client: &Client) {
+        let _ = client
+            .execute(
+                "DELETE FROM smartcache.canary WHERE beat_at < now() - interval '1 day'",
+                &[],
+            )
             .await;
     }
-}
 
-async fn beat(
-    client: &tokio_postgres::Client,
-    redis: &mut Conn,
-    telemetry: &Telemetry,
-    id: &str,
-    key: &str,
-    patience: Duration,
-) -> Result<Duration, Miss> {
-    let unreachable = |e: &dyn std::fmt::Display| Miss::Unreachable(e.to_string());
-    let redis_down = |e: redis::RedisError| {
-        telemetry.set_redis_up(false);
-        telemetry.error("redis", &e);
-        Miss::Unreachable(e.to_string())
-    };
-    let _: () = redis.set(key, 1).await.map_err(redis_down)?;
-    telemetry.set_redis_up(true);
-    let applied_before = telemetry.events.get();
-    let start = Instant::now();
-    client
-        .execute(BEAT_SQL, &[&id])
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let mut deadline = start + patience;
-    loop {
-        let exists: bool = redis.exists(key).await.map_err(redis_down)?;
-        if !exists {
-            return Ok(start.elapsed());
-        }
-        if Instant::now() > deadline {
-            // Still applying a backlog ahead of the heartbeat: slow, not
-            // stalled. Give it another round.
-            if telemetry.events.get() > applied_before && start.elapsed() < patience * 20 {
-                deadline += patience;
-                continue;
-            }
-            return Err(Miss::Stalled);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    /// On a clean stop.
+    pub(crate) async fn remove(&self, client: &Client) {
+        let _ = client
+            .execute("DELETE FROM smartcache.canary WHERE id = $1", &[&self.id])
+            .await;
     }
-}
 
-/// Identifies this daemon's canary row: process id and start time.
-fn instance_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}-{nanos:x}", std::process::id())
+    /// One heartbeat, waiting up to the patience for its key to go.
+    pub(crate) async fn beat(
+        &self,
+        client: &Client,
+        redis: &mut Conn,
+        telemetry: &Telemetry,
+        config: &Config,
+    ) -> Beat {
+        let key = config
+            .namespace
+            .value_key(&smartcache::keys::canary_key(&self.id));
+        // Generous: an idle daemon may only look every poll interval.
+        let patience = (config.poll_interval * 4).max(Duration::from_secs(5));
+        if let Err(e) = redis.set::<_, _, ()>(&key, 1).await {
+            telemetry.set_redis_up(false);
+            telemetry.error("redis", &e);
+            return Beat::Skipped(e.to_string());
+        }
+        telemetry.set_redis_up(true);
+        let progress_before = telemetry.progress();
+        let start = Instant::now();
+        if let Err(e) = client.execute(BEAT_SQL, &[&self.id]).await {
+            return Beat::Skipped(crate::pg::chain(&e));
+        }
+        let mut deadline = start + patience;
+        let mut progress_seen = progress_before;
+        loop {
+            match redis.exists::<_, bool>(&key).await {
+                Ok(false) => return Beat::Done(start.elapsed()),
+                Ok(true) => {}
+                Err(e) => {
+                    telemetry.set_redis_up(false);
+                    return Beat::Skipped(e.to_string());
+                }
+            }
+            if Instant::now() > deadline {
+                // Applying work ahead of the heartbeat (a backlog, a long
+                // expansion): slow, not stalled. Another round, for as
+                // long as something moves.
+                let now = telemetry.progress();
+                if now > progress_seen {
+                    progress_seen = now;
+                    deadline += patience;
+                    continue;
+                }
+                return Beat::Stalled;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }

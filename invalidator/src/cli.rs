@@ -188,17 +188,36 @@ pub async fn uninstall(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `check`: returns an error naming every problem found.
+/// `check`: returns an error naming every problem found: a
+/// [`ConfigError`] when the config names tables or columns the database
+/// does not have (exit status 2), a plain error otherwise (1).
 pub async fn check(config: &Config) -> anyhow::Result<()> {
     println!("config: ok ({})", config.origin());
     let session = connect_pg(config).await?;
     println!("postgresql: connected");
-    let tables = catalog::resolve(&session.client, config).await?;
-    println!(
-        "tables: {} configured, all exist with their columns",
-        tables.len()
-    );
-    let mut problems = Vec::new();
+    let mut tables = Vec::new();
+    let mut mismatch = false;
+    for spec in &config.tables {
+        match catalog::resolve_one(&session.client, spec).await? {
+            Ok(t) => tables.push(t),
+            Err(_) => mismatch = true,
+        }
+    }
+    let installed = schema::inspect(&session.client).await?;
+    let mut problems = crate::capture::problems(&session.client, config, &installed).await?;
+    if problems.is_empty() {
+        println!(
+            "tables: {} configured, all exist with their columns; capture is on",
+            tables.len()
+        );
+    }
+    let drift = schema::drift(&installed, &tables, config);
+    if drift.is_empty() && !mismatch {
+        println!("triggers: match the config");
+    }
+    problems.extend(drift.into_iter().map(|d| {
+        format!("{d}: run `smartcache-invalidator install` to bring the installed objects in line with the config")
+    }));
     match redis_problems(config).await {
         Ok((policy, found)) => {
             let kind = if config.redis_cluster {
@@ -209,14 +228,8 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
             println!("redis: connected to the {kind} (maxmemory-policy {policy})");
             problems.extend(found);
         }
-        Err(e) => problems.push(format!("redis: {e}")),
+        Err(e) => problems.push(format!("redis: {e:#}")),
     }
-    let installed = schema::inspect(&session.client).await?;
-    let drift = schema::drift(&installed, &tables, &config.channel);
-    if drift.is_empty() {
-        println!("triggers: match the config");
-    }
-    problems.extend(drift);
     if problems.is_empty() {
         println!("ok");
         return Ok(());
@@ -224,10 +237,11 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     for p in &problems {
         println!("problem: {p}");
     }
-    anyhow::bail!(
-        "check found {} problem(s); run `smartcache-invalidator install` to fix trigger drift",
-        problems.len()
-    )
+    let summary = format!("check found {} problem(s), listed above", problems.len());
+    if mismatch {
+        return Err(ConfigError(summary).into());
+    }
+    anyhow::bail!(summary)
 }
 
 async fn redis_problems(config: &Config) -> anyhow::Result<(String, Vec<String>)> {

@@ -44,6 +44,9 @@ struct FileConfig {
     sweep_interval_ms: Option<u64>,
     metrics_addr: Option<SocketAddr>,
     admin_token: Option<String>,
+    daemon_role: Option<String>,
+    capture_in_replica_mode: Option<bool>,
+    pg_timeout_ms: Option<u64>,
     #[serde(default)]
     tables: Vec<FileTable>,
 }
@@ -102,6 +105,16 @@ pub struct Config {
     /// Token that the admin page's write actions (clear a key or a table)
     /// require; `None` disables them.
     pub admin_token: Option<AdminToken>,
+    /// Role the daemon connects as; `install` grants it what `run` needs.
+    pub daemon_role: Option<String>,
+    /// Capture also in sessions with `session_replication_role = replica`
+    /// (logical-replication apply workers, some restore tools): triggers
+    /// are installed `ENABLE ALWAYS`.
+    pub capture_in_replica_mode: bool,
+    /// Longest a daemon statement may run, and a daemon transaction may sit
+    /// idle, before the server ends it: a frozen daemon's claimed rows go
+    /// back to the queue after this, and nothing it abandons keeps running.
+    pub pg_timeout: Duration,
     /// Watched tables with their key templates.
     pub tables: Vec<TableSpec>,
     /// Where the file settings came from, for messages.
@@ -204,6 +217,19 @@ impl Config {
             )));
         }
         let redis_cluster = o.redis_cluster.or(file.redis_cluster).unwrap_or(false);
+        let pg_timeout_ms = file.pg_timeout_ms.unwrap_or(30_000);
+        if !(1_000..=3_600_000).contains(&pg_timeout_ms) {
+            return Err(ConfigError(format!(
+                "{origin}: setting `pg_timeout_ms`: {pg_timeout_ms} is outside 1000..=3600000"
+            )));
+        }
+        if let Some(role) = &file.daemon_role {
+            if role.is_empty() || role.len() > 63 {
+                return Err(ConfigError(format!(
+                    "{origin}: setting `daemon_role`: {role:?} must be a role name of 1-63 bytes"
+                )));
+            }
+        }
         let mut tables: Vec<TableSpec> = Vec::new();
         for t in file.tables {
             let name = TableName::parse(&t.name)
@@ -244,6 +270,9 @@ impl Config {
             sweep_interval: (sweep_ms > 0).then(|| Duration::from_millis(sweep_ms)),
             metrics_addr: o.metrics_addr.or(file.metrics_addr),
             admin_token,
+            daemon_role: file.daemon_role,
+            capture_in_replica_mode: file.capture_in_replica_mode.unwrap_or(false),
+            pg_timeout: Duration::from_millis(pg_timeout_ms),
             tables,
             source,
         })

@@ -1,12 +1,13 @@
-//! The daemon: drain the outbox into Redis, sleep until the doorbell or the
+//! The daemon: drain the outbox into Redis, wait for the doorbell or the
 //! poll timer, repeat; reconnect when PostgreSQL goes away, back off while
 //! Redis is down. Nothing is deleted from the outbox before Redis has
 //! applied it, so every failure ends in a replay, never a loss.
 
-use crate::catalog;
+use crate::claim::{self, Cursor, Snapshot};
 use crate::config::{Config, ConfigError};
-use crate::mapping::{truncation_targets, Work};
-use crate::outbox::{self, CLAIM_SQL, DEAD_LETTER_SQL};
+use crate::doorbell::Doorbell;
+use crate::mapping::{self, Work};
+use crate::outbox::{self, DEAD_LETTER_SQL};
 use crate::pg;
 use crate::schema;
 use crate::shutdown::Shutdown;
@@ -15,6 +16,7 @@ use smartcache::conn::Conn;
 use smartcache::invalidate::invalidate;
 use smartcache::keys::DepId;
 use std::future::Future;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -60,17 +62,17 @@ pub async fn run(
             return Err(ConfigError(format!("cannot serve /metrics on {addr}: {e}")).into());
         }
     }
-    let canary = daemon.config.canary_interval.map(|every| {
-        tokio::spawn(crate::canary::run(
-            daemon.config.clone(),
-            daemon.pg_config.clone(),
-            daemon.redis.clone(),
-            daemon.telemetry.clone(),
-            daemon.canary_stalled.clone(),
-            every,
-            stop.clone(),
-        ))
-    });
+    let monitor = tokio::spawn(crate::monitor::run(
+        crate::monitor::Shared {
+            config: daemon.config.clone(),
+            pg_config: daemon.pg_config.clone(),
+            redis: daemon.redis.clone(),
+            telemetry: daemon.telemetry.clone(),
+            stalled: daemon.canary_stalled.clone(),
+            backend: daemon.backend.clone(),
+        },
+        stop.clone(),
+    ));
     tokio::spawn(crate::markers::run(
         daemon.config.namespace.clone(),
         daemon.redis.clone(),
@@ -87,36 +89,25 @@ pub async fn run(
         ));
     }
     let result = daemon.run(stop).await;
-    if let Some(canary) = canary {
-        // It removes its heartbeat row on the way out.
-        let _ = tokio::time::timeout(Duration::from_secs(5), canary).await;
-    }
+    // It removes its heartbeat row on the way out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), monitor).await;
     result
 }
 
-/// Longest a batch may take before the session is considered stuck (a
-/// silently dead connection) and replaced.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the outbox must stay empty before the daemon asks writers to
+/// ring again. Under a steady write rate rows keep coming within it, so
+/// writers never ring (a NOTIFY serialises commits); after it, a single
+/// commit is picked up by the doorbell at once.
+const HOLD: Duration = Duration::from_millis(250);
 
-/// First wait after activity before looking at the outbox again.
-const QUICK_LOOK: Duration = Duration::from_millis(1);
+/// While writers are asked not to ring: first look after activity, doubled
+/// up to [`LOOK_MAX`] while nothing comes.
+const LOOK_MIN: Duration = Duration::from_millis(1);
+const LOOK_MAX: Duration = Duration::from_millis(32);
 
-/// Under load, a batch of [`COALESCE_FROM`] up to this many rows is
-/// followed by a [`COALESCE`] pause.
-const COALESCE_BELOW: u64 = 64;
-/// Batches of fewer rows mean a trickle (≲ a few thousand commits/s):
-/// the pause would then be most of each row's latency for little saving.
-const COALESCE_FROM: u64 = 4;
-const COALESCE: Duration = Duration::from_millis(1);
-/// A batch of at least this many rows marks the daemon busy.
-const BUSY_FROM: u64 = 2;
-
-/// What one drain did.
-#[derive(Debug, Default)]
-struct Drained {
-    applied: u64,
-    marked_busy: bool,
-}
+/// A batch of this many rows while writers ring means a write rate at
+/// which NOTIFYs would start to serialise commits: ask them to stop.
+const BUSY_FROM: usize = 2;
 
 /// Why a batch failed; decides between backing off and reconnecting.
 #[derive(Debug, thiserror::Error)]
@@ -134,30 +125,24 @@ struct Daemon {
     telemetry: Arc<Telemetry>,
     /// Rung by the canary when a heartbeat was not invalidated in time.
     canary_stalled: Arc<Notify>,
+    /// Backend pid of the current session (0: none), for the canary.
+    backend: Arc<AtomicI32>,
 }
 
 /// Statements of the hot path, prepared once per connection.
 struct Statements {
     claim: Statement,
     dead_letter: Statement,
-    busy: Statement,
-    idle: Statement,
-    backlog: Statement,
+    last_id: Statement,
 }
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
-            claim: client.prepare(CLAIM_SQL).await?,
+            claim: client.prepare(&claim::claim_sql()).await?,
             dead_letter: client.prepare(DEAD_LETTER_SQL).await?,
-            busy: client
-                .prepare("UPDATE smartcache.wakeup SET idle = false WHERE idle")
-                .await?,
-            idle: client
-                .prepare("UPDATE smartcache.wakeup SET idle = true WHERE NOT idle")
-                .await?,
-            backlog: client
-                .prepare("SELECT coalesce(max(id) - min(id) + 1, 0) FROM smartcache.outbox")
+            last_id: client
+                .prepare("SELECT last_value FROM smartcache.outbox_id_seq")
                 .await?,
         })
     }
@@ -173,6 +158,7 @@ impl Daemon {
             redis,
             telemetry: Arc::new(Telemetry::new()),
             canary_stalled: Arc::new(Notify::new()),
+            backend: Arc::new(AtomicI32::new(0)),
         })
     }
 
@@ -180,12 +166,13 @@ impl Daemon {
         let mut backoff = Backoff::default();
         let mut validated = false;
         let mut sessions = 0u64;
+        let mut previous: Option<i32> = None;
         while !stop.is_set() {
             let session = match pg::connect(&self.pg_config).await {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(error = %e, "cannot connect to PostgreSQL; retrying");
-                    self.telemetry.error("postgres", &e);
+                    warn!(error = %pg::chain(&e), "cannot connect to PostgreSQL; retrying");
+                    self.telemetry.error("postgres", pg::chain(&e));
                     backoff.sleep(&mut stop).await;
                     continue;
                 }
@@ -217,14 +204,16 @@ impl Daemon {
             if sessions > 1 {
                 self.telemetry.reconnects.inc();
             }
-            self.telemetry.set_pg_up(true);
-            let result = self.session(session, &mut stop, &mut backoff).await;
+            let result = self
+                .session(session, &mut previous, &mut stop, &mut backoff)
+                .await;
             self.telemetry.set_pg_up(false);
+            self.backend.store(0, Ordering::Relaxed);
             match result {
                 Ok(()) => break,
                 Err(e) => {
-                    warn!(error = %e, "PostgreSQL session lost; reconnecting and replaying the outbox");
-                    self.telemetry.error("postgres", &e);
+                    warn!(error = %format!("{e:#}"), "PostgreSQL session lost; reconnecting and replaying the outbox");
+                    self.telemetry.error("postgres", format!("{e:#}"));
                     backoff.sleep(&mut stop).await;
                 }
             }
@@ -233,83 +222,97 @@ impl Daemon {
         Ok(())
     }
 
-    /// Checks, once, that the config matches the database; a mismatch is
-    /// a configuration error, drift in the triggers only a warning.
+    /// Checks, once, that smartcache is installed; how well capture matches
+    /// the config is the monitor's job, reported while running.
     async fn validate(&self, client: &Client) -> anyhow::Result<()> {
-        let tables = catalog::resolve(client, &self.config).await?;
         let installed = schema::inspect(client).await?;
-        if installed.version.is_none() {
-            return Err(ConfigError(
+        match installed.version {
+            None => Err(ConfigError(
                 "smartcache is not installed in this database; run `smartcache-invalidator install` first"
                     .to_owned(),
             )
-            .into());
+            .into()),
+            Some(v) if v != schema::SCHEMA_VERSION => Err(ConfigError(format!(
+                "the database has smartcache schema version {v}, this binary needs {}; \
+                 run `smartcache-invalidator install` with this binary to upgrade",
+                schema::SCHEMA_VERSION
+            ))
+            .into()),
+            Some(_) => Ok(()),
         }
-        for problem in schema::drift(&installed, &tables, &self.config.channel) {
-            warn!(%problem, "installed triggers differ from the config; run `smartcache-invalidator install`");
-        }
-        Ok(())
     }
 
-    /// One PostgreSQL connection's life: LISTEN, drain, wait, drain…
+    /// One PostgreSQL connection's life: drain, wait, drain…
     async fn session(
         &mut self,
         session: pg::Session,
+        previous: &mut Option<i32>,
         stop: &mut Shutdown,
         backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
         let pg::Session {
             mut client,
-            doorbell,
+            doorbell: rung,
             mut driver,
         } = session;
-        // A lost outbox DELETE only replays an idempotent invalidation, so
-        // our own commits need not wait for the WAL flush.
-        client
-            .batch_execute(&format!(
-                "SET synchronous_commit = off; LISTEN {}",
-                crate::sql::ident(&self.config.channel)
-            ))
-            .await?;
+        let pid = pg::prepare_daemon_session(&client, &self.config, previous.take()).await?;
+        *previous = Some(pid);
+        self.backend.store(pid, Ordering::Relaxed);
+        self.telemetry.set_pg_up(true);
         let st = Statements::prepare(&client).await?;
-        info!(channel = %self.config.channel, "listening; draining the outbox");
+        let mut bell = Doorbell::prepare(&client).await?;
+        info!(channel = %self.config.channel, backend = pid, "listening; draining the outbox");
         backoff.reset();
-        // After activity, look again soon: a writer whose trigger saw
-        // `idle = false` just before we went idle committed without
-        // ringing. The wait doubles up to the poll interval.
-        let mut next_look = QUICK_LOOK;
+        let mut cursor = Cursor::default();
+        let mut last_rows: Option<Instant> = None;
+        let mut look = LOOK_MIN;
         let mut backlog_sampled = Instant::now() - Duration::from_secs(1);
         loop {
-            let drained = self.drain(&mut client, &st, stop).await?;
-            if drained.marked_busy {
-                client.execute(&st.idle, &[]).await?;
-            }
-            if backlog_sampled.elapsed() >= Duration::from_secs(1) {
-                let backlog: i64 = client.query_one(&st.backlog, &[]).await?.get(0);
-                self.telemetry.backlog.set(backlog);
-                backlog_sampled = Instant::now();
-            }
+            let n = self.drain(&mut client, &st, &mut cursor, stop).await?;
             if stop.is_set() {
                 // Nobody listens now: writers should not ring.
-                client.execute(&st.busy, &[]).await?;
+                bell.quiet(&client).await?;
                 return Ok(());
             }
-            if drained.applied > 0 {
-                next_look = QUICK_LOOK;
+            if n > 0 {
+                last_rows = Some(Instant::now());
+                look = LOOK_MIN;
             }
-            let wait = next_look.min(self.config.poll_interval);
-            next_look = (next_look * 2).min(self.config.poll_interval);
+            if backlog_sampled.elapsed() >= Duration::from_secs(1) {
+                let last: i64 = client.query_one(&st.last_id, &[]).await?.get(0);
+                self.telemetry
+                    .backlog
+                    .set((last - cursor.position()).max(0));
+                backlog_sampled = Instant::now();
+            }
+            if bell.ringing() && n >= BUSY_FROM {
+                bell.quiet(&client).await?;
+            } else if !bell.ringing() && last_rows.is_none_or(|t| t.elapsed() >= HOLD) {
+                // Writers that captured just before this see "quiet" and
+                // commit without ringing: look once more right away.
+                bell.ring(&client).await?;
+                continue;
+            } else if bell.ringing() {
+                bell.renew_if_due(&client).await?;
+            }
+            let wait = if bell.ringing() {
+                self.config.poll_interval.min(bell.renew_in())
+            } else {
+                let wait = look;
+                look = (look * 2).min(LOOK_MAX);
+                wait
+            };
             tokio::select! {
                 // Round the loop: the drain sees the stop, the check above ends the session.
                 _ = stop.wait() => {}
-                _ = doorbell.notified() => {}
+                _ = rung.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.canary_stalled.notified() => {
                     return Err(anyhow::anyhow!("canary stalled: a heartbeat change was not invalidated in time"));
                 }
                 end = &mut driver => {
                     return Err(match end {
-                        Ok(Err(e)) => e.into(),
+                        Ok(Err(e)) => anyhow::Error::new(e).context("PostgreSQL connection failed"),
                         _ => anyhow::anyhow!("PostgreSQL closed the connection"),
                     });
                 }
@@ -317,63 +320,33 @@ impl Daemon {
         }
     }
 
-    /// Applies batches until the outbox is empty or shutdown is asked for.
-    /// Redis failures back off here, keeping the rows; PostgreSQL failures
-    /// end the session.
+    /// Applies batches until a claim comes back short (the queue is empty
+    /// as of its snapshot) or shutdown is asked for; returns the rows
+    /// applied. Redis failures back off here, keeping the rows; PostgreSQL
+    /// failures end the session.
     async fn drain(
         &mut self,
         client: &mut Client,
         st: &Statements,
+        cursor: &mut Cursor,
         stop: &mut Shutdown,
-    ) -> anyhow::Result<Drained> {
-        let mut drained = Drained::default();
+    ) -> anyhow::Result<usize> {
+        let mut applied = 0;
         let mut backoff = Backoff::default();
         while !stop.is_set() {
             let stalled = self.canary_stalled.clone();
-            let batch = tokio::select! {
-                batch = tokio::time::timeout(BATCH_TIMEOUT, self.batch(client, st)) => batch,
+            let result = tokio::select! {
+                result = self.batch(client, st, cursor) => result,
                 _ = stalled.notified() => {
                     anyhow::bail!("canary stalled during a batch; replacing the PostgreSQL connection");
                 }
             };
-            let result = match batch {
-                Ok(result) => result,
-                Err(_) => {
-                    // Ending the session drops the connection: the claimed
-                    // rows roll back and are replayed on the next one.
-                    anyhow::bail!(
-                        "a batch took longer than {BATCH_TIMEOUT:?}; replacing the PostgreSQL connection"
-                    );
-                }
-            };
             match result {
-                Ok(0) => break,
-                Ok(n) => {
-                    drained.applied += n;
+                Ok((n, more)) => {
+                    applied += n;
                     backoff.reset();
-                    // Several rows arrived within one batch cycle: a write
-                    // rate at which NOTIFYs would start to serialise
-                    // commits. Ask writers to stop ringing. A trickle (a
-                    // row or two per batch) keeps ringing, for latency.
-                    if !drained.marked_busy && n >= BUSY_FROM {
-                        client.execute(&st.busy, &[]).await?;
-                        drained.marked_busy = true;
-                    }
-                    // A trickle: the short batch emptied the queue as of its
-                    // claim, and writers ring for what comes next, so skip
-                    // the empty claim. Under load keep claiming until the
-                    // queue is empty: going idle would make writers ring.
-                    if !drained.marked_busy && n < self.config.batch_size as u64 {
+                    if !more {
                         break;
-                    }
-                    // Under load, let a small batch grow for a moment:
-                    // per-batch costs (round trips, commit) then spread
-                    // over more rows.
-                    if drained.marked_busy && (COALESCE_FROM..COALESCE_BELOW).contains(&n) {
-                        tokio::select! {
-                            _ = stop.wait() => {}
-                            _ = tokio::time::sleep(COALESCE) => {}
-                        }
                     }
                 }
                 Err(BatchError::Redis(e)) => {
@@ -382,23 +355,33 @@ impl Daemon {
                     self.telemetry.error("redis", &e);
                     backoff.sleep(stop).await;
                 }
-                Err(BatchError::Postgres(e)) => return Err(e.into()),
+                Err(BatchError::Postgres(e)) => {
+                    return Err(anyhow::Error::new(e).context("claiming outbox rows"))
+                }
             }
         }
-        Ok(drained)
+        Ok(applied)
     }
 
     /// Claims up to `batch_size` rows, deletes their keys in Redis, then
-    /// deletes the rows, all in one transaction.
-    async fn batch(&mut self, client: &mut Client, st: &Statements) -> Result<u64, BatchError> {
+    /// deletes the rows, all in one transaction. Returns the rows applied
+    /// and whether more may be waiting.
+    async fn batch(
+        &mut self,
+        client: &mut Client,
+        st: &Statements,
+        cursor: &mut Cursor,
+    ) -> Result<(usize, bool), BatchError> {
         let started = Instant::now();
         let limit = self.config.batch_size as i64;
+        let plan = cursor.plan();
         // BEGIN and the claim travel together: one round trip. `join`
         // polls BEGIN first, so it is sent first: the claim must never run
         // outside the transaction. A PostgreSQL error ends the session, and
         // with it the transaction; only a Redis error needs the explicit
         // ROLLBACK below.
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&plan.lo, &plan.hi, &plan.cursor, &limit];
         let (begin, rows) = futures_util::future::join(
             client.batch_execute("BEGIN"),
             client.query(&st.claim, &params),
@@ -406,17 +389,32 @@ impl Daemon {
         .await;
         begin?;
         let rows = rows?;
-        if rows.is_empty() {
-            client.batch_execute("ROLLBACK").await?;
-            return Ok(0);
+        let snapshot = rows
+            .first()
+            .and_then(|r| Snapshot::parse(r.get::<_, &str>(0)))
+            .unwrap_or_default();
+        let claimed: Vec<&tokio_postgres::Row> = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .collect();
+        let ids: Vec<i64> = claimed.iter().map(|r| r.get(1)).collect();
+        if claimed.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
+            return Ok((0, false));
         }
         let mut work = Work::default();
         let mut dead = Vec::new();
-        let mut ages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            ages.push(row.get::<_, Option<f64>>(8).unwrap_or(0.0));
-            match outbox::parse(row) {
-                Ok(event) => work.add(&self.config, &event),
+        let mut ages = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            match outbox::parse(row, 1) {
+                Ok(event) => {
+                    ages.push(event.age);
+                    work.add(&self.config, &event);
+                    if !event.broken.is_empty() {
+                        self.telemetry.degraded(&event.table, &event.broken);
+                    }
+                }
                 Err(d) => dead.push(d),
             }
         }
@@ -431,6 +429,7 @@ impl Daemon {
             Err(e) => {
                 // The rows go back to the queue.
                 client.batch_execute("ROLLBACK").await?;
+                cursor.returned(&ids);
                 return Err(e.into());
             }
         };
@@ -438,7 +437,7 @@ impl Daemon {
         let since_claim = started.elapsed().as_secs_f64();
         let lag_min = ages.iter().copied().fold(f64::INFINITY, f64::min) + since_claim;
         let lag_max = ages.iter().copied().fold(0.0, f64::max) + since_claim;
-        for age in ages {
+        for age in &ages {
             self.telemetry.lag.observe(age + since_claim);
         }
         for d in &dead {
@@ -449,30 +448,54 @@ impl Daemon {
                 .await?;
         }
         client.batch_execute("COMMIT").await?;
-        let summary = crate::recent::Batch::new(rows.len() as u64, deleted, lag_min, lag_max);
+        cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
+        let n = claimed.len();
+        let summary = crate::recent::Batch::new(n as u64, deleted, lag_min, lag_max);
         crate::recent::record(&self.redis, &self.config.namespace, summary);
-        self.telemetry.events.inc_by(rows.len() as u64);
+        self.telemetry.events.inc_by(n as u64);
         self.telemetry.keys_deleted.inc_by(deleted);
-        self.telemetry.batch_size.observe(rows.len() as f64);
+        self.telemetry.batch_size.observe(n as f64);
         debug!(
-            events = rows.len(),
+            events = n,
             keys = keys.len(),
             dep_sets = deps.len(),
             deleted,
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch applied"
         );
-        Ok(rows.len() as u64)
+        // A full claim, or a rescan stopped by its limit: more may wait.
+        let hot = ids.iter().filter(|id| **id > plan.cursor).count();
+        let more = hot.max(ids.len() - hot) >= self.config.batch_size;
+        Ok((n, more))
     }
 
-    /// Turns truncations into the keys and dependency sets that exist now.
+    /// Turns truncations and templates that could not be rendered into the
+    /// keys and dependency sets that exist now.
     async fn expand(&mut self, work: Work) -> redis::RedisResult<(Vec<String>, Vec<DepId>)> {
         let mut keys: Vec<String> = work.keys.into_iter().collect();
         let mut deps: Vec<DepId> = work.deps.into_iter().collect();
         for table in &work.truncated {
-            let (k, d) = truncation_targets(&mut self.redis, &self.config, table).await?;
+            let (k, d) = mapping::truncation_targets(&mut self.redis, &self.config, table).await?;
             keys.extend(k);
             deps.extend(d);
+        }
+        for (table, template) in &work.unrenderable {
+            if work.truncated.contains(table) {
+                continue;
+            }
+            let Some(t) = self
+                .config
+                .table(table)
+                .and_then(|s| s.keys.iter().find(|t| t.as_str() == template))
+            else {
+                continue;
+            };
+            keys.extend(mapping::template_targets(&mut self.redis, &self.config, &[t]).await?);
+        }
+        for table in &work.all_rows {
+            if !work.truncated.contains(table) {
+                deps.extend(mapping::row_dep_targets(&mut self.redis, &self.config, table).await?);
+            }
         }
         Ok((keys, deps))
     }

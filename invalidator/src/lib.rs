@@ -10,12 +10,16 @@
 
 pub mod admin;
 mod canary;
+pub mod capture;
 pub mod catalog;
+pub mod claim;
 pub mod cli;
 pub mod config;
 mod delivery;
+mod doorbell;
 pub mod mapping;
 mod markers;
+mod monitor;
 pub mod outbox;
 pub mod pg;
 pub mod recent;

@@ -1,6 +1,6 @@
 //! From events to the cache keys and dependency sets to invalidate.
 
-use crate::config::Config;
+use crate::config::{Config, Template};
 use crate::outbox::{Event, Op, RowImage};
 use redis::RedisResult;
 use smartcache::conn::Conn;
@@ -16,6 +16,12 @@ pub struct Work {
     pub deps: BTreeSet<DepId>,
     /// Truncated tables: every key their templates can produce.
     pub truncated: BTreeSet<TableName>,
+    /// Templates that could not be rendered (a migration renamed, dropped
+    /// or retyped a column they use): every key they can produce.
+    pub unrenderable: BTreeSet<(TableName, String)>,
+    /// Tables whose changed rows could not be identified (the primary key
+    /// changed): every row dependency set of the table.
+    pub all_rows: BTreeSet<TableName>,
 }
 
 impl Work {
@@ -26,8 +32,8 @@ impl Work {
     pub fn add(&mut self, config: &Config, event: &Event) {
         if event.table.schema() == "smartcache" && event.table.name() == "canary" {
             let id = event
-                .new
-                .as_ref()
+                .rows
+                .first()
                 .and_then(|n| n.key.as_ref()?.first().cloned()?);
             if let Some(id) = id {
                 self.keys.insert(smartcache::keys::canary_key(&id));
@@ -39,31 +45,62 @@ impl Work {
             self.truncated.insert(event.table.clone());
             return;
         }
-        for image in [&event.old, &event.new].into_iter().flatten() {
-            self.add_row(config, &event.table, image);
+        let spec = config.table(&event.table);
+        // A template whose columns capture could not read (or did not
+        // send: the install and this config disagree) can't be rendered.
+        let renderable = |t: &Template| {
+            t.columns().all(|c| {
+                !event.broken.contains(c)
+                    && event.captured.as_ref().is_none_or(|cols| cols.contains(c))
+            })
+        };
+        let templates: Vec<&Template> = match spec {
+            Some(spec) => spec.keys.iter().collect(),
+            None => Vec::new(),
+        };
+        for t in &templates {
+            if !renderable(t) {
+                self.unrenderable
+                    .insert((event.table.clone(), t.as_str().to_owned()));
+            }
+        }
+        let keyless = event.rows.iter().any(|r| r.key.is_none());
+        if keyless && !event.broken.is_empty() {
+            self.all_rows.insert(event.table.clone());
+        }
+        for row in &event.rows {
+            self.add_row(&event.table, &templates, &renderable, row);
         }
     }
 
-    fn add_row(&mut self, config: &Config, table: &TableName, row: &RowImage) {
+    fn add_row(
+        &mut self,
+        table: &TableName,
+        templates: &[&Template],
+        renderable: &impl Fn(&Template) -> bool,
+        row: &RowImage,
+    ) {
         if let Some(key) = &row.key {
             let values: Option<Vec<&str>> = key.iter().map(|v| v.as_deref()).collect();
             if let Some(values) = values {
                 self.deps.insert(table.row_dep(&values));
             }
         }
-        if let Some(spec) = config.table(table) {
-            for template in &spec.keys {
-                let key = template.render(|c| row.values.get(c).and_then(|v| v.as_deref()));
-                if let Some(key) = key {
-                    self.keys.insert(key);
-                }
+        for template in templates.iter().filter(|t| renderable(t)) {
+            let key = template.render(|c| row.values.get(c).and_then(|v| v.as_deref()));
+            if let Some(key) = key {
+                self.keys.insert(key);
             }
         }
     }
 
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.deps.is_empty() && self.truncated.is_empty()
+        self.keys.is_empty()
+            && self.deps.is_empty()
+            && self.truncated.is_empty()
+            && self.unrenderable.is_empty()
+            && self.all_rows.is_empty()
     }
 }
 
@@ -76,27 +113,53 @@ pub async fn truncation_targets(
     config: &Config,
     table: &TableName,
 ) -> RedisResult<(Vec<String>, Vec<DepId>)> {
+    let templates: Vec<&Template> = config
+        .table(table)
+        .map(|s| s.keys.iter().collect())
+        .unwrap_or_default();
+    let keys = template_targets(con, config, &templates).await?;
+    let deps = row_dep_targets(con, config, table).await?;
+    Ok((keys, deps))
+}
+
+/// Every cache key the templates can produce that exists now, found with
+/// `SCAN MATCH` (`{…}` as `*`). Leases first: a fill that read before the
+/// change and stores between the two scans holds a lease the first scan
+/// found, so its store is refused; a fill that takes its lease after it
+/// read after the change.
+pub async fn template_targets(
+    con: &mut Conn,
+    config: &Config,
+    templates: &[&Template],
+) -> RedisResult<Vec<String>> {
     let ns = &config.namespace;
     let mut keys = Vec::new();
-    if let Some(spec) = config.table(table) {
-        for template in &spec.keys {
-            let pattern = ns.match_cache_keys(&template.scan_pattern());
-            for redis_key in con.scan_all(&pattern).await? {
-                keys.extend(ns.cache_key_of(&redis_key).map(str::to_owned));
-            }
-            let leases = ns.match_leases(&template.scan_pattern());
-            for redis_key in con.scan_all(&leases).await? {
-                keys.extend(ns.cache_key_of_lease(&redis_key).map(str::to_owned));
-            }
+    for template in templates {
+        let leases = ns.match_leases(&template.scan_pattern());
+        for redis_key in con.scan_all(&leases).await? {
+            keys.extend(ns.cache_key_of_lease(&redis_key).map(str::to_owned));
+        }
+        let pattern = ns.match_cache_keys(&template.scan_pattern());
+        for redis_key in con.scan_all(&pattern).await? {
+            keys.extend(ns.cache_key_of(&redis_key).map(str::to_owned));
         }
     }
-    let deps = con
+    Ok(keys)
+}
+
+/// Every row dependency set of `table` that exists now.
+pub async fn row_dep_targets(
+    con: &mut Conn,
+    config: &Config,
+    table: &TableName,
+) -> RedisResult<Vec<DepId>> {
+    let ns = &config.namespace;
+    Ok(con
         .scan_all(&ns.match_row_dep_sets(table))
         .await?
         .iter()
         .filter_map(|k| ns.dep_id_of(k))
-        .collect();
-    Ok((keys, deps))
+        .collect())
 }
 
 #[cfg(test)]
@@ -130,8 +193,10 @@ mod tests {
             id: 1,
             table: TableName::parse("products").unwrap(),
             op,
-            old,
-            new,
+            rows: old.into_iter().chain(new).collect(),
+            broken: Default::default(),
+            captured: None,
+            age: 0.0,
         }
     }
 
@@ -170,5 +235,44 @@ mod tests {
         w.add(&config(), &e);
         assert!(w.keys.is_empty());
         assert_eq!(w.deps.len(), 2);
+    }
+
+    #[test]
+    fn a_broken_column_makes_its_templates_unrenderable_only() {
+        let mut w = Work::default();
+        let mut e = event(
+            Op::Update,
+            Some(image("1", Some("5"))),
+            Some(image("1", Some("6"))),
+        );
+        e.broken.insert("category_id".into());
+        w.add(&config(), &e);
+        assert!(w.keys.contains("product:1"), "{:?}", w.keys);
+        assert!(!w.keys.iter().any(|k| k.starts_with("category:")));
+        let broken: Vec<_> = w.unrenderable.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(broken, ["category:{category_id}"]);
+        assert!(w.all_rows.is_empty(), "the primary key was read");
+    }
+
+    #[test]
+    fn a_template_column_capture_did_not_send_makes_the_template_unrenderable() {
+        let mut w = Work::default();
+        let mut e = event(Op::Insert, None, Some(image("1", Some("5"))));
+        e.captured = Some(["id".to_owned()].into());
+        w.add(&config(), &e);
+        assert!(w.keys.contains("product:1"));
+        assert_eq!(w.unrenderable.len(), 1);
+    }
+
+    #[test]
+    fn a_broken_primary_key_invalidates_every_row_of_the_table() {
+        let mut w = Work::default();
+        let mut e = event(Op::Insert, None, Some(image("1", Some("5"))));
+        e.broken.insert("id".into());
+        e.rows[0].key = None;
+        e.rows[0].values.remove("id");
+        w.add(&config(), &e);
+        assert_eq!(w.all_rows.len(), 1);
+        assert!(w.unrenderable.iter().any(|(_, t)| t == "product:{id}"));
     }
 }

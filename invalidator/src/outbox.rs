@@ -1,20 +1,24 @@
 //! Reading outbox rows into [`Event`]s. A row that cannot be read as an
 //! event (hand-inserted, garbled) becomes a [`DeadLetter`] instead of an
 //! error, so one bad row never blocks the queue.
+//!
+//! Two shapes are read. Capture writes one row per statement: `cols` names
+//! the captured columns (the first `npk` form the primary key) and
+//! `old_rows`/`new_rows` hold a JSON array per changed row with the values
+//! in that order, or whole rows as JSON objects when `broken` names
+//! columns a migration changed. Hand-written rows (and rows left by an
+//! older version) describe one row: `old_key`/`new_key` and
+//! `old_row`/`new_row` objects.
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use smartcache::keys::TableName;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use tokio_postgres::Row;
 
-/// Claims (and deletes, effective at commit) the oldest pending rows; rows
-/// another daemon holds are skipped. The caller commits only after Redis
-/// has applied the batch, so a failure rolls the rows back into the queue.
-pub const CLAIM_SQL: &str = "DELETE FROM smartcache.outbox WHERE id IN \
-     (SELECT id FROM smartcache.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-     RETURNING id, table_schema, table_name, op::text, old_key, new_key, \
-     old_row::text, new_row::text, \
-     extract(epoch FROM clock_timestamp() - created_at)::float8";
+/// Columns the claim returns, in this order, after the snapshot.
+pub const CLAIMED_COLUMNS: &str = "o.id, o.table_schema, o.table_name, o.op::text, o.old_key, o.new_key, \
+     o.old_row::text, o.new_row::text, o.cols, o.npk, o.broken, o.old_rows::text, o.new_rows::text, \
+     extract(epoch FROM clock_timestamp() - o.created_at)::float8";
 
 /// Keeps an unreadable row for inspection.
 pub const DEAD_LETTER_SQL: &str = "INSERT INTO smartcache.dead_letter (id, event, error) \
@@ -23,11 +27,11 @@ pub const DEAD_LETTER_SQL: &str = "INSERT INTO smartcache.dead_letter (id, event
 /// The kind of change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// INSERT: the new row matters.
+    /// INSERT: the new rows matter.
     Insert,
-    /// UPDATE: the old and the new row matter.
+    /// UPDATE: the old and the new rows matter.
     Update,
-    /// DELETE: the old row matters.
+    /// DELETE: the old rows matter.
     Delete,
     /// TRUNCATE: every key of the table.
     Truncate,
@@ -39,13 +43,14 @@ pub type RowValues = HashMap<String, Option<String>>;
 /// One version (old or new) of a changed row.
 #[derive(Debug, Clone, Default)]
 pub struct RowImage {
-    /// Primary-key values in key order; `None` if the table has no key.
+    /// Primary-key values in key order; `None` if the table has no key or
+    /// capture could not read it.
     pub key: Option<Vec<Option<String>>>,
-    /// Template columns.
+    /// Template columns present in the row.
     pub values: RowValues,
 }
 
-/// A committed change, read from the outbox.
+/// A committed change, read from the outbox: one statement's rows.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// Outbox row id.
@@ -54,10 +59,16 @@ pub struct Event {
     pub table: TableName,
     /// What happened.
     pub op: Op,
-    /// The row before the change (UPDATE, DELETE).
-    pub old: Option<RowImage>,
-    /// The row after the change (INSERT, UPDATE).
-    pub new: Option<RowImage>,
+    /// Every row version that matters (old and new images).
+    pub rows: Vec<RowImage>,
+    /// Columns capture could not read as installed (renamed, dropped or
+    /// retyped by a migration): keys built from them cannot be rendered.
+    pub broken: BTreeSet<String>,
+    /// The columns capture sent (`None` for a hand-written single-row
+    /// event, where a missing column reads as NULL).
+    pub captured: Option<BTreeSet<String>>,
+    /// Seconds since the change, on the server's clock.
+    pub age: f64,
 }
 
 /// An outbox row that could not be read.
@@ -71,41 +82,9 @@ pub struct DeadLetter {
     pub error: String,
 }
 
-/// Reads one claimed row.
-pub fn parse(row: &Row) -> Result<Event, DeadLetter> {
-    let id: i64 = row.get(0);
-    parse_fields(
-        id,
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-        row.get(7),
-    )
-    .map_err(|error| {
-        let text = |i: usize| row.get::<_, Option<String>>(i);
-        let event = serde_json::json!({
-            "id": id,
-            "table_schema": text(1),
-            "table_name": text(2),
-            "op": text(3),
-            "old_key": row.get::<_, Option<Vec<Option<String>>>>(4),
-            "new_key": row.get::<_, Option<Vec<Option<String>>>>(5),
-            "old_row": text(6),
-            "new_row": text(7),
-        });
-        DeadLetter {
-            id,
-            event: event.to_string(),
-            error,
-        }
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn parse_fields(
+/// The claimed row's fields, owned, in the order of [`CLAIMED_COLUMNS`]
+/// (starting at column `at` of `row`).
+struct Fields {
     id: i64,
     schema: String,
     table: String,
@@ -114,111 +93,352 @@ fn parse_fields(
     new_key: Option<Vec<Option<String>>>,
     old_row: Option<String>,
     new_row: Option<String>,
-) -> Result<Event, String> {
-    let op = match op.as_str() {
+    cols: Option<Vec<String>>,
+    npk: Option<i16>,
+    broken: Option<Vec<String>>,
+    old_rows: Option<String>,
+    new_rows: Option<String>,
+    age: f64,
+}
+
+impl Fields {
+    fn read(row: &Row, at: usize) -> Self {
+        Self {
+            id: row.get(at),
+            schema: row.get(at + 1),
+            table: row.get(at + 2),
+            op: row.get(at + 3),
+            old_key: row.get(at + 4),
+            new_key: row.get(at + 5),
+            old_row: row.get(at + 6),
+            new_row: row.get(at + 7),
+            cols: row.get(at + 8),
+            npk: row.get(at + 9),
+            broken: row.get(at + 10),
+            old_rows: row.get(at + 11),
+            new_rows: row.get(at + 12),
+            age: row.get::<_, Option<f64>>(at + 13).unwrap_or(0.0),
+        }
+    }
+
+    fn dead(self, error: String) -> DeadLetter {
+        let event = serde_json::json!({
+            "id": self.id,
+            "table_schema": self.schema,
+            "table_name": self.table,
+            "op": self.op,
+            "old_key": self.old_key,
+            "new_key": self.new_key,
+            "old_row": self.old_row,
+            "new_row": self.new_row,
+            "cols": self.cols,
+            "npk": self.npk,
+            "broken": self.broken,
+            "old_rows": self.old_rows,
+            "new_rows": self.new_rows,
+        });
+        DeadLetter {
+            id: self.id,
+            event: event.to_string(),
+            error,
+        }
+    }
+}
+
+/// Reads one claimed row whose outbox columns start at column `at`.
+pub fn parse(row: &Row, at: usize) -> Result<Event, DeadLetter> {
+    let f = Fields::read(row, at);
+    match event(&f) {
+        Ok(e) => Ok(e),
+        Err(error) => Err(f.dead(error)),
+    }
+}
+
+fn event(f: &Fields) -> Result<Event, String> {
+    let op = match f.op.as_str() {
         "I" => Op::Insert,
         "U" => Op::Update,
         "D" => Op::Delete,
         "T" => Op::Truncate,
         other => return Err(format!("unknown op {other:?} (expected I, U, D or T)")),
     };
-    let image = |key: Option<Vec<Option<String>>>, row: Option<String>, side: &str| {
-        if key.is_none() && row.is_none() {
-            return Ok(None);
-        }
-        let values = match row {
-            None => RowValues::new(),
-            Some(text) => row_values(&text).map_err(|e| format!("{side}_row: {e}"))?,
-        };
-        Ok::<_, String>(Some(RowImage { key, values }))
-    };
-    let old = image(old_key, old_row, "old")?;
-    let new = image(new_key, new_row, "new")?;
+    if f.schema.is_empty() || f.table.is_empty() {
+        return Err("empty table_schema or table_name".into());
+    }
     let needs = match op {
         Op::Insert => (false, true),
         Op::Update => (true, true),
         Op::Delete => (true, false),
         Op::Truncate => (false, false),
     };
-    if needs.0 && old.is_none() {
-        return Err(format!("{op:?} without old_key/old_row"));
-    }
-    if needs.1 && new.is_none() {
-        return Err(format!("{op:?} without new_key/new_row"));
-    }
-    if schema.is_empty() || table.is_empty() {
-        return Err("empty table_schema or table_name".into());
+    let mut rows = Vec::new();
+    let mut broken: BTreeSet<String> = f.broken.iter().flatten().cloned().collect();
+    if let Some(cols) = &f.cols {
+        let npk = usize::try_from(f.npk.unwrap_or(0))
+            .unwrap_or(0)
+            .min(cols.len());
+        for (side, text, needed) in [
+            ("old_rows", &f.old_rows, needs.0),
+            ("new_rows", &f.new_rows, needs.1),
+        ] {
+            match text {
+                Some(text) => rows.extend(
+                    statement_rows(text, cols, npk, &mut broken)
+                        .map_err(|e| format!("{side}: {e}"))?,
+                ),
+                None if needed => return Err(format!("{op:?} without {side}")),
+                None => {}
+            }
+        }
+    } else {
+        let image = |key: &Option<Vec<Option<String>>>, row: &Option<String>, side: &str| {
+            if key.is_none() && row.is_none() {
+                return Ok(None);
+            }
+            let values = match row {
+                None => RowValues::new(),
+                Some(text) => row_values(text).map_err(|e| format!("{side}_row: {e}"))?,
+            };
+            Ok::<_, String>(Some(RowImage {
+                key: key.clone(),
+                values,
+            }))
+        };
+        let old = image(&f.old_key, &f.old_row, "old")?;
+        let new = image(&f.new_key, &f.new_row, "new")?;
+        if needs.0 && old.is_none() {
+            return Err(format!("{op:?} without old_key/old_row"));
+        }
+        if needs.1 && new.is_none() {
+            return Err(format!("{op:?} without new_key/new_row"));
+        }
+        rows.extend(old);
+        rows.extend(new);
     }
     Ok(Event {
-        id,
-        table: TableName::new(schema, table),
+        id: f.id,
+        table: TableName::new(f.schema.clone(), f.table.clone()),
         op,
-        old,
-        new,
+        rows,
+        broken,
+        captured: f.cols.as_ref().map(|c| c.iter().cloned().collect()),
+        age: f.age,
     })
+}
+
+/// Reads `[[v, …], …]` (values in the order of `cols`) or `[{col: v}, …]`
+/// (whole rows: a column missing from them is broken).
+fn statement_rows(
+    text: &str,
+    cols: &[String],
+    npk: usize,
+    broken: &mut BTreeSet<String>,
+) -> Result<Vec<RowImage>, String> {
+    let rows: Vec<&RawValue> =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON array: {e}"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for raw in rows {
+        let values: RowValues = match raw.get().as_bytes().first() {
+            Some(b'[') => {
+                let values: Vec<&RawValue> =
+                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+                if values.len() != cols.len() {
+                    return Err(format!(
+                        "a row has {} values for {} columns",
+                        values.len(),
+                        cols.len()
+                    ));
+                }
+                cols.iter()
+                    .zip(values)
+                    .map(|(c, v)| Ok((c.clone(), scalar(v)?)))
+                    .collect::<Result<_, String>>()?
+            }
+            Some(b'{') => {
+                let object: HashMap<String, &RawValue> =
+                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+                for c in cols {
+                    if !object.contains_key(c) {
+                        broken.insert(c.clone());
+                    }
+                }
+                object
+                    .into_iter()
+                    .filter(|(k, _)| cols.contains(k))
+                    .map(|(k, v)| Ok((k, scalar(v)?)))
+                    .collect::<Result<_, String>>()?
+            }
+            _ => return Err("a row is neither a JSON array nor an object".into()),
+        };
+        let key = (npk > 0
+            && cols[..npk]
+                .iter()
+                .all(|c| values.contains_key(c) && !broken.contains(c)))
+        .then(|| cols[..npk].iter().map(|c| values[c].clone()).collect());
+        out.push(RowImage { key, values });
+    }
+    Ok(out)
+}
+
+/// A JSON value as the text PostgreSQL's `#>> '{}'` gives: strings
+/// unquoted, `null` as SQL NULL, anything else as written (`1.50` stays
+/// `1.50`).
+fn scalar(raw: &RawValue) -> Result<Option<String>, String> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        _ if text == "null" => Ok(None),
+        _ => Ok(Some(text.to_owned())),
+    }
 }
 
 /// `{"col": "text" | null}`; other scalars are taken as their JSON text so
 /// a hand-written row with `{"id": 5}` still works.
 fn row_values(text: &str) -> Result<RowValues, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err("not a JSON object of column values".into());
+    let value: HashMap<String, &RawValue> = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => {
+            serde_json::from_str(text).map_err(|e| e.to_string())?
+        }
+        Ok(_) => return Err("not a JSON object of column values".into()),
+        Err(e) => return Err(format!("not JSON: {e}")),
     };
-    Ok(map
+    value
         .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Value::Null => None,
-                Value::String(s) => Some(s),
-                other => Some(other.to_string()),
-            };
-            (k, v)
-        })
-        .collect())
+        .map(|(k, v)| Ok((k, scalar(v)?)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(op: &str, old: Option<&str>, new: Option<&str>) -> Result<Event, String> {
+    fn fields(op: &str) -> Fields {
+        Fields {
+            id: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            op: op.into(),
+            old_key: None,
+            new_key: None,
+            old_row: None,
+            new_row: None,
+            cols: None,
+            npk: None,
+            broken: None,
+            old_rows: None,
+            new_rows: None,
+            age: 0.0,
+        }
+    }
+
+    fn single(op: &str, old: Option<&str>, new: Option<&str>) -> Result<Event, String> {
         let key = |s: Option<&str>| s.map(|_| vec![Some("1".to_owned())]);
-        parse_fields(
-            1,
-            "public".into(),
-            "t".into(),
-            op.into(),
-            key(old),
-            key(new),
-            old.map(str::to_owned),
-            new.map(str::to_owned),
-        )
+        let mut f = fields(op);
+        f.old_key = key(old);
+        f.new_key = key(new);
+        f.old_row = old.map(str::to_owned);
+        f.new_row = new.map(str::to_owned);
+        event(&f)
     }
 
     #[test]
-    fn reads_an_update() {
-        let e = p("U", Some(r#"{"c":"1"}"#), Some(r#"{"c":null}"#)).unwrap();
+    fn reads_a_single_row_update() {
+        let e = single("U", Some(r#"{"c":"1"}"#), Some(r#"{"c":null}"#)).unwrap();
         assert_eq!(e.op, Op::Update);
-        assert_eq!(e.old.unwrap().values["c"].as_deref(), Some("1"));
-        assert_eq!(e.new.unwrap().values["c"], None);
+        assert_eq!(e.rows[0].values["c"].as_deref(), Some("1"));
+        assert_eq!(e.rows[1].values["c"], None);
     }
 
     #[test]
-    fn scalars_are_taken_as_text() {
-        let e = p("I", None, Some(r#"{"c":5}"#)).unwrap();
-        assert_eq!(e.new.unwrap().values["c"].as_deref(), Some("5"));
+    fn scalars_are_taken_as_their_text() {
+        let e = single("I", None, Some(r#"{"c":5, "d": 1.50, "e": true}"#)).unwrap();
+        let v = &e.rows[0].values;
+        assert_eq!(v["c"].as_deref(), Some("5"));
+        assert_eq!(v["d"].as_deref(), Some("1.50"));
+        assert_eq!(v["e"].as_deref(), Some("true"));
     }
 
     #[test]
     fn garbled_rows_are_refused_with_a_reason() {
-        assert!(p("X", None, None).unwrap_err().contains("unknown op"));
-        assert!(p("U", None, Some("{}"))
+        assert!(single("X", None, None).unwrap_err().contains("unknown op"));
+        assert!(single("U", None, Some("{}"))
             .unwrap_err()
             .contains("without old"));
-        assert!(p("I", None, Some("[1]"))
+        assert!(single("I", None, Some("[1]"))
             .unwrap_err()
             .contains("not a JSON object"));
-        assert!(p("I", None, Some("{")).unwrap_err().contains("not JSON"));
+        assert!(single("I", None, Some("{"))
+            .unwrap_err()
+            .contains("not JSON"));
+    }
+
+    fn statement(op: &str, old: Option<&str>, new: Option<&str>) -> Result<Event, String> {
+        let mut f = fields(op);
+        f.cols = Some(vec!["id".into(), "cat".into()]);
+        f.npk = Some(1);
+        f.old_rows = old.map(str::to_owned);
+        f.new_rows = new.map(str::to_owned);
+        event(&f)
+    }
+
+    #[test]
+    fn reads_a_statement_of_many_rows() {
+        let e = statement(
+            "U",
+            Some(r#"[[1, "a"], [2, null]]"#),
+            Some(r#"[[1, "b"], [2, "c"]]"#),
+        )
+        .unwrap();
+        assert_eq!(e.rows.len(), 4);
+        assert_eq!(e.rows[1].key, Some(vec![Some("2".into())]));
+        assert_eq!(e.rows[1].values["cat"], None);
+        assert_eq!(e.rows[3].values["cat"].as_deref(), Some("c"));
+        assert!(e.broken.is_empty());
+    }
+
+    #[test]
+    fn whole_rows_name_the_columns_they_lack() {
+        let mut f = fields("U");
+        f.cols = Some(vec!["id".into(), "cat".into()]);
+        f.npk = Some(1);
+        f.broken = Some(vec!["cat".into()]);
+        f.old_rows = Some(r#"[{"id": 1, "cat_id": 5, "name": "x"}]"#.into());
+        f.new_rows = Some(r#"[{"id": 1, "cat_id": 6, "name": "y"}]"#.into());
+        let e = event(&f).unwrap();
+        assert_eq!(e.broken, BTreeSet::from(["cat".to_owned()]));
+        assert_eq!(e.rows[0].key, Some(vec![Some("1".into())]));
+        assert!(
+            !e.rows[0].values.contains_key("name"),
+            "only captured columns are kept"
+        );
+    }
+
+    #[test]
+    fn a_broken_primary_key_gives_no_row_key() {
+        let mut f = fields("I");
+        f.cols = Some(vec!["id".into()]);
+        f.npk = Some(1);
+        f.new_rows = Some(r#"[{"ident": 1}]"#.into());
+        let e = event(&f).unwrap();
+        assert_eq!(e.rows[0].key, None);
+        assert!(e.broken.contains("id"));
+    }
+
+    #[test]
+    fn garbled_statement_rows_are_refused() {
+        assert!(statement("U", None, Some("[[1, 2]]"))
+            .unwrap_err()
+            .contains("without old_rows"));
+        assert!(statement("I", None, Some("[[1]]"))
+            .unwrap_err()
+            .contains("1 values for 2"));
+        assert!(statement("I", None, Some("[3]"))
+            .unwrap_err()
+            .contains("neither"));
+        assert!(statement("I", None, Some("{}"))
+            .unwrap_err()
+            .contains("not a JSON array"));
     }
 }

@@ -71,3 +71,70 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Session, tokio_p
         driver,
     })
 }
+
+/// Name of the daemon's main session in `pg_stat_activity`.
+pub const DAEMON_APPLICATION: &str = "smartcache-invalidator";
+
+/// Readies the daemon's session and returns its backend pid.
+///
+/// A lost outbox DELETE only replays an idempotent invalidation, so the
+/// daemon's commits need not wait for the WAL flush. The server ends a
+/// statement that runs, or a transaction that sits idle, longer than
+/// `pg_timeout` (a frozen daemon's claimed rows go back to the queue), and
+/// notices a client that went away mid-statement. The planner settings pin
+/// the claim to index scans. `previous` is this daemon's last backend: if
+/// it still runs (a connection we gave up on), it is ended, so nothing we
+/// abandoned keeps working.
+pub async fn prepare_daemon_session(
+    client: &Client,
+    config: &Config,
+    previous: Option<i32>,
+) -> Result<i32, tokio_postgres::Error> {
+    let ms = config.pg_timeout.as_millis();
+    client
+        .batch_execute(&format!(
+            "SET synchronous_commit = off; SET statement_timeout = {ms}; \
+             SET idle_in_transaction_session_timeout = {ms}; \
+             SET client_connection_check_interval = 2000; {}; LISTEN {}",
+            crate::claim::PLANNER_SETTINGS,
+            crate::sql::ident(&config.channel)
+        ))
+        .await?;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    if let Some(old) = previous.filter(|old| *old != pid) {
+        let ended: bool = client
+            .query_one(
+                "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) FROM pg_stat_activity \
+                 WHERE pid = $1 AND usename = current_user AND application_name = $2",
+                &[&old, &DAEMON_APPLICATION],
+            )
+            .await?
+            .get(0);
+        if ended {
+            tracing::warn!(
+                backend = old,
+                "ended this daemon's previous PostgreSQL backend, which was still running"
+            );
+        }
+    }
+    Ok(pid)
+}
+
+/// An error with its causes, `: `-separated: `tokio_postgres::Error`
+/// alone prints only "db error".
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

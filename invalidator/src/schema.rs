@@ -3,26 +3,67 @@
 //! `install` computes a [`Plan`] from what is in the database and what the
 //! config asks for, so running it twice changes nothing the second time and
 //! `--dry-run` can print exactly what would run.
+//!
+//! Capture never fails or slows the writers: the generated functions run
+//! with the installer's rights (any role that may write a watched table
+//! keeps writing), check once per statement that the columns they read
+//! still exist with the types they had at install (a migration never makes
+//! a write fail; when they changed, the rows go whole and the daemon
+//! invalidates broadly), and ring the doorbell only while a daemon waits.
 
 use crate::catalog::ResolvedTable;
+use crate::config::{Config, ConfigError};
 use crate::sql::{ident, literal};
+use serde::{Deserialize, Serialize};
 use smartcache::keys::TableName;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
 /// The schema version this binary installs.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Upgrade scripts, applied in order from the installed version + 1.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../sql/001_schema.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../sql/001_schema.sql")),
+    (2, include_str!("../../sql/002_capture.sql")),
+];
 
-/// Name of the row trigger on each watched table.
-pub const CAPTURE_TRIGGER: &str = "smartcache_capture";
-/// Name of the TRUNCATE trigger on each watched table.
+/// Name of the row trigger on a partitioned table (inherited by every
+/// partition).
+pub const ROW_TRIGGER: &str = "smartcache_capture";
+/// Names of the statement triggers on a plain table, by operation.
+pub const STATEMENT_TRIGGERS: [(&str, Op); 3] = [
+    ("smartcache_capture_insert", Op::Insert),
+    ("smartcache_capture_update", Op::Update),
+    ("smartcache_capture_delete", Op::Delete),
+];
+/// Name of the TRUNCATE trigger on each watched table and partition.
 pub const TRUNCATE_TRIGGER: &str = "smartcache_truncate";
+
+/// Names of the transition tables the statement triggers see.
+const OLD_TABLE: &str = "smartcache_old";
+const NEW_TABLE: &str = "smartcache_new";
 
 /// Key under which concurrent installs serialise.
 const INSTALL_LOCK: i64 = 0x0073_6d63_6163_6865; // "smcache"
+
+/// A row-changing operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// INSERT.
+    Insert,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+}
+
+// pg_trigger.tgtype bits.
+const TG_ROW: i16 = 1;
+const TG_INSERT: i16 = 4;
+const TG_DELETE: i16 = 8;
+const TG_UPDATE: i16 = 16;
+const TG_TRUNCATE: i16 = 32;
 
 /// The statements `install` would run, in order.
 #[derive(Debug, Default)]
@@ -33,7 +74,14 @@ pub struct Plan {
     pub summary: Vec<String>,
 }
 
-/// A trigger of ours found in the catalog.
+impl Plan {
+    fn add(&mut self, sql: String, summary: String) {
+        self.statements.push(sql);
+        self.summary.push(summary);
+    }
+}
+
+/// A trigger of ours found in the catalog, or wanted by the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledTrigger {
     /// `(schema, table)`.
@@ -42,6 +90,85 @@ pub struct InstalledTrigger {
     pub name: String,
     /// Name of its function in schema `smartcache`.
     pub function: String,
+    /// `pg_trigger.tgtype`: row or statement, which operations.
+    pub tgtype: i16,
+    /// `pg_trigger.tgenabled`: `O` (origin and local sessions), `A`
+    /// (always, replica sessions too), `R` (replica only), `D` (disabled).
+    pub enabled: String,
+    /// Transition tables `(old, new)` of a statement trigger.
+    pub transition: (Option<String>, Option<String>),
+}
+
+impl InstalledTrigger {
+    fn same_definition(&self, other: &Self) -> bool {
+        self.function == other.function
+            && self.tgtype == other.tgtype
+            && self.transition == other.transition
+    }
+
+    fn on(&self) -> String {
+        format!("{}.{}", self.table.0, self.table.1)
+    }
+}
+
+/// What install recorded about a table, as a comment on its capture
+/// function: the daemon compares it with the live catalog to tell which
+/// columns a migration renamed, dropped or retyped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    /// The configured table.
+    pub table: String,
+    /// Captured columns with their type at install: the primary key first.
+    pub columns: Vec<CapturedColumn>,
+    /// How many of `columns` form the primary key.
+    pub npk: usize,
+    /// Whether the table was partitioned.
+    pub partitioned: bool,
+    /// Its partitions at install.
+    pub partitions: Vec<(String, String)>,
+}
+
+/// One captured column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedColumn {
+    /// Column name.
+    pub name: String,
+    /// Schema-qualified type name.
+    pub r#type: String,
+    /// Type modifier.
+    pub typmod: i32,
+    /// The type as people write it.
+    pub display: String,
+}
+
+impl Captured {
+    fn of(t: &ResolvedTable) -> Self {
+        let column = |c: &String| {
+            let ty = &t.types[c];
+            CapturedColumn {
+                name: c.clone(),
+                r#type: ty.name.clone(),
+                typmod: ty.typmod,
+                display: ty.display.clone(),
+            }
+        };
+        Self {
+            table: t.spec.name.to_string(),
+            columns: t.captured().map(column).collect(),
+            npk: t.pk.len(),
+            partitioned: t.partitioned,
+            partitions: t.partitions.clone(),
+        }
+    }
+}
+
+/// A generated capture function as installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledFunction {
+    /// Body, security and settings, compared with what install would write.
+    pub definition: String,
+    /// What install recorded (from its comment), if readable.
+    pub captured: Option<Captured>,
 }
 
 /// What is installed now.
@@ -51,10 +178,12 @@ pub struct Installed {
     pub version: Option<i32>,
     /// Doorbell channel stored in `smartcache.wakeup`.
     pub channel: Option<String>,
-    /// Our triggers on any table.
+    /// Our triggers on any table (not the copies partitions inherit).
     pub triggers: Vec<InstalledTrigger>,
-    /// Generated capture functions: name → body.
-    pub functions: BTreeMap<String, String>,
+    /// Copies of our row triggers on partitions: `((schema, table), name, enabled)`.
+    pub inherited: Vec<((String, String), String, String)>,
+    /// Generated capture functions by name.
+    pub functions: BTreeMap<String, InstalledFunction>,
 }
 
 /// Prefix of the generated per-table capture functions.
@@ -79,7 +208,9 @@ pub async fn inspect(client: &Client) -> Result<Installed, tokio_postgres::Error
     }
     let rows = client
         .query(
-            "SELECT tn.nspname::text, c.relname::text, t.tgname::text, p.proname::text \
+            "SELECT tn.nspname::text, c.relname::text, t.tgname::text, p.proname::text, \
+                    t.tgtype, t.tgenabled::text, t.tgoldtable::text, t.tgnewtable::text, \
+                    t.tgparentid <> 0 \
              FROM pg_trigger t \
              JOIN pg_proc p ON p.oid = t.tgfoid \
              JOIN pg_namespace pn ON pn.oid = p.pronamespace \
@@ -92,23 +223,52 @@ pub async fn inspect(client: &Client) -> Result<Installed, tokio_postgres::Error
         )
         .await?;
     for r in rows {
+        let table = (r.get(0), r.get(1));
+        if r.get::<_, bool>(8) {
+            installed.inherited.push((table, r.get(2), r.get(5)));
+            continue;
+        }
         installed.triggers.push(InstalledTrigger {
-            table: (r.get(0), r.get(1)),
+            table,
             name: r.get(2),
             function: r.get(3),
+            tgtype: r.get(4),
+            enabled: r.get(5),
+            transition: (r.get(6), r.get(7)),
         });
     }
     let rows = client
         .query(
-            "SELECT p.proname::text, p.prosrc FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace \
+            "SELECT p.proname::text, p.prosrc, p.prosecdef, coalesce(p.proconfig, '{}'), \
+                    obj_description(p.oid, 'pg_proc') \
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
              WHERE n.nspname = 'smartcache' AND starts_with(p.proname, $1)",
             &[&CAPTURE_PREFIX],
         )
         .await?;
-    installed.functions = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for r in rows {
+        let config: Vec<String> = r.get(3);
+        let comment: Option<String> = r.get(4);
+        installed.functions.insert(
+            r.get(0),
+            InstalledFunction {
+                definition: definition(r.get(1), r.get(2), &config),
+                captured: comment.and_then(|c| serde_json::from_str(&c).ok()),
+            },
+        );
+    }
     Ok(installed)
 }
+
+/// What makes two capture functions the same: body, rights and settings.
+fn definition(body: &str, security_definer: bool, config: &[String]) -> String {
+    format!("{body}\n-- security definer: {security_definer}; set {config:?}")
+}
+
+/// Settings of every capture function: a pinned search path (it runs with
+/// the installer's rights) and UTC, so a `timestamptz` key renders the
+/// same whatever the writer's time zone.
+const FUNCTION_SETTINGS: [&str; 2] = ["search_path=pg_catalog, pg_temp", "TimeZone=UTC"];
 
 /// Name of the generated capture function of `table`: readable when it
 /// fits PostgreSQL's 63 bytes, shortened with a hash otherwise.
@@ -130,114 +290,265 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Body of the generated capture function of a table: one INSERT into the
-/// outbox with the key and template columns read straight from OLD/NEW
-/// (no whole-row conversion, no subqueries), then the doorbell if the
-/// daemon is idle. Values are rendered as text the way jsonb renders them.
-pub fn capture_function_body(t: &ResolvedTable) -> String {
-    // A timestamptz renders in the session's time zone; a key must not
-    // depend on the writer's session, so those columns are shown in UTC.
-    let text_of = |rec: &str, col: &str| {
-        let v = format!("{rec}.{}", ident(col));
-        if t.utc.iter().any(|c| c == col) {
-            format!(
-                "to_jsonb({v} AT TIME ZONE 'UTC') #>> '{{}}' || CASE WHEN isfinite({v}) THEN '+00:00' ELSE '' END"
-            )
-        } else {
-            format!("to_jsonb({v}) #>> '{{}}'")
-        }
-    };
-    let key = |rec: &str| {
-        if t.pk.is_empty() {
-            "NULL".to_owned()
-        } else {
-            let parts: Vec<String> = t.pk.iter().map(|c| text_of(rec, c)).collect();
-            format!("ARRAY[{}]", parts.join(", "))
-        }
-    };
-    let row = |rec: &str| {
-        let parts: Vec<String> =
-            t.pk.iter()
-                .chain(&t.other)
-                .map(|c| format!("{}, {}", literal(c), text_of(rec, c)))
-                .collect();
-        format!("jsonb_build_object({})", parts.join(", "))
-    };
-    let insert = |op: char, old: bool, new: bool| {
-        let (ok, or) = if old {
-            (key("OLD"), row("OLD"))
-        } else {
-            ("NULL".into(), "NULL".into())
-        };
-        let (nk, nr) = if new {
-            (key("NEW"), row("NEW"))
-        } else {
-            ("NULL".into(), "NULL".into())
-        };
+/// `'{a,b}'::text[]` for names (quoted array elements, so any name works).
+fn text_array(items: impl IntoIterator<Item = String>, ty: &str) -> String {
+    let elems: Vec<String> = items
+        .into_iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{}::{ty}[]", literal(&format!("{{{}}}", elems.join(","))))
+}
+
+/// Body of the generated capture function of a table.
+///
+/// Per statement (per row on a partitioned table, whose partitions inherit
+/// a row trigger): one catalog lookup checks that the captured columns
+/// still exist with their install-time types. If so, the primary key and
+/// template columns of every changed row go into one outbox row, as JSON
+/// arrays in the order of `cols`; if not, the rows go whole and `broken`
+/// names the columns that changed, so a migration never fails a write.
+/// Then the doorbell, only while a daemon's ring lease runs.
+pub fn capture_function_body(t: &ResolvedTable, channel: &str) -> String {
+    let cols: Vec<&String> = t.captured().collect();
+    let names = text_array(cols.iter().map(|c| (*c).clone()), "name");
+    let types = text_array(cols.iter().map(|c| t.types[*c].name.clone()), "regtype");
+    let typmods = format!(
+        "'{{{}}}'::int4[]",
+        cols.iter()
+            .map(|c| t.types[*c].typmod.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let cols_literal = text_array(cols.iter().map(|c| (*c).clone()), "text");
+    let (schema, table) = (literal(t.spec.name.schema()), literal(t.spec.name.name()));
+    let insert = |op: char, old: &str, new: &str, broken: &str| {
         format!(
-            "INSERT INTO smartcache.outbox (table_schema, table_name, op, old_key, new_key, old_row, new_row, created_at)\n        \
-             VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, '{op}',\n                {ok},\n                {nk},\n                {or},\n                {nr},\n                clock_timestamp());"
+            "INSERT INTO smartcache.outbox (table_schema, table_name, op, cols, npk, broken, old_rows, new_rows, created_at)\n            \
+             VALUES ({schema}, {table}, '{op}', {cols_literal}, {npk}, {broken}, {old}, {new}, clock_timestamp());",
+            npk = t.pk.len(),
+        )
+    };
+    let values = |rec: &str| {
+        let parts: Vec<String> = cols.iter().map(|c| format!("{rec}.{}", ident(c))).collect();
+        format!("jsonb_build_array({})", parts.join(", "))
+    };
+    let (exact, whole) = if t.partitioned {
+        let row = |rec: &str| format!("jsonb_build_array({})", values(rec));
+        let whole = |rec: &str| format!("jsonb_build_array(to_jsonb({rec}))");
+        (
+            [
+                insert('I', "NULL", &row("NEW"), "NULL"),
+                insert('U', &row("OLD"), &row("NEW"), "NULL"),
+                insert('D', &row("OLD"), "NULL", "NULL"),
+            ],
+            [
+                insert('I', "NULL", &whole("NEW"), "broken"),
+                insert('U', &whole("OLD"), &whole("NEW"), "broken"),
+                insert('D', &whole("OLD"), "NULL", "broken"),
+            ],
+        )
+    } else {
+        // An empty statement (an UPDATE that matched nothing) writes no row.
+        let agg = |tt: &str, expr: &str| format!("(SELECT jsonb_agg({expr}) FROM {tt} r)");
+        let rows = |tt: &str| agg(tt, &values("r"));
+        let whole = |tt: &str| agg(tt, "to_jsonb(r)");
+        let guarded = |sql: String, tt: &str| {
+            format!("IF EXISTS (SELECT FROM {tt}) THEN\n                {sql}\n            END IF;")
+        };
+        (
+            [
+                guarded(insert('I', "NULL", &rows(NEW_TABLE), "NULL"), NEW_TABLE),
+                guarded(
+                    insert('U', &rows(OLD_TABLE), &rows(NEW_TABLE), "NULL"),
+                    NEW_TABLE,
+                ),
+                guarded(insert('D', &rows(OLD_TABLE), "NULL", "NULL"), OLD_TABLE),
+            ],
+            [
+                guarded(insert('I', "NULL", &whole(NEW_TABLE), "broken"), NEW_TABLE),
+                guarded(
+                    insert('U', &whole(OLD_TABLE), &whole(NEW_TABLE), "broken"),
+                    NEW_TABLE,
+                ),
+                guarded(insert('D', &whole(OLD_TABLE), "NULL", "broken"), OLD_TABLE),
+            ],
+        )
+    };
+    let by_op = |branches: &[String; 3]| {
+        format!(
+            "IF TG_OP = 'INSERT' THEN\n            {}\n        ELSIF TG_OP = 'UPDATE' THEN\n            {}\n        ELSE\n            {}\n        END IF;",
+            branches[0], branches[1], branches[2]
         )
     };
     format!(
-        "\n-- generated by smartcache-invalidator install for {table}\nBEGIN\n    IF TG_OP = 'UPDATE' THEN\n        {u}\n    ELSIF TG_OP = 'INSERT' THEN\n        {i}\n    ELSE\n        {d}\n    END IF;\n    PERFORM pg_notify(channel, '') FROM smartcache.wakeup WHERE idle;\n    RETURN NULL;\nEND\n",
-        table = t.spec.name,
-        u = insert('U', true, true),
-        i = insert('I', false, true),
-        d = insert('D', true, false),
+        "\n-- generated by smartcache-invalidator install for {name}\n\
+DECLARE\n    broken text[];\n\
+BEGIN\n    \
+IF TG_OP = 'TRUNCATE' THEN\n        \
+INSERT INTO smartcache.outbox (table_schema, table_name, op, created_at)\n        \
+VALUES ({schema}, {table}, 'T', clock_timestamp());\n    \
+ELSE\n        \
+SELECT array_agg(c.name) INTO broken\n        \
+FROM unnest({names}, {types}, {typmods}) AS c(name, typ, typmod)\n        \
+WHERE NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = TG_RELID AND a.attname = c.name\n                          \
+AND a.atttypid = c.typ AND a.atttypmod = c.typmod AND NOT a.attisdropped);\n        \
+IF broken IS NULL THEN\n        \
+{exact}\n        \
+ELSE\n        \
+{whole}\n        \
+END IF;\n    \
+END IF;\n    \
+IF (SELECT last_value FROM smartcache.doorbell) > (extract(epoch FROM statement_timestamp()) * 1000)::bigint THEN\n        \
+PERFORM pg_notify({channel}, '');\n    \
+END IF;\n    \
+RETURN NULL;\n\
+END\n",
+        name = t.spec.name,
+        exact = by_op(&exact),
+        whole = by_op(&whole),
+        channel = literal(channel),
     )
 }
 
-fn create_function(name: &str, body: &str) -> String {
+fn create_function(name: &str, body: &str, captured: &Captured) -> String {
+    let settings: Vec<String> = FUNCTION_SETTINGS
+        .iter()
+        .map(|s| {
+            let (k, v) = s.split_once('=').expect("name=value");
+            format!(
+                "SET {k} = {}",
+                if k == "search_path" {
+                    v.to_owned()
+                } else {
+                    literal(v)
+                }
+            )
+        })
+        .collect();
+    let f = format!("smartcache.{}()", ident(name));
     format!(
-        "CREATE OR REPLACE FUNCTION smartcache.{}() RETURNS trigger LANGUAGE plpgsql AS $fn${body}$fn$",
-        ident(name)
+        "CREATE OR REPLACE FUNCTION {f} RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {} AS $fn${body}$fn$;\n\
+         REVOKE ALL ON FUNCTION {f} FROM PUBLIC;\n\
+         COMMENT ON FUNCTION {f} IS {}",
+        settings.join(" "),
+        literal(&serde_json::to_string(captured).expect("serialisable"))
     )
 }
 
 /// The triggers the config asks for.
-pub fn desired_triggers(tables: &[ResolvedTable]) -> Vec<InstalledTrigger> {
+pub fn desired_triggers(tables: &[ResolvedTable], config: &Config) -> Vec<InstalledTrigger> {
+    let enabled = if config.capture_in_replica_mode {
+        "A"
+    } else {
+        "O"
+    };
     let mut out = Vec::new();
     for t in tables {
         let table = (
             t.spec.name.schema().to_owned(),
             t.spec.name.name().to_owned(),
         );
-        out.push(InstalledTrigger {
+        let function = capture_function_name(&t.spec.name);
+        let trigger = |table: &(String, String), name: &str, tgtype, transition| InstalledTrigger {
             table: table.clone(),
-            name: CAPTURE_TRIGGER.to_owned(),
-            function: capture_function_name(&t.spec.name),
-        });
-        out.push(InstalledTrigger {
-            table,
-            name: TRUNCATE_TRIGGER.to_owned(),
-            function: "capture_truncate".to_owned(),
-        });
+            name: name.to_owned(),
+            function: function.clone(),
+            tgtype,
+            enabled: enabled.to_owned(),
+            transition,
+        };
+        if t.partitioned {
+            out.push(trigger(
+                &table,
+                ROW_TRIGGER,
+                TG_ROW | TG_INSERT | TG_UPDATE | TG_DELETE,
+                (None, None),
+            ));
+            for p in &t.partitions {
+                out.push(trigger(p, TRUNCATE_TRIGGER, TG_TRUNCATE, (None, None)));
+            }
+        } else {
+            for (name, op) in STATEMENT_TRIGGERS {
+                let (tgtype, transition) = match op {
+                    Op::Insert => (TG_INSERT, (None, Some(NEW_TABLE.to_owned()))),
+                    Op::Update => (
+                        TG_UPDATE,
+                        (Some(OLD_TABLE.to_owned()), Some(NEW_TABLE.to_owned())),
+                    ),
+                    Op::Delete => (TG_DELETE, (Some(OLD_TABLE.to_owned()), None)),
+                };
+                out.push(trigger(&table, name, tgtype, transition));
+            }
+        }
+        out.push(trigger(&table, TRUNCATE_TRIGGER, TG_TRUNCATE, (None, None)));
     }
     out.sort_by(|a, b| (&a.table, &a.name).cmp(&(&b.table, &b.name)));
     out
 }
 
+fn table_sql(table: &(String, String)) -> String {
+    format!("{}.{}", ident(&table.0), ident(&table.1))
+}
+
 fn create_trigger(t: &InstalledTrigger) -> String {
-    let table = format!("{}.{}", ident(&t.table.0), ident(&t.table.1));
-    let (when, each) = if t.name == TRUNCATE_TRIGGER {
-        ("TRUNCATE", "STATEMENT")
+    let mut events = Vec::new();
+    for (bit, name) in [
+        (TG_INSERT, "INSERT"),
+        (TG_UPDATE, "UPDATE"),
+        (TG_DELETE, "DELETE"),
+        (TG_TRUNCATE, "TRUNCATE"),
+    ] {
+        if t.tgtype & bit != 0 {
+            events.push(name);
+        }
+    }
+    let mut referencing = String::new();
+    if let Some(old) = &t.transition.0 {
+        referencing += &format!(" OLD TABLE AS {}", ident(old));
+    }
+    if let Some(new) = &t.transition.1 {
+        referencing += &format!(" NEW TABLE AS {}", ident(new));
+    }
+    if !referencing.is_empty() {
+        referencing = format!(" REFERENCING{referencing}");
+    }
+    let each = if t.tgtype & TG_ROW != 0 {
+        "ROW"
     } else {
-        ("INSERT OR UPDATE OR DELETE", "ROW")
+        "STATEMENT"
+    };
+    let mut sql = format!(
+        "CREATE TRIGGER {} AFTER {} ON {}{referencing} FOR EACH {each} EXECUTE FUNCTION smartcache.{}()",
+        ident(&t.name),
+        events.join(" OR "),
+        table_sql(&t.table),
+        ident(&t.function)
+    );
+    if t.enabled != "O" {
+        sql += &format!(";\n{}", enable_trigger(t));
+    }
+    sql
+}
+
+fn enable_trigger(t: &InstalledTrigger) -> String {
+    let how = match t.enabled.as_str() {
+        "A" => "ENABLE ALWAYS",
+        "R" => "ENABLE REPLICA",
+        "D" => "DISABLE",
+        _ => "ENABLE",
     };
     format!(
-        "CREATE TRIGGER {} AFTER {when} ON {table} FOR EACH {each} EXECUTE FUNCTION smartcache.{}()",
-        ident(&t.name),
-        ident(&t.function)
+        "ALTER TABLE {} {how} TRIGGER {}",
+        table_sql(&t.table),
+        ident(&t.name)
     )
 }
 
 fn drop_trigger(t: &InstalledTrigger) -> String {
     format!(
-        "DROP TRIGGER IF EXISTS {} ON {}.{}",
+        "DROP TRIGGER IF EXISTS {} ON {}",
         ident(&t.name),
-        ident(&t.table.0),
-        ident(&t.table.1)
+        table_sql(&t.table)
     )
 }
 
@@ -245,7 +556,8 @@ fn drop_trigger(t: &InstalledTrigger) -> String {
 pub fn plan_install(
     installed: &Installed,
     tables: &[ResolvedTable],
-    channel: &str,
+    config: &Config,
+    grants: &[String],
 ) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
     let from = installed.version.unwrap_or(0);
@@ -256,10 +568,10 @@ pub fn plan_install(
         );
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
-        plan.statements.push((*sql).to_owned());
-        plan.summary.push(format!(
-            "apply schema version {version} (sql/00{version}_*.sql)"
-        ));
+        plan.add(
+            (*sql).to_owned(),
+            format!("apply schema version {version} (sql/00{version}_*.sql)"),
+        );
     }
     if from < SCHEMA_VERSION {
         plan.statements.push(format!(
@@ -267,32 +579,43 @@ pub fn plan_install(
              ON CONFLICT (singleton) DO UPDATE SET schema_version = EXCLUDED.schema_version"
         ));
     }
+    let channel = &config.channel;
     if installed.channel.as_deref() != Some(channel) {
-        plan.statements.push(format!(
-            "INSERT INTO smartcache.wakeup (channel) VALUES ({}) \
-             ON CONFLICT (singleton) DO UPDATE SET channel = EXCLUDED.channel",
-            literal(channel)
-        ));
-        plan.summary
-            .push(format!("set doorbell channel to {channel:?}"));
+        plan.add(
+            format!(
+                "INSERT INTO smartcache.wakeup (channel) VALUES ({}) \
+                 ON CONFLICT (singleton) DO UPDATE SET channel = EXCLUDED.channel",
+                literal(channel)
+            ),
+            format!("set doorbell channel to {channel:?}"),
+        );
     }
     for t in tables {
         let name = capture_function_name(&t.spec.name);
-        let body = capture_function_body(t);
-        if installed.functions.get(&name) != Some(&body) {
-            plan.statements.push(create_function(&name, &body));
-            plan.summary
-                .push(format!("write capture function smartcache.{name}"));
+        let body = capture_function_body(t, channel);
+        let captured = Captured::of(t);
+        let want = InstalledFunction {
+            definition: definition(&body, true, &settings()),
+            captured: Some(captured.clone()),
+        };
+        if installed.functions.get(&name) != Some(&want) {
+            plan.add(
+                create_function(&name, &body, &captured),
+                format!("write capture function smartcache.{name}"),
+            );
         }
     }
-    let want = desired_triggers(tables);
+    let want = desired_triggers(tables, config);
     for t in &installed.triggers {
         if !want.iter().any(|w| w.table == t.table && w.name == t.name) {
-            plan.statements.push(drop_trigger(t));
-            plan.summary.push(format!(
-                "remove trigger {} from {}.{} (table no longer configured)",
-                t.name, t.table.0, t.table.1
-            ));
+            plan.add(
+                drop_trigger(t),
+                format!(
+                    "remove trigger {} from {} (no longer configured)",
+                    t.name,
+                    t.on()
+                ),
+            );
         }
     }
     for w in &want {
@@ -301,42 +624,233 @@ pub fn plan_install(
             .iter()
             .find(|h| h.table == w.table && h.name == w.name)
         {
-            Some(h) if h == w => {}
-            Some(_) => {
-                plan.statements.push(drop_trigger(w));
-                plan.statements.push(create_trigger(w));
-                plan.summary.push(format!(
-                    "update trigger {} on {}.{}",
-                    w.name, w.table.0, w.table.1
-                ));
-            }
-            None => {
-                plan.statements.push(create_trigger(w));
-                plan.summary.push(format!(
-                    "add trigger {} to {}.{}",
-                    w.name, w.table.0, w.table.1
-                ));
-            }
+            Some(h) if h.same_definition(w) && h.enabled == w.enabled => {}
+            Some(h) if h.same_definition(w) => plan.add(
+                enable_trigger(w),
+                format!(
+                    "set trigger {} on {} to enabled={}",
+                    w.name,
+                    w.on(),
+                    w.enabled
+                ),
+            ),
+            Some(_) => plan.add(
+                format!("{};\n{}", drop_trigger(w), create_trigger(w)),
+                format!("update trigger {} on {}", w.name, w.on()),
+            ),
+            None => plan.add(
+                create_trigger(w),
+                format!("add trigger {} to {}", w.name, w.on()),
+            ),
+        }
+    }
+    // Partitions inherit the row trigger; one switched off by hand is
+    // switched back, like its parent's.
+    for (table, name, enabled) in &installed.inherited {
+        let parent_wants = want
+            .iter()
+            .any(|w| w.name == *name && w.tgtype & TG_ROW != 0);
+        let wanted = if config.capture_in_replica_mode {
+            "A"
+        } else {
+            "O"
+        };
+        if parent_wants && enabled != wanted {
+            let t = InstalledTrigger {
+                table: table.clone(),
+                name: name.clone(),
+                function: String::new(),
+                tgtype: TG_ROW,
+                enabled: wanted.to_owned(),
+                transition: (None, None),
+            };
+            plan.add(
+                enable_trigger(&t),
+                format!(
+                    "set inherited trigger {name} on {} to enabled={wanted}",
+                    t.on()
+                ),
+            );
         }
     }
     for name in installed.functions.keys() {
         if !want.iter().any(|w| &w.function == name) {
-            plan.statements.push(format!(
-                "DROP FUNCTION IF EXISTS smartcache.{}()",
-                ident(name)
-            ));
-            plan.summary
-                .push(format!("remove capture function smartcache.{name}"));
+            plan.add(
+                format!("DROP FUNCTION IF EXISTS smartcache.{}()", ident(name)),
+                format!("remove capture function smartcache.{name}"),
+            );
         }
+    }
+    for g in grants {
+        plan.add(g.clone(), format!("grant: {g}"));
     }
     Ok(plan)
 }
 
-/// Resolves the config against the database and plans the install.
-pub async fn install_plan(client: &Client, config: &crate::config::Config) -> anyhow::Result<Plan> {
+fn settings() -> Vec<String> {
+    FUNCTION_SETTINGS.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Privileges of the daemon's role (`daemon_role`): what `run` needs and
+/// nothing more. `check`, `keys` and `clear` need less (see the README).
+const DAEMON_GRANTS: &[(&str, &str, &str)] = &[
+    ("SCHEMA", "smartcache", "USAGE"),
+    // FOR UPDATE (the claim) needs UPDATE as well as SELECT.
+    ("TABLE", "smartcache.outbox", "SELECT, UPDATE, DELETE"),
+    ("TABLE", "smartcache.version", "SELECT"),
+    ("TABLE", "smartcache.wakeup", "SELECT"),
+    (
+        "TABLE",
+        "smartcache.canary",
+        "SELECT, INSERT, UPDATE, DELETE",
+    ),
+    ("TABLE", "smartcache.dead_letter", "SELECT, INSERT"),
+    ("SEQUENCE", "smartcache.doorbell", "SELECT, UPDATE"),
+    ("SEQUENCE", "smartcache.outbox_id_seq", "SELECT"),
+];
+
+/// The GRANT statements `role` still lacks (all of them before the schema
+/// exists).
+pub async fn missing_grants(
+    client: &Client,
+    role: &str,
+    installed: bool,
+) -> anyhow::Result<Vec<String>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)",
+            &[&role],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Err(ConfigError(format!(
+            "setting `daemon_role`: role {role:?} does not exist; create it (CREATE ROLE {} LOGIN) or unset the setting",
+            ident(role)
+        ))
+        .into());
+    }
+    let mut out = Vec::new();
+    for (kind, object, privileges) in DAEMON_GRANTS {
+        let mut has = installed;
+        for p in privileges.split(", ") {
+            if !has {
+                break;
+            }
+            let sql = match *kind {
+                "SCHEMA" => "SELECT has_schema_privilege($1, $2, $3)",
+                "SEQUENCE" => "SELECT has_sequence_privilege($1, $2, $3)",
+                _ => "SELECT has_table_privilege($1, $2, $3)",
+            };
+            has = client
+                .query_one(sql, &[&role, object, &p])
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false);
+        }
+        if !has {
+            out.push(format!(
+                "GRANT {privileges} ON {kind} {object} TO {}",
+                ident(role)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that the connected role may run `plan`; names the privilege it
+/// lacks otherwise, before anything is changed.
+pub async fn check_privileges(
+    client: &Client,
+    installed: &Installed,
+    tables: &[ResolvedTable],
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    if plan.statements.is_empty() {
+        return Ok(());
+    }
+    let who: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
+    if installed.version.is_none() {
+        let row = client
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'CREATE'), \
+                        (SELECT pg_has_role(current_user, nspowner, 'MEMBER') FROM pg_namespace WHERE nspname = 'smartcache')",
+                &[],
+            )
+            .await?;
+        let (create, owner): (bool, Option<bool>) = (row.get(0), row.get(1));
+        if owner == Some(false) || (owner.is_none() && !create) {
+            return Err(ConfigError(format!(
+                "install needs the CREATE privilege on this database to create schema smartcache; role {who:?} lacks it \
+                 (GRANT CREATE ON DATABASE … TO {}, or run install as the database owner)",
+                ident(&who)
+            ))
+            .into());
+        }
+    } else {
+        let owner: bool = client
+            .query_one(
+                "SELECT pg_has_role(current_user, nspowner, 'MEMBER') FROM pg_namespace WHERE nspname = 'smartcache'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !owner {
+            return Err(ConfigError(format!(
+                "schema smartcache belongs to another role; role {who:?} cannot replace its functions: \
+                 run install as the role that installed it"
+            ))
+            .into());
+        }
+    }
+    for t in tables {
+        let mut relations = vec![(
+            t.spec.name.schema().to_owned(),
+            t.spec.name.name().to_owned(),
+        )];
+        relations.extend(t.partitions.iter().cloned());
+        for (schema, name) in relations {
+            let qualified = format!("{}.{}", ident(&schema), ident(&name));
+            let owner: bool = client
+                .query_one(
+                    "SELECT pg_has_role(current_user, c.relowner, 'MEMBER') FROM pg_class c \
+                     WHERE c.oid = $1::text::regclass",
+                    &[&qualified],
+                )
+                .await?
+                .get(0);
+            if !owner {
+                return Err(ConfigError(format!(
+                    "install must own table {schema}.{name} (or be a member of its owner role) to create, replace \
+                     and enable its triggers; role {who:?} does not: run install as the table's owner"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves the config against the database and plans the install,
+/// after checking the connected role may carry it out.
+pub async fn install_plan(client: &Client, config: &Config) -> anyhow::Result<Plan> {
     let tables = crate::catalog::resolve(client, config).await?;
+    for t in tables.iter().filter(|t| t.pk.is_empty()) {
+        tracing::warn!(table = %t.spec.name, "table has no primary key: row dependencies cannot be tracked, only the table and its key templates");
+    }
     let installed = inspect(client).await?;
-    plan_install(&installed, &tables, &config.channel)
+    let grants = match &config.daemon_role {
+        Some(role) => {
+            missing_grants(client, role, installed.version == Some(SCHEMA_VERSION)).await?
+        }
+        None => Vec::new(),
+    };
+    let plan = plan_install(&installed, &tables, config, &grants)?;
+    check_privileges(client, &installed, &tables, &plan).await?;
+    Ok(plan)
 }
 
 /// Runs a plan in one transaction, serialised against concurrent installs.
@@ -375,7 +889,7 @@ pub async fn uninstall(client: &mut Client) -> Result<i64, tokio_postgres::Error
 
 /// Differences between what is installed and what the config asks for;
 /// empty when they match.
-pub fn drift(installed: &Installed, tables: &[ResolvedTable], channel: &str) -> Vec<String> {
+pub fn drift(installed: &Installed, tables: &[ResolvedTable], config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     match installed.version {
         None => {
@@ -387,6 +901,7 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], channel: &str) -> 
         )),
         Some(_) => {}
     }
+    let channel = &config.channel;
     if installed.channel.as_deref() != Some(channel) {
         out.push(format!(
             "doorbell channel is {:?}, config says {channel:?}",
@@ -397,35 +912,53 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], channel: &str) -> 
         let name = capture_function_name(&t.spec.name);
         match installed.functions.get(&name) {
             None => out.push(format!("capture function smartcache.{name} missing")),
-            Some(body) if *body != capture_function_body(t) => out.push(format!(
-                "capture function smartcache.{name} does not capture what the config needs"
-            )),
+            Some(f)
+                if f.definition
+                    != definition(&capture_function_body(t, channel), true, &settings()) =>
+            {
+                out.push(format!(
+                    "capture function smartcache.{name} does not capture what the config needs"
+                ))
+            }
             Some(_) => {}
         }
     }
-    let want = desired_triggers(tables);
+    let want = desired_triggers(tables, config);
     for w in &want {
         match installed
             .triggers
             .iter()
             .find(|h| h.table == w.table && h.name == w.name)
         {
-            None => out.push(format!(
-                "trigger {} missing on {}.{}",
-                w.name, w.table.0, w.table.1
+            None => out.push(format!("trigger {} missing on {}", w.name, w.on())),
+            Some(h) if !h.same_definition(w) => out.push(format!(
+                "trigger {} on {} is not the one this version installs",
+                w.name,
+                w.on()
             )),
-            Some(h) if h.function != w.function => out.push(format!(
-                "trigger {} on {}.{} calls smartcache.{}, expected smartcache.{}",
-                w.name, w.table.0, w.table.1, h.function, w.function
+            Some(h) if h.enabled != w.enabled => out.push(format!(
+                "trigger {} on {} is enabled={}, config wants {}",
+                w.name,
+                w.on(),
+                h.enabled,
+                w.enabled
             )),
             Some(_) => {}
         }
     }
+    let configured: Vec<String> = config
+        .tables
+        .iter()
+        .map(|t| capture_function_name(&t.name))
+        .collect();
     for h in &installed.triggers {
-        if !want.iter().any(|w| w.table == h.table && w.name == h.name) {
+        let known = want.iter().any(|w| w.table == h.table && w.name == h.name)
+            || configured.contains(&h.function);
+        if !known {
             out.push(format!(
-                "trigger {} on {}.{} is installed but the table is not configured",
-                h.name, h.table.0, h.table.1
+                "trigger {} on {} is installed but the table is not configured",
+                h.name,
+                h.on()
             ));
         }
     }
@@ -446,5 +979,13 @@ mod tests {
         assert_ne!(capture_function_name(&a), capture_function_name(&b));
         let wide = TableName::new("é".repeat(31), "ü".repeat(31));
         assert!(capture_function_name(&wide).len() <= 63);
+    }
+
+    #[test]
+    fn names_in_array_literals_cannot_break_out() {
+        assert_eq!(
+            text_array(["a\"b".to_owned(), "c'd".to_owned()], "name"),
+            r#"E'{"a\\"b","c''d"}'::name[]"#
+        );
     }
 }

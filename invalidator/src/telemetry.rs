@@ -51,10 +51,26 @@ pub struct Telemetry {
     pub swept: Counter,
     /// Times part of Redis was found to have lost its data.
     pub data_loss: Counter,
+    /// Problems with capture found in the catalog (see [`crate::capture`]).
+    pub capture_problems: Gauge,
+    /// Changes whose columns capture could not read as installed, so the
+    /// keys of the affected templates were invalidated wholesale.
+    pub degraded_events: Counter,
+    /// Steps of long work inside a batch (scans), so a slow batch is not
+    /// taken for a stall.
+    pub steps: Counter,
+    /// Age in transactions of the oldest snapshot holding the vacuum horizon.
+    pub horizon_xid_age: Gauge,
+    /// Seconds the oldest visible transaction holding the horizon has run.
+    pub horizon_seconds: Gauge,
+    /// Dead row versions in the outbox.
+    pub outbox_dead_rows: Gauge,
     pg_up: AtomicBool,
     redis_up: AtomicBool,
     canary_ok: AtomicBool,
     canary_stalls: AtomicU64,
+    canary_detail: Mutex<Option<String>>,
+    capture: Mutex<Vec<String>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -81,6 +97,37 @@ impl Telemetry {
         let canary_beats = Counter::default();
         let swept = Counter::default();
         let data_loss = Counter::default();
+        let capture_problems = Gauge::default();
+        let degraded_events = Counter::default();
+        let steps = Counter::default();
+        let horizon_xid_age = Gauge::default();
+        let horizon_seconds = Gauge::default();
+        let outbox_dead_rows = Gauge::default();
+        registry.register(
+            "capture_problems",
+            "Problems with capture found in the catalog (renamed or retyped columns, disabled triggers…); see /healthz",
+            capture_problems.clone(),
+        );
+        registry.register(
+            "capture_degraded_events",
+            "Changes whose columns capture could not read as installed; their templates' keys were invalidated wholesale",
+            degraded_events.clone(),
+        );
+        registry.register(
+            "horizon_xid_age",
+            "Age in transactions of the oldest snapshot holding the vacuum horizon",
+            horizon_xid_age.clone(),
+        );
+        registry.register(
+            "horizon_seconds",
+            "Seconds the oldest visible transaction holding the vacuum horizon has run",
+            horizon_seconds.clone(),
+        );
+        registry.register(
+            "outbox_dead_rows",
+            "Dead row versions in smartcache.outbox (kept while a snapshot holds the horizon)",
+            outbox_dead_rows.clone(),
+        );
         registry.register("events", "Outbox rows applied", events.clone());
         registry.register("keys_deleted", "Redis values deleted", keys_deleted.clone());
         registry.register("batch_size", "Events per applied batch", batch_size.clone());
@@ -133,10 +180,18 @@ impl Telemetry {
             canary_beats,
             swept,
             data_loss,
+            capture_problems,
+            degraded_events,
+            steps,
+            horizon_xid_age,
+            horizon_seconds,
+            outbox_dead_rows,
             pg_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(true),
             canary_ok: AtomicBool::new(true),
             canary_stalls: AtomicU64::new(0),
+            canary_detail: Mutex::new(None),
+            capture: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
         }
     }
@@ -157,11 +212,43 @@ impl Telemetry {
         self.redis_up.store(up, Ordering::Relaxed);
     }
 
+    /// Work done so far: applied outbox rows and steps of long batches.
+    pub fn progress(&self) -> u64 {
+        self.events.get() + self.steps.get()
+    }
+
+    /// Replaces the list of capture problems.
+    pub fn set_capture_problems(&self, problems: Vec<String>) {
+        self.capture_problems.set(problems.len() as i64);
+        *self.capture.lock().expect("not poisoned") = problems;
+    }
+
+    /// Counts a change whose `broken` columns capture could not read.
+    pub fn degraded(
+        &self,
+        table: &smartcache::keys::TableName,
+        broken: &std::collections::BTreeSet<String>,
+    ) {
+        self.degraded_events.inc();
+        tracing::error!(
+            table = %table,
+            columns = ?broken,
+            "a change arrived without columns the key templates need (renamed, dropped or retyped): \
+             every key those templates can produce was invalidated"
+        );
+    }
+
+    /// What the canary found last, for `/healthz`.
+    pub fn set_canary_detail(&self, detail: String) {
+        *self.canary_detail.lock().expect("not poisoned") = Some(detail);
+    }
+
     /// Records a canary round trip (`None`: it stalled).
     pub fn canary(&self, lag: Option<Duration>) {
         match lag {
             Some(lag) => {
                 self.canary_ok.store(true, Ordering::Relaxed);
+                *self.canary_detail.lock().expect("not poisoned") = None;
                 self.canary_lag_ms.set(lag.as_millis() as i64);
                 self.canary_beats.inc();
             }
@@ -183,9 +270,18 @@ impl Telemetry {
         }
         if !self.canary_ok.load(Ordering::Relaxed) {
             out.push(
-                "canary: a heartbeat change was not invalidated in time; reconnecting and replaying"
-                    .to_owned(),
+                self.canary_detail
+                    .lock()
+                    .expect("not poisoned")
+                    .clone()
+                    .unwrap_or_else(|| {
+                        "canary: a heartbeat change was not invalidated in time; reconnecting and replaying"
+                            .to_owned()
+                    }),
             );
+        }
+        for p in self.capture.lock().expect("not poisoned").iter() {
+            out.push(format!("capture: {p}"));
         }
         if !out.is_empty() {
             if let Some(e) = self.last_error.lock().expect("not poisoned").as_ref() {

@@ -68,8 +68,13 @@ impl Drop for Role {
 }
 
 fn config(env: &Env, settings: &str, tables: &str) -> Config {
+    let poll = if settings.contains("poll_interval_ms") {
+        ""
+    } else {
+        "poll_interval_ms = 100\n"
+    };
     let text = format!(
-        "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{settings}\n{tables}",
+        "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\n{poll}{settings}\n{tables}",
         env.db.url,
         env.redis_url,
         env.redis_cluster,
