@@ -406,10 +406,12 @@ impl Daemon {
         let mut work = Work::default();
         let mut dead = Vec::new();
         let mut ages = Vec::with_capacity(claimed.len());
+        let mut changed = 0u64;
         for row in &claimed {
             match outbox::parse(row, 1) {
                 Ok(event) => {
                     ages.push(event.age);
+                    changed += event.changed as u64;
                     work.add(&self.config, &event);
                     if !event.broken.is_empty() {
                         self.telemetry.degraded(&event.table, &event.broken);
@@ -453,6 +455,7 @@ impl Daemon {
         let summary = crate::recent::Batch::new(n as u64, deleted, lag_min, lag_max);
         crate::recent::record(&self.redis, &self.config.namespace, summary);
         self.telemetry.events.inc_by(n as u64);
+        self.telemetry.rows.inc_by(changed);
         self.telemetry.keys_deleted.inc_by(deleted);
         self.telemetry.batch_size.observe(n as f64);
         debug!(

@@ -193,6 +193,7 @@ mod tests {
             id: 1,
             table: TableName::parse("products").unwrap(),
             op,
+            changed: 1,
             rows: old.into_iter().chain(new).collect(),
             broken: Default::default(),
             captured: None,

@@ -59,6 +59,8 @@ pub struct Event {
     pub table: TableName,
     /// What happened.
     pub op: Op,
+    /// How many rows the statement changed (0 for TRUNCATE).
+    pub changed: usize,
     /// Every row version that matters (old and new images).
     pub rows: Vec<RowImage>,
     /// Columns capture could not read as installed (renamed, dropped or
@@ -172,6 +174,7 @@ fn event(f: &Fields) -> Result<Event, String> {
         Op::Truncate => (false, false),
     };
     let mut rows = Vec::new();
+    let mut changed = 1;
     let mut broken: BTreeSet<String> = f.broken.iter().flatten().cloned().collect();
     if let Some(cols) = &f.cols {
         let npk = usize::try_from(f.npk.unwrap_or(0))
@@ -182,10 +185,12 @@ fn event(f: &Fields) -> Result<Event, String> {
             ("new_rows", &f.new_rows, needs.1),
         ] {
             match text {
-                Some(text) => rows.extend(
-                    statement_rows(text, cols, npk, &mut broken)
-                        .map_err(|e| format!("{side}: {e}"))?,
-                ),
+                Some(text) => {
+                    let side_rows = statement_rows(text, cols, npk, &mut broken)
+                        .map_err(|e| format!("{side}: {e}"))?;
+                    changed = side_rows.len();
+                    rows.extend(side_rows);
+                }
                 None if needed => return Err(format!("{op:?} without {side}")),
                 None => {}
             }
@@ -215,8 +220,12 @@ fn event(f: &Fields) -> Result<Event, String> {
         rows.extend(old);
         rows.extend(new);
     }
+    if op == Op::Truncate {
+        changed = 0;
+    }
     Ok(Event {
         id: f.id,
+        changed,
         table: TableName::new(f.schema.clone(), f.table.clone()),
         op,
         rows,

@@ -29,8 +29,10 @@ pub struct ErrorKind {
 /// ```
 pub struct Telemetry {
     registry: Registry,
-    /// Outbox rows applied (events claimed and invalidated).
+    /// Outbox rows applied (one per captured statement).
     pub events: Counter,
+    /// Rows the applied events changed.
+    pub rows: Counter,
     /// Redis values deleted.
     pub keys_deleted: Counter,
     /// Events per applied batch.
@@ -86,6 +88,7 @@ impl Telemetry {
         let mut registry = Registry::with_prefix("smartcache");
         let events = Counter::default();
         let keys_deleted = Counter::default();
+        let rows = Counter::default();
         let batch_size = Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]);
         let lag = Histogram::new([
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
@@ -128,7 +131,16 @@ impl Telemetry {
             "Dead row versions in smartcache.outbox (kept while a snapshot holds the horizon)",
             outbox_dead_rows.clone(),
         );
-        registry.register("events", "Outbox rows applied", events.clone());
+        registry.register(
+            "events",
+            "Outbox rows applied (one per captured statement)",
+            events.clone(),
+        );
+        registry.register(
+            "rows_changed",
+            "Rows changed by the applied events (one event per statement)",
+            rows.clone(),
+        );
         registry.register("keys_deleted", "Redis values deleted", keys_deleted.clone());
         registry.register("batch_size", "Events per applied batch", batch_size.clone());
         registry.register(
@@ -170,6 +182,7 @@ impl Telemetry {
         Self {
             registry,
             events,
+            rows,
             keys_deleted,
             batch_size,
             lag,

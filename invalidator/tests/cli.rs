@@ -101,7 +101,7 @@ async fn install_twice_is_a_no_op() {
     let after_first = case.footprint().await;
     assert!(after_first
         .iter()
-        .any(|l| l.starts_with("trigger smartcache_capture products")));
+        .any(|l| l.starts_with("trigger smartcache_capture_update products")));
     let second = case.run(&cfg, &["install"]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     assert!(
@@ -149,8 +149,9 @@ async fn dry_run_prints_the_sql_and_changes_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("CREATE TABLE IF NOT EXISTS smartcache.outbox"));
     assert!(stdout.contains(
-        r#"CREATE TRIGGER "smartcache_capture" AFTER INSERT OR UPDATE OR DELETE ON "public"."products""#
-    ));
+        r#"CREATE TRIGGER "smartcache_capture_update" AFTER UPDATE ON "public"."products" REFERENCING OLD TABLE AS "smartcache_old" NEW TABLE AS "smartcache_new" FOR EACH STATEMENT"#
+    ), "{stdout}");
+    assert!(stdout.contains("SECURITY DEFINER"), "{stdout}");
     assert_eq!(case.footprint().await, Vec::<String>::new());
 }
 
