@@ -302,13 +302,14 @@ impl Conn {
             let slot = if cluster { slot_of(&item) } else { 0 };
             by_slot.entry(slot).or_default().push(item);
         }
+        // Fresh vectors per chunk: `split_off` would leave each chunk
+        // holding the whole remainder's capacity (quadratic memory).
         let mut out = Vec::new();
-        for (_, mut items) in by_slot {
-            while items.len() > chunk {
-                let rest = items.split_off(chunk);
-                out.push(std::mem::replace(&mut items, rest));
+        for (_, items) in by_slot {
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                out.push(items.by_ref().take(chunk).collect());
             }
-            out.push(items);
         }
         out
     }

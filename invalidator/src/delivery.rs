@@ -109,6 +109,26 @@ const LOOK_MAX: Duration = Duration::from_millis(32);
 /// which NOTIFYs would start to serialise commits: ask them to stop.
 const BUSY_FROM: usize = 2;
 
+/// Keys and dependency sets gathered before a batch's rows are applied to
+/// Redis: a statement over more rows goes in several steps.
+const CHUNK: usize = 20_000;
+
+/// What applying (part of) a batch did.
+#[derive(Debug, Default)]
+struct Applied {
+    keys: usize,
+    deps: usize,
+    deleted: u64,
+}
+
+impl Applied {
+    fn add(&mut self, other: Applied) {
+        self.keys += other.keys;
+        self.deps += other.deps;
+        self.deleted += other.deleted;
+    }
+}
+
 /// Why a batch failed; decides between backing off and reconnecting.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
@@ -403,38 +423,60 @@ impl Daemon {
             cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
             return Ok((0, false));
         }
+        let config = self.config.clone();
         let mut work = Work::default();
+        let mut done = Applied::default();
         let mut dead = Vec::new();
         let mut ages = Vec::with_capacity(claimed.len());
         let mut changed = 0u64;
+        let mut last_pg = Instant::now();
         for row in &claimed {
-            match outbox::parse(row, 1) {
-                Ok(event) => {
-                    ages.push(event.age);
-                    changed += event.changed as u64;
-                    work.add(&self.config, &event);
-                    if !event.broken.is_empty() {
-                        self.telemetry.degraded(&event.table, &event.broken);
+            let event = match outbox::parse(row, 1) {
+                Ok(event) => event,
+                Err(d) => {
+                    dead.push(d);
+                    continue;
+                }
+            };
+            ages.push(event.age);
+            changed += event.changed as u64;
+            if !event.broken.is_empty() {
+                self.telemetry.degraded(&event.table, &event.broken);
+            }
+            let rows = work.begin(&config, &event);
+            for image in event.rows() {
+                match image {
+                    Ok(image) => work.add_row(&rows, &image),
+                    Err(e) => {
+                        dead.push(outbox::dead_letter(row, 1, e));
+                        break;
                     }
                 }
-                Err(d) => dead.push(d),
+                // A statement over many rows is applied in chunks: memory
+                // stays bounded and Redis starts early.
+                if work.len() >= CHUNK {
+                    match self.apply(std::mem::take(&mut work)).await {
+                        Ok(a) => done.add(a),
+                        Err(e) => return self.give_back(client, cursor, &ids, e).await,
+                    }
+                    // Not idle: the server ends idle transactions only
+                    // for a frozen daemon.
+                    if last_pg.elapsed() >= self.config.pg_timeout / 4 {
+                        client.batch_execute("SELECT 1").await?;
+                        last_pg = Instant::now();
+                    }
+                }
             }
         }
-        let applied = match self.expand(work).await {
-            Ok((keys, deps)) => invalidate(&mut self.redis, &self.config.namespace, &keys, &deps)
-                .await
-                .map(|deleted| (keys, deps, deleted)),
-            Err(e) => Err(e),
-        };
-        let (keys, deps, deleted) = match applied {
-            Ok(done) => done,
-            Err(e) => {
-                // The rows go back to the queue.
-                client.batch_execute("ROLLBACK").await?;
-                cursor.returned(&ids);
-                return Err(e.into());
-            }
-        };
+        match self.apply(work).await {
+            Ok(a) => done.add(a),
+            Err(e) => return self.give_back(client, cursor, &ids, e).await,
+        }
+        let Applied {
+            keys,
+            deps,
+            deleted,
+        } = done;
         self.telemetry.set_redis_up(true);
         let since_claim = started.elapsed().as_secs_f64();
         let lag_min = ages.iter().copied().fold(f64::INFINITY, f64::min) + since_claim;
@@ -460,8 +502,8 @@ impl Daemon {
         self.telemetry.batch_size.observe(n as f64);
         debug!(
             events = n,
-            keys = keys.len(),
-            dep_sets = deps.len(),
+            keys,
+            dep_sets = deps,
             deleted,
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch applied"
@@ -470,6 +512,34 @@ impl Daemon {
         let hot = ids.iter().filter(|id| **id > plan.cursor).count();
         let more = hot.max(ids.len() - hot) >= self.config.batch_size;
         Ok((n, more))
+    }
+
+    /// Deletes what `work` names in Redis.
+    async fn apply(&mut self, work: Work) -> redis::RedisResult<Applied> {
+        if work.is_empty() {
+            return Ok(Applied::default());
+        }
+        let (keys, deps) = self.expand(work).await?;
+        let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
+        self.telemetry.steps.inc();
+        Ok(Applied {
+            keys: keys.len(),
+            deps: deps.len(),
+            deleted,
+        })
+    }
+
+    /// Redis failed mid-batch: the claimed rows go back to the queue.
+    async fn give_back(
+        &mut self,
+        client: &Client,
+        cursor: &mut Cursor,
+        ids: &[i64],
+        e: redis::RedisError,
+    ) -> Result<(usize, bool), BatchError> {
+        client.batch_execute("ROLLBACK").await?;
+        cursor.returned(ids);
+        Err(e.into())
     }
 
     /// Turns truncations and templates that could not be rendered into the

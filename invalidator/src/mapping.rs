@@ -24,28 +24,50 @@ pub struct Work {
     pub all_rows: BTreeSet<TableName>,
 }
 
+/// How the rows of one event turn into keys: the templates that can be
+/// rendered from them.
+#[derive(Debug)]
+pub struct Rows<'c> {
+    table: TableName,
+    templates: Vec<&'c Template>,
+    /// The canary's heartbeat: its key, not templates.
+    canary: bool,
+    /// Rows without a readable primary key invalidate every row of the
+    /// table (capture sent whole rows that lack it).
+    broken_key: bool,
+}
+
 impl Work {
-    /// Adds what `event` invalidates.
+    /// Adds what `event` invalidates, rows included. A row that cannot be
+    /// read is an error naming it.
     ///
     /// A table that is not (or no longer) configured still invalidates the
     /// library's dependency sets; only its templates are unknown.
-    pub fn add(&mut self, config: &Config, event: &Event) {
-        if event.table.schema() == "smartcache" && event.table.name() == "canary" {
-            let id = event
-                .rows
-                .first()
-                .and_then(|n| n.key.as_ref()?.first().cloned()?);
-            if let Some(id) = id {
-                self.keys.insert(smartcache::keys::canary_key(&id));
-            }
-            return;
+    pub fn add(&mut self, config: &Config, event: &Event) -> Result<(), String> {
+        let rows = self.begin(config, event);
+        for row in event.rows() {
+            self.add_row(&rows, &row?);
+        }
+        Ok(())
+    }
+
+    /// Adds what `event` invalidates as a whole (its table, a truncation,
+    /// templates it cannot render); its rows follow with [`Work::add_row`].
+    pub fn begin<'c>(&mut self, config: &'c Config, event: &Event) -> Rows<'c> {
+        let mut rows = Rows {
+            table: event.table.clone(),
+            templates: Vec::new(),
+            canary: event.table.schema() == "smartcache" && event.table.name() == "canary",
+            broken_key: !event.broken.is_empty(),
+        };
+        if rows.canary {
+            return rows;
         }
         self.deps.insert(event.table.table_dep());
         if event.op == Op::Truncate {
             self.truncated.insert(event.table.clone());
-            return;
+            return rows;
         }
-        let spec = config.table(&event.table);
         // A template whose columns capture could not read (or did not
         // send: the install and this config disagree) can't be rendered.
         let renderable = |t: &Template| {
@@ -54,44 +76,52 @@ impl Work {
                     && event.captured.as_ref().is_none_or(|cols| cols.contains(c))
             })
         };
-        let templates: Vec<&Template> = match spec {
-            Some(spec) => spec.keys.iter().collect(),
-            None => Vec::new(),
-        };
-        for t in &templates {
-            if !renderable(t) {
+        for t in config
+            .table(&event.table)
+            .map(|s| &s.keys[..])
+            .unwrap_or_default()
+        {
+            if renderable(t) {
+                rows.templates.push(t);
+            } else {
                 self.unrenderable
                     .insert((event.table.clone(), t.as_str().to_owned()));
             }
         }
-        let keyless = event.rows.iter().any(|r| r.key.is_none());
-        if keyless && !event.broken.is_empty() {
-            self.all_rows.insert(event.table.clone());
-        }
-        for row in &event.rows {
-            self.add_row(&event.table, &templates, &renderable, row);
-        }
+        rows
     }
 
-    fn add_row(
-        &mut self,
-        table: &TableName,
-        templates: &[&Template],
-        renderable: &impl Fn(&Template) -> bool,
-        row: &RowImage,
-    ) {
-        if let Some(key) = &row.key {
-            let values: Option<Vec<&str>> = key.iter().map(|v| v.as_deref()).collect();
-            if let Some(values) = values {
-                self.deps.insert(table.row_dep(&values));
+    /// Adds what one changed row invalidates.
+    pub fn add_row(&mut self, rows: &Rows<'_>, row: &RowImage) {
+        if rows.canary {
+            if let Some(id) = row.key.as_ref().and_then(|k| k.first().cloned().flatten()) {
+                self.keys.insert(smartcache::keys::canary_key(&id));
             }
+            return;
         }
-        for template in templates.iter().filter(|t| renderable(t)) {
+        match &row.key {
+            Some(key) => {
+                let values: Option<Vec<&str>> = key.iter().map(|v| v.as_deref()).collect();
+                if let Some(values) = values {
+                    self.deps.insert(rows.table.row_dep(&values));
+                }
+            }
+            None if rows.broken_key => {
+                self.all_rows.insert(rows.table.clone());
+            }
+            None => {}
+        }
+        for template in &rows.templates {
             let key = template.render(|c| row.values.get(c).and_then(|v| v.as_deref()));
             if let Some(key) = key {
                 self.keys.insert(key);
             }
         }
+    }
+
+    /// Keys and dependency sets gathered so far.
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.deps.len()
     }
 
     /// Nothing to do.
@@ -189,16 +219,12 @@ mod tests {
     }
 
     fn event(op: Op, old: Option<RowImage>, new: Option<RowImage>) -> Event {
-        Event {
-            id: 1,
-            table: TableName::parse("products").unwrap(),
+        Event::single(
+            1,
+            TableName::parse("products").unwrap(),
             op,
-            changed: 1,
-            rows: old.into_iter().chain(new).collect(),
-            broken: Default::default(),
-            captured: None,
-            age: 0.0,
-        }
+            old.into_iter().chain(new).collect(),
+        )
     }
 
     #[test]
@@ -211,7 +237,8 @@ mod tests {
                 Some(image("1", Some("5"))),
                 Some(image("1", Some("6"))),
             ),
-        );
+        )
+        .unwrap();
         let keys: Vec<_> = w.keys.iter().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -223,7 +250,8 @@ mod tests {
     #[test]
     fn null_template_column_produces_no_key() {
         let mut w = Work::default();
-        w.add(&config(), &event(Op::Insert, None, Some(image("2", None))));
+        w.add(&config(), &event(Op::Insert, None, Some(image("2", None))))
+            .unwrap();
         assert!(!w.keys.iter().any(|k| k.starts_with("category:")));
         assert!(w.keys.contains("product:2"));
     }
@@ -233,7 +261,7 @@ mod tests {
         let mut w = Work::default();
         let mut e = event(Op::Delete, Some(image("3", None)), None);
         e.table = TableName::parse("other").unwrap();
-        w.add(&config(), &e);
+        w.add(&config(), &e).unwrap();
         assert!(w.keys.is_empty());
         assert_eq!(w.deps.len(), 2);
     }
@@ -247,7 +275,7 @@ mod tests {
             Some(image("1", Some("6"))),
         );
         e.broken.insert("category_id".into());
-        w.add(&config(), &e);
+        w.add(&config(), &e).unwrap();
         assert!(w.keys.contains("product:1"), "{:?}", w.keys);
         assert!(!w.keys.iter().any(|k| k.starts_with("category:")));
         let broken: Vec<_> = w.unrenderable.iter().map(|(_, t)| t.as_str()).collect();
@@ -260,7 +288,7 @@ mod tests {
         let mut w = Work::default();
         let mut e = event(Op::Insert, None, Some(image("1", Some("5"))));
         e.captured = Some(["id".to_owned()].into());
-        w.add(&config(), &e);
+        w.add(&config(), &e).unwrap();
         assert!(w.keys.contains("product:1"));
         assert_eq!(w.unrenderable.len(), 1);
     }
@@ -268,11 +296,12 @@ mod tests {
     #[test]
     fn a_broken_primary_key_invalidates_every_row_of_the_table() {
         let mut w = Work::default();
-        let mut e = event(Op::Insert, None, Some(image("1", Some("5"))));
+        let mut row = image("1", Some("5"));
+        row.key = None;
+        row.values.remove("id");
+        let mut e = event(Op::Insert, None, Some(row));
         e.broken.insert("id".into());
-        e.rows[0].key = None;
-        e.rows[0].values.remove("id");
-        w.add(&config(), &e);
+        w.add(&config(), &e).unwrap();
         assert_eq!(w.all_rows.len(), 1);
         assert!(w.unrenderable.iter().any(|(_, t)| t == "product:{id}"));
     }

@@ -61,8 +61,6 @@ pub struct Event {
     pub op: Op,
     /// How many rows the statement changed (0 for TRUNCATE).
     pub changed: usize,
-    /// Every row version that matters (old and new images).
-    pub rows: Vec<RowImage>,
     /// Columns capture could not read as installed (renamed, dropped or
     /// retyped by a migration): keys built from them cannot be rendered.
     pub broken: BTreeSet<String>,
@@ -71,6 +69,64 @@ pub struct Event {
     pub captured: Option<BTreeSet<String>>,
     /// Seconds since the change, on the server's clock.
     pub age: f64,
+    images: Images,
+}
+
+/// The row versions of an event: read one at a time, so a statement over
+/// millions of rows never sits in memory as millions of maps.
+#[derive(Debug, Clone)]
+enum Images {
+    Single(Vec<RowImage>),
+    Statement {
+        cols: Vec<String>,
+        npk: usize,
+        /// `old_rows` and `new_rows` as sent (JSON arrays, validated).
+        sides: Vec<String>,
+    },
+}
+
+impl Event {
+    /// An event of one row, as a hand-written outbox row describes it.
+    ///
+    /// ```
+    /// use smartcache_invalidator::outbox::{Event, Op, RowImage};
+    /// use smartcache::keys::TableName;
+    /// let row = RowImage { key: Some(vec![Some("1".into())]), values: Default::default() };
+    /// let e = Event::single(7, TableName::parse("products").unwrap(), Op::Delete, vec![row]);
+    /// assert_eq!(e.rows().count(), 1);
+    /// ```
+    pub fn single(id: i64, table: TableName, op: Op, rows: Vec<RowImage>) -> Self {
+        Self {
+            id,
+            table,
+            op,
+            changed: 1,
+            broken: BTreeSet::new(),
+            captured: None,
+            age: 0.0,
+            images: Images::Single(rows),
+        }
+    }
+
+    /// Every row version that matters (old and new images). A row that
+    /// cannot be read is an error naming it.
+    pub fn rows(&self) -> impl Iterator<Item = Result<RowImage, String>> + '_ {
+        let (single, statement) = match &self.images {
+            Images::Single(rows) => (Some(rows.iter().cloned().map(Ok)), None),
+            Images::Statement { cols, npk, sides } => {
+                let rows = sides.iter().flat_map(move |text| {
+                    let raws: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_default();
+                    raws.into_iter()
+                        .map(move |raw| statement_row(raw, cols, *npk, &self.broken))
+                });
+                (None, Some(rows))
+            }
+        };
+        single
+            .into_iter()
+            .flatten()
+            .chain(statement.into_iter().flatten())
+    }
 }
 
 /// An outbox row that could not be read.
@@ -147,6 +203,12 @@ impl Fields {
     }
 }
 
+/// Sets aside a claimed row (outbox columns from column `at`) that turned
+/// out unreadable while its rows were applied.
+pub fn dead_letter(row: &Row, at: usize, error: String) -> DeadLetter {
+    Fields::read(row, at).dead(error)
+}
+
 /// Reads one claimed row whose outbox columns start at column `at`.
 pub fn parse(row: &Row, at: usize) -> Result<Event, DeadLetter> {
     let f = Fields::read(row, at);
@@ -173,27 +235,36 @@ fn event(f: &Fields) -> Result<Event, String> {
         Op::Delete => (true, false),
         Op::Truncate => (false, false),
     };
-    let mut rows = Vec::new();
     let mut changed = 1;
-    let mut broken: BTreeSet<String> = f.broken.iter().flatten().cloned().collect();
-    if let Some(cols) = &f.cols {
+    let broken: BTreeSet<String> = f.broken.iter().flatten().cloned().collect();
+    let images = if let Some(cols) = &f.cols {
         let npk = usize::try_from(f.npk.unwrap_or(0))
             .unwrap_or(0)
             .min(cols.len());
+        let mut sides = Vec::new();
         for (side, text, needed) in [
             ("old_rows", &f.old_rows, needs.0),
             ("new_rows", &f.new_rows, needs.1),
         ] {
             match text {
                 Some(text) => {
-                    let side_rows = statement_rows(text, cols, npk, &mut broken)
-                        .map_err(|e| format!("{side}: {e}"))?;
-                    changed = side_rows.len();
-                    rows.extend(side_rows);
+                    let rows: Vec<&RawValue> = serde_json::from_str(text)
+                        .map_err(|e| format!("{side}: not a JSON array: {e}"))?;
+                    if let Some(first) = rows.first() {
+                        statement_row(first, cols, npk, &broken)
+                            .map_err(|e| format!("{side}: {e}"))?;
+                    }
+                    changed = rows.len();
+                    sides.push(text.clone());
                 }
                 None if needed => return Err(format!("{op:?} without {side}")),
                 None => {}
             }
+        }
+        Images::Statement {
+            cols: cols.clone(),
+            npk,
+            sides,
         }
     } else {
         let image = |key: &Option<Vec<Option<String>>>, row: &Option<String>, side: &str| {
@@ -217,9 +288,8 @@ fn event(f: &Fields) -> Result<Event, String> {
         if needs.1 && new.is_none() {
             return Err(format!("{op:?} without new_key/new_row"));
         }
-        rows.extend(old);
-        rows.extend(new);
-    }
+        Images::Single(old.into_iter().chain(new).collect())
+    };
     if op == Op::Truncate {
         changed = 0;
     }
@@ -228,65 +298,52 @@ fn event(f: &Fields) -> Result<Event, String> {
         changed,
         table: TableName::new(f.schema.clone(), f.table.clone()),
         op,
-        rows,
         broken,
+        images,
         captured: f.cols.as_ref().map(|c| c.iter().cloned().collect()),
         age: f.age,
     })
 }
 
-/// Reads `[[v, …], …]` (values in the order of `cols`) or `[{col: v}, …]`
-/// (whole rows: a column missing from them is broken).
-fn statement_rows(
-    text: &str,
+/// Reads one row: `[v, …]` (values in the order of `cols`) or `{col: v}`
+/// (a whole row, sent when columns are `broken`; a captured column it
+/// lacks reads as absent, so templates using it are not rendered).
+fn statement_row(
+    raw: &RawValue,
     cols: &[String],
     npk: usize,
-    broken: &mut BTreeSet<String>,
-) -> Result<Vec<RowImage>, String> {
-    let rows: Vec<&RawValue> =
-        serde_json::from_str(text).map_err(|e| format!("not a JSON array: {e}"))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for raw in rows {
-        let values: RowValues = match raw.get().as_bytes().first() {
-            Some(b'[') => {
-                let values: Vec<&RawValue> =
-                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-                if values.len() != cols.len() {
-                    return Err(format!(
-                        "a row has {} values for {} columns",
-                        values.len(),
-                        cols.len()
-                    ));
-                }
-                cols.iter()
-                    .zip(values)
-                    .map(|(c, v)| Ok((c.clone(), scalar(v)?)))
-                    .collect::<Result<_, String>>()?
+    broken: &BTreeSet<String>,
+) -> Result<RowImage, String> {
+    let values: RowValues = match raw.get().as_bytes().first() {
+        Some(b'[') => {
+            let values: Vec<&RawValue> =
+                serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+            if values.len() != cols.len() {
+                return Err(format!(
+                    "a row has {} values for {} columns",
+                    values.len(),
+                    cols.len()
+                ));
             }
-            Some(b'{') => {
-                let object: HashMap<String, &RawValue> =
-                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-                for c in cols {
-                    if !object.contains_key(c) {
-                        broken.insert(c.clone());
-                    }
-                }
-                object
-                    .into_iter()
-                    .filter(|(k, _)| cols.contains(k))
-                    .map(|(k, v)| Ok((k, scalar(v)?)))
-                    .collect::<Result<_, String>>()?
-            }
-            _ => return Err("a row is neither a JSON array nor an object".into()),
-        };
-        let key = (npk > 0
-            && cols[..npk]
-                .iter()
-                .all(|c| values.contains_key(c) && !broken.contains(c)))
+            cols.iter()
+                .zip(values)
+                .map(|(c, v)| Ok((c.clone(), scalar(v)?)))
+                .collect::<Result<_, String>>()?
+        }
+        Some(b'{') => {
+            let object: HashMap<String, &RawValue> =
+                serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+            object
+                .into_iter()
+                .filter(|(k, _)| cols.contains(k) && !broken.contains(k))
+                .map(|(k, v)| Ok((k, scalar(v)?)))
+                .collect::<Result<_, String>>()?
+        }
+        _ => return Err("a row is neither a JSON array nor an object".into()),
+    };
+    let key = (npk > 0 && cols[..npk].iter().all(|c| values.contains_key(c)))
         .then(|| cols[..npk].iter().map(|c| values[c].clone()).collect());
-        out.push(RowImage { key, values });
-    }
-    Ok(out)
+    Ok(RowImage { key, values })
 }
 
 /// A JSON value as the text PostgreSQL's `#>> '{}'` gives: strings
@@ -342,6 +399,10 @@ mod tests {
         }
     }
 
+    fn rows(e: &Event) -> Vec<RowImage> {
+        e.rows().collect::<Result<_, _>>().unwrap()
+    }
+
     fn single(op: &str, old: Option<&str>, new: Option<&str>) -> Result<Event, String> {
         let key = |s: Option<&str>| s.map(|_| vec![Some("1".to_owned())]);
         let mut f = fields(op);
@@ -356,14 +417,14 @@ mod tests {
     fn reads_a_single_row_update() {
         let e = single("U", Some(r#"{"c":"1"}"#), Some(r#"{"c":null}"#)).unwrap();
         assert_eq!(e.op, Op::Update);
-        assert_eq!(e.rows[0].values["c"].as_deref(), Some("1"));
-        assert_eq!(e.rows[1].values["c"], None);
+        assert_eq!(rows(&e)[0].values["c"].as_deref(), Some("1"));
+        assert_eq!(rows(&e)[1].values["c"], None);
     }
 
     #[test]
     fn scalars_are_taken_as_their_text() {
         let e = single("I", None, Some(r#"{"c":5, "d": 1.50, "e": true}"#)).unwrap();
-        let v = &e.rows[0].values;
+        let v = &rows(&e)[0].values;
         assert_eq!(v["c"].as_deref(), Some("5"));
         assert_eq!(v["d"].as_deref(), Some("1.50"));
         assert_eq!(v["e"].as_deref(), Some("true"));
@@ -400,10 +461,10 @@ mod tests {
             Some(r#"[[1, "b"], [2, "c"]]"#),
         )
         .unwrap();
-        assert_eq!(e.rows.len(), 4);
-        assert_eq!(e.rows[1].key, Some(vec![Some("2".into())]));
-        assert_eq!(e.rows[1].values["cat"], None);
-        assert_eq!(e.rows[3].values["cat"].as_deref(), Some("c"));
+        assert_eq!(rows(&e).len(), 4);
+        assert_eq!(rows(&e)[1].key, Some(vec![Some("2".into())]));
+        assert_eq!(rows(&e)[1].values["cat"], None);
+        assert_eq!(rows(&e)[3].values["cat"].as_deref(), Some("c"));
         assert!(e.broken.is_empty());
     }
 
@@ -417,9 +478,9 @@ mod tests {
         f.new_rows = Some(r#"[{"id": 1, "cat_id": 6, "name": "y"}]"#.into());
         let e = event(&f).unwrap();
         assert_eq!(e.broken, BTreeSet::from(["cat".to_owned()]));
-        assert_eq!(e.rows[0].key, Some(vec![Some("1".into())]));
+        assert_eq!(rows(&e)[0].key, Some(vec![Some("1".into())]));
         assert!(
-            !e.rows[0].values.contains_key("name"),
+            !rows(&e)[0].values.contains_key("name"),
             "only captured columns are kept"
         );
     }
@@ -429,9 +490,10 @@ mod tests {
         let mut f = fields("I");
         f.cols = Some(vec!["id".into()]);
         f.npk = Some(1);
+        f.broken = Some(vec!["id".into()]);
         f.new_rows = Some(r#"[{"ident": 1}]"#.into());
         let e = event(&f).unwrap();
-        assert_eq!(e.rows[0].key, None);
+        assert_eq!(rows(&e)[0].key, None);
         assert!(e.broken.contains("id"));
     }
 
