@@ -303,7 +303,7 @@ where
         Ok(f) => (f.value, f.status.is_hit()),
         Err(NotCached::Response(resp)) => return resp,
         Err(NotCached::Cache(e)) => {
-            warn!(error = %crate::error_chain(&e), "response cache key refused");
+            warn!(error = %crate::error::error_chain(&e), "response cache key refused");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response_empty();
         }
     };

@@ -189,12 +189,7 @@ pub async fn fill(
 /// smartcache_core::fill::release(&mut con, &ns, "product_list", &token).await?;
 /// # Ok(()) }
 /// ```
-pub async fn release(
-    con: &mut Conn,
-    ns: &Namespace,
-    key: &str,
-    token: &str,
-) -> RedisResult<bool> {
+pub async fn release(con: &mut Conn, ns: &Namespace, key: &str, token: &str) -> RedisResult<bool> {
     let e = ns.entry_keys(key);
     RELEASE
         .prepare_invoke()

@@ -788,7 +788,11 @@ mod tests {
         for s in samples() {
             let dep = TableName::new("public", "t").row_dep(&[&s]);
             for key in [s.clone(), ns.lease_key(&s), ns.dep_set_key(&dep)] {
-                assert_eq!(slot(&key), Slot::new(before::slot(&key)).unwrap(), "{key:?}");
+                assert_eq!(
+                    slot(&key),
+                    Slot::new(before::slot(&key)).unwrap(),
+                    "{key:?}"
+                );
             }
         }
     }

@@ -63,4 +63,3 @@ pub async fn set_markers(con: &mut Conn, ns: &Namespace) -> RedisResult<()> {
         .collect();
     con.run_all(cmds).await.map(drop)
 }
-

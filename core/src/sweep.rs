@@ -132,4 +132,3 @@ async fn sweep_members(
     }
     Ok((fenced.len() - broken) as u64)
 }
-

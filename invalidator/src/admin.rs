@@ -20,8 +20,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use smartcache::keys::TableName;
 use smartcache::KeyInfo;
+use smartcache_core::keys::TableName;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -114,7 +114,7 @@ pub async fn serve_on(
 struct AppState {
     config: Config,
     cache: smartcache::Cache,
-    redis: smartcache::conn::Conn,
+    redis: smartcache_core::conn::Conn,
     loopback_only: bool,
 }
 
@@ -260,7 +260,7 @@ async fn clear_key(
     if let Err(why) = authorize(&state, &headers, form.token.as_deref()) {
         return forbidden(why);
     }
-    if let Err(e) = smartcache::keys::check_cache_key(&form.key) {
+    if let Err(e) = smartcache_core::keys::check_cache_key(&form.key) {
         return bad_request(&e.to_string());
     }
     match state.cache.clear(&form.key).await {

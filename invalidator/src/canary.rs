@@ -13,7 +13,7 @@ use crate::pg;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
 use redis::AsyncCommands;
-use smartcache::conn::Conn;
+use smartcache_core::conn::Conn;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
@@ -45,7 +45,7 @@ pub(crate) async fn run(
     let id = instance_id();
     let key = config
         .namespace
-        .value_key(&smartcache::keys::canary_key(&id));
+        .value_key(&smartcache_core::keys::canary_key(&id));
     // Generous: an idle daemon may only look every poll interval.
     let patience = (config.poll_interval * 4).max(Duration::from_secs(5));
     // Its own name, so operators (and tests) can tell the two connections

@@ -3,8 +3,8 @@
 use crate::config::Config;
 use crate::outbox::{Event, Op, RowImage};
 use redis::RedisResult;
-use smartcache::conn::Conn;
-use smartcache::keys::{DepId, TableName};
+use smartcache_core::conn::Conn;
+use smartcache_core::keys::{DepId, TableName};
 use std::collections::BTreeSet;
 
 /// What one batch must invalidate, deduplicated.
@@ -30,7 +30,7 @@ impl Work {
                 .as_ref()
                 .and_then(|n| n.key.as_ref()?.first().cloned()?);
             if let Some(id) = id {
-                self.keys.insert(smartcache::keys::canary_key(&id));
+                self.keys.insert(smartcache_core::keys::canary_key(&id));
             }
             return;
         }

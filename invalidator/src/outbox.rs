@@ -3,7 +3,7 @@
 //! error, so one bad row never blocks the queue.
 
 use serde_json::Value;
-use smartcache::keys::TableName;
+use smartcache_core::keys::TableName;
 use std::collections::HashMap;
 use tokio_postgres::Row;
 

@@ -6,7 +6,7 @@
 
 use crate::catalog::ResolvedTable;
 use crate::sql::{ident, literal};
-use smartcache::keys::TableName;
+use smartcache_core::keys::TableName;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
