@@ -24,3 +24,6 @@ pub(crate) static DROP: LazyLock<Script> = script!("drop.lua");
 pub(crate) static DRAIN: LazyLock<Script> = script!("drain.lua");
 pub(crate) static FENCE: LazyLock<Script> = script!("fence.lua");
 pub(crate) static DESCRIBE: LazyLock<Script> = script!("describe.lua");
+
+#[cfg(test)]
+mod tests;
