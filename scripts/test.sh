@@ -3,8 +3,7 @@
 # DATABASE_URL / REDIS_URL (defaults on 127.0.0.1) when they answer,
 # throwaway ones otherwise. Then runs the protocol core's, the library's and
 # the daemon's invalidation suites again on a throwaway 3-master Redis
-# Cluster (skipped
-# when arguments are given; they go to `cargo test`).
+# Cluster (skipped when arguments are given; they go to `cargo test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/servers.sh
