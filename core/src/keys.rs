@@ -752,7 +752,7 @@ mod tests {
             while tags.iter().any(String::is_empty) {
                 let s = n.to_string();
                 let hashed = crc16(s.as_bytes()) % 16384;
-                if hashed % 256 == 0 && tags[usize::from(hashed / 256)].is_empty() {
+                if hashed.is_multiple_of(256) && tags[usize::from(hashed / 256)].is_empty() {
                     tags[usize::from(hashed / 256)] = s;
                 }
                 n += 1;

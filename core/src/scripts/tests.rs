@@ -4,6 +4,7 @@
 //! `SMARTCACHE_TEST_REDIS_CLUSTER=1` (`scripts/test.sh` runs them on both).
 //! Each test has its own namespace.
 
+use std::slice::from_ref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -34,8 +35,10 @@ impl Fx {
         static N: AtomicU64 = AtomicU64::new(0);
         let url = std::env::var("SMARTCACHE_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-        let mut options = Options::default();
-        options.cluster = std::env::var("SMARTCACHE_TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1");
+        let options = Options {
+            cluster: std::env::var("SMARTCACHE_TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1"),
+            ..Options::default()
+        };
         let ns = format!(
             "core_{test}_{}_{}",
             std::process::id(),
@@ -105,9 +108,9 @@ async fn acquire_takes_the_lease_once_and_indexes_the_dependencies() {
     let mut fx = Fx::new("acquire");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
     let e = ns.entry_keys("p:1");
-    let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep.clone()]).await;
+    let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, from_ref(&dep)).await;
     assert_eq!(got.unwrap(), Acquired::Lease);
-    let got = acquire(&mut fx.con, &ns, "p:1", "b", LEASE, &[dep.clone()]).await;
+    let got = acquire(&mut fx.con, &ns, "p:1", "b", LEASE, from_ref(&dep)).await;
     assert_eq!(got.unwrap(), Acquired::HeldByOther);
     assert_eq!(fx.get(&e.lease).await.as_deref(), Some("a"));
     assert_eq!(fx.members(&e.deps).await, [dep.as_str()]);
@@ -179,7 +182,7 @@ async fn fill_with_a_ttl_expires_value_stamp_and_index_together() {
 async fn fill_whose_lease_was_dropped_by_an_invalidation_is_refused() {
     let mut fx = Fx::new("fill_dropped");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep.clone()])
+    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
     // The commit lands and is invalidated while the value is computed.
@@ -233,10 +236,10 @@ async fn store_replaces_the_index_and_registers() {
     let mut fx = Fx::new("store");
     let ns = fx.ns.clone();
     let (one, two) = (dep("1"), dep("2"));
-    store(&mut fx.con, &ns, "k", b"v1", None, &[one.clone()])
+    store(&mut fx.con, &ns, "k", b"v1", None, from_ref(&one))
         .await
         .unwrap();
-    store(&mut fx.con, &ns, "k", b"v2", None, &[two.clone()])
+    store(&mut fx.con, &ns, "k", b"v2", None, from_ref(&two))
         .await
         .unwrap();
     assert_eq!(fx.members(&ns.entry_deps_key("k")).await, [two.as_str()]);
@@ -275,7 +278,7 @@ async fn drop_deletes_the_four_keys_of_each_entry_and_counts_values() {
 async fn drain_then_drop_then_forget() {
     let mut fx = Fx::new("drain_drop_forget");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "p:1", b"v", None, &[dep.clone()])
+    store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
         .await
         .unwrap();
     let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
@@ -283,12 +286,12 @@ async fn drain_then_drop_then_forget() {
     assert_eq!(taken, [["p:1"]]);
     assert!(!fx.exists(&set).await, "the dependency set is taken whole");
     // A registration made now lands in a new set and is kept.
-    acquire(&mut fx.con, &ns, "p:2", "a", LEASE, &[dep.clone()])
+    acquire(&mut fx.con, &ns, "p:2", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
     // The whole invalidation: what is in the drain set goes, then is forgotten.
     assert_eq!(
-        invalidate(&mut fx.con, &ns, &[], &[dep.clone()])
+        invalidate(&mut fx.con, &ns, &[], from_ref(&dep))
             .await
             .unwrap(),
         1
@@ -306,7 +309,7 @@ async fn drain_then_drop_then_forget() {
 async fn members_a_dead_daemon_left_in_a_drain_set_go_with_the_next_invalidation() {
     let mut fx = Fx::new("drain_replay");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "p:1", b"v", None, &[dep.clone()])
+    store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
         .await
         .unwrap();
     let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
@@ -378,13 +381,13 @@ async fn fill_cannot_start_while_the_sweeper_fences_the_entry() {
 async fn sweep_keeps_a_fill_in_flight_and_removes_entries_that_are_gone() {
     let mut fx = Fx::new("sweep");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    acquire(&mut fx.con, &ns, "filling", "a", LEASE, &[dep.clone()])
+    acquire(&mut fx.con, &ns, "filling", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
-    store(&mut fx.con, &ns, "evicted", b"v", None, &[dep.clone()])
+    store(&mut fx.con, &ns, "evicted", b"v", None, from_ref(&dep))
         .await
         .unwrap();
-    store(&mut fx.con, &ns, "live", b"v", None, &[dep.clone()])
+    store(&mut fx.con, &ns, "live", b"v", None, from_ref(&dep))
         .await
         .unwrap();
     fx.cmd(&["UNLINK", &ns.value_key("evicted")]).await;
@@ -404,7 +407,7 @@ async fn sweep_keeps_a_fill_in_flight_and_removes_entries_that_are_gone() {
 async fn describe_gives_size_dependencies_and_age_and_skips_vanished_keys() {
     let mut fx = Fx::new("describe");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "mine", b"12345", None, &[dep.clone()])
+    store(&mut fx.con, &ns, "mine", b"12345", None, from_ref(&dep))
         .await
         .unwrap();
     fx.cmd(&["SET", &ns.value_key("theirs"), "abc"]).await;
@@ -447,10 +450,10 @@ async fn markers_tell_absent_intact_and_lost_apart() {
 async fn dropping_every_value_defeats_fills_and_keeps_dependency_sets() {
     let mut fx = Fx::new("drop_all");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "a", b"v", None, &[dep.clone()])
+    store(&mut fx.con, &ns, "a", b"v", None, from_ref(&dep))
         .await
         .unwrap();
-    acquire(&mut fx.con, &ns, "b", "t", LEASE, &[dep.clone()])
+    acquire(&mut fx.con, &ns, "b", "t", LEASE, from_ref(&dep))
         .await
         .unwrap();
     assert_eq!(drop_all_values(&mut fx.con, &ns).await.unwrap(), 1);
