@@ -40,6 +40,10 @@ use tracing::warn;
 use crate::{Cache, Dep, Error};
 
 /// The `x-cache` response header.
+///
+/// ```
+/// assert_eq!(smartcache::axum::X_CACHE.as_str(), "x-cache");
+/// ```
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 type KeyFn = dyn Fn(&Parts) -> String + Send + Sync;

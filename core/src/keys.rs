@@ -45,9 +45,17 @@ use percent_encoding::percent_encode_byte;
 pub use redis::cluster_routing::Slot;
 
 /// The default namespace, as in the contract.
+///
+/// ```
+/// assert_eq!(smartcache_core::keys::Namespace::default().name(), smartcache_core::keys::DEFAULT_NAMESPACE);
+/// ```
 pub const DEFAULT_NAMESPACE: &str = "cache";
 
 /// Prefix (after `{ns}:`) reserved for smartcache's own bookkeeping.
+///
+/// ```
+/// assert!(smartcache_core::keys::check_cache_key("@sc:x").is_err());
+/// ```
 pub const RESERVED_MARKER: &str = "@sc:";
 
 const LEASE: &str = "@sc:lease:";
@@ -60,9 +68,18 @@ const MARKER: &str = "@sc:marker:";
 
 /// How many marker keys watch the keyspace for data loss (see
 /// [`Namespace::marker_keys`]): one every `16384 / MARKERS` hash slots.
+///
+/// ```
+/// let ns = smartcache_core::keys::Namespace::default();
+/// assert_eq!(ns.marker_keys().len(), smartcache_core::keys::MARKERS);
+/// ```
 pub const MARKERS: usize = 64;
 
 /// How many batch summaries the daemon keeps at [`Namespace::recent_key`].
+///
+/// ```
+/// assert_eq!(smartcache_core::keys::RECENT_LEN, 100);
+/// ```
 pub const RECENT_LEN: usize = 100;
 
 /// A validated namespace: the first segment of every Redis key we touch.
@@ -78,6 +95,11 @@ pub struct Namespace {
 
 /// Why a namespace, cache key or table name was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// let e = smartcache_core::keys::Namespace::new("a b").unwrap_err();
+/// assert!(e.to_string().contains("not usable"));
+/// ```
 pub struct InvalidName(pub String);
 
 impl fmt::Display for InvalidName {
@@ -115,16 +137,30 @@ impl Namespace {
     }
 
     /// The namespace name without the trailing `:`.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::new("shop").unwrap();
+    /// assert_eq!(ns.name(), "shop");
+    /// ```
     pub fn name(&self) -> &str {
         &self.prefix[..self.prefix.len() - 1]
     }
 
     /// `{ns}:`, the prefix of every key in the namespace.
+    ///
+    /// ```
+    /// assert_eq!(smartcache_core::keys::Namespace::default().prefix(), "cache:");
+    /// ```
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// Redis key holding the value of cache key `key`.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.value_key("product:1"), "cache:product:1");
+    /// ```
     pub fn value_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -136,11 +172,21 @@ impl Namespace {
     }
 
     /// Redis key holding the fill lease of `key`.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.lease_key("p"), "cache:@sc:lease:{cache:p}");
+    /// ```
     pub fn lease_key(&self, key: &str) -> String {
         self.entry_key(LEASE, key)
     }
 
     /// Redis key of the set of dependency ids that `key` is registered under.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.entry_deps_key("p"), "cache:@sc:deps:{cache:p}");
+    /// ```
     pub fn entry_deps_key(&self, key: &str) -> String {
         self.entry_key(ENTRY_DEPS, key)
     }
@@ -253,6 +299,11 @@ impl Namespace {
     }
 
     /// `SCAN MATCH` pattern for every Redis key in the namespace.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.match_all(), "cache:*");
+    /// ```
     pub fn match_all(&self) -> String {
         format!("{}*", glob_escape(&self.prefix))
     }
@@ -268,6 +319,12 @@ impl Namespace {
     }
 
     /// `SCAN MATCH` pattern for the row dependency sets of `table`.
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let t = TableName::parse("products").unwrap();
+    /// assert_eq!(Namespace::default().match_row_dep_sets(&t), "cache:@sc:dep:{r:public.products:*}");
+    /// ```
     pub fn match_row_dep_sets(&self, table: &TableName) -> String {
         let head = format!("{}{DEP_SET}{{r:{}:", self.prefix, table.encoded());
         format!("{}*}}", glob_escape(&head))
@@ -316,6 +373,12 @@ impl Namespace {
 
     /// The dependency id of a Redis dependency-set key built by
     /// [`Namespace::dep_set_key`].
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let (ns, dep) = (Namespace::default(), TableName::parse("t").unwrap().table_dep());
+    /// assert_eq!(ns.dep_id_of(&ns.dep_set_key(&dep)), Some(dep));
+    /// ```
     pub fn dep_id_of(&self, redis_key: &str) -> Option<DepId> {
         redis_key
             .strip_prefix(&self.prefix)?
@@ -374,6 +437,11 @@ pub fn check_cluster_key(key: &str) -> Result<(), InvalidName> {
 /// The Redis keys of one cache entry, all in the slot of the value key
 /// (when the cache key has no braces; see [`check_cluster_key`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// ```
+/// let e = smartcache_core::keys::Namespace::default().entry_keys("p");
+/// assert_eq!(e.born, "cache:@sc:born:{cache:p}");
+/// ```
 pub struct EntryKeys {
     /// `{ns}:{K}`, the value.
     pub value: String,
@@ -479,6 +547,11 @@ pub struct TableName {
 impl TableName {
     /// A table in `schema`. Names are taken literally (case-sensitive, no
     /// SQL case folding).
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::new("shop", "a.b");
+    /// assert_eq!(t.name(), "a.b");
+    /// ```
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             schema: schema.into(),
@@ -488,6 +561,12 @@ impl TableName {
 
     /// Parses `name` or `schema.name` (split at the first `.`); an
     /// unqualified name is in schema `public`.
+    ///
+    /// ```
+    /// use smartcache_core::keys::TableName;
+    /// assert_eq!(TableName::parse("shop.orders").unwrap(), TableName::new("shop", "orders"));
+    /// assert!(TableName::parse(".x").is_err());
+    /// ```
     pub fn parse(s: &str) -> Result<Self, InvalidName> {
         let (schema, name) = match s.split_once('.') {
             Some((schema, name)) => (schema, name),
@@ -502,11 +581,19 @@ impl TableName {
     }
 
     /// The schema.
+    ///
+    /// ```
+    /// assert_eq!(smartcache_core::keys::TableName::parse("t").unwrap().schema(), "public");
+    /// ```
     pub fn schema(&self) -> &str {
         &self.schema
     }
 
     /// The table name within its schema.
+    ///
+    /// ```
+    /// assert_eq!(smartcache_core::keys::TableName::parse("s.t").unwrap().name(), "t");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -516,12 +603,22 @@ impl TableName {
     }
 
     /// The dependency id of the whole table.
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::parse("products").unwrap();
+    /// assert_eq!(t.table_dep().as_str(), "t:public.products");
+    /// ```
     pub fn table_dep(&self) -> DepId {
         DepId(format!("t:{}", self.encoded()))
     }
 
     /// The dependency id of one row, given its primary-key values as text
     /// (in key-column order; see [`row_id`]).
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::parse("order_lines").unwrap();
+    /// assert_eq!(t.row_dep(&["1001", "3"]).as_str(), "r:public.order_lines:1001,3");
+    /// ```
     pub fn row_dep<S: AsRef<str>>(&self, pk: &[S]) -> DepId {
         DepId(format!("r:{}:{}", self.encoded(), row_id(pk)))
     }
@@ -535,15 +632,30 @@ impl fmt::Display for TableName {
 
 /// A dependency id: `t:{table}` or `r:{table}:{row}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// ```
+/// let dep = smartcache_core::keys::DepId::from_raw("t:public.products");
+/// assert_eq!(dep.to_string(), "t:public.products");
+/// ```
 pub struct DepId(String);
 
 impl DepId {
     /// The id as stored in Redis sets.
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::parse("p").unwrap();
+    /// assert_eq!(t.row_dep(&["7"]).as_str(), "r:public.p:7");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// Wraps an id read back from Redis.
+    ///
+    /// ```
+    /// use smartcache_core::keys::{DepId, TableName};
+    /// assert_eq!(DepId::from_raw("t:public.p"), TableName::parse("p").unwrap().table_dep());
+    /// ```
     pub fn from_raw(raw: impl Into<String>) -> Self {
         Self(raw.into())
     }

@@ -8,6 +8,11 @@ use crate::keys::Namespace;
 
 /// What [`check_markers`] found (see [`Namespace::marker_keys`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// ```
+/// use smartcache_core::markers::Markers;
+/// assert_ne!(Markers::Intact, Markers::Lost { missing: 1 });
+/// ```
 pub enum Markers {
     /// Every marker is there: no part of the keyspace lost its data.
     Intact,
