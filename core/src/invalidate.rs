@@ -3,7 +3,7 @@
 //!
 //! Every step touches one slot at a time, so the same code serves a single
 //! server and a Redis Cluster. The order of the steps is what keeps a fill
-//! from caching stale data (see the `lease` protocol in the crate docs).
+//! from caching stale data (see [`crate::fill`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
