@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test against real PostgreSQL and Redis: the servers at
 # DATABASE_URL / REDIS_URL (defaults on 127.0.0.1) when they answer,
-# throwaway ones otherwise. Then runs the library's and the daemon's
-# invalidation suites again on a throwaway 3-master Redis Cluster (skipped
-# when arguments are given; they go to `cargo test`).
+# throwaway ones otherwise. Then runs the protocol core's, the library's and
+# the daemon's invalidation suites again on a throwaway 3-master Redis
+# Cluster (skipped when arguments are given; they go to `cargo test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/servers.sh
@@ -17,6 +17,6 @@ cargo test --workspace --all-features "$@"
 sc_start_cluster
 echo "testing again against the Redis Cluster at $SC_CLUSTER_URL"
 export SMARTCACHE_TEST_REDIS_URL="$SC_CLUSTER_URL" SMARTCACHE_TEST_REDIS_CLUSTER=1
-cargo test --all-features -p smartcache --tests
+cargo test --all-features -p smartcache-core -p smartcache --tests
 cargo test -p smartcache-tests --test invalidation --test bookkeeping --test bad_input \
     --test observability --test shop --test admin

@@ -148,9 +148,9 @@ async fn cleanup(args: &Args, admin: &Client) -> anyhow::Result<()> {
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
         .await?;
-    let mut options = smartcache::conn::Options::default();
+    let mut options = smartcache_core::conn::Options::default();
     options.cluster = args.redis_cluster;
-    let mut con = smartcache::conn::Conn::open(&args.redis_url, &options)?;
+    let mut con = smartcache_core::conn::Conn::open(&args.redis_url, &options)?;
     for key in con.scan_all(&format!("{NS}:*")).await? {
         let _: () = redis::cmd("UNLINK").arg(key).query_async(&mut con).await?;
     }

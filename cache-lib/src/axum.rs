@@ -40,6 +40,10 @@ use tracing::warn;
 use crate::{Cache, Dep, Error};
 
 /// The `x-cache` response header.
+///
+/// ```
+/// assert_eq!(smartcache::axum::X_CACHE.as_str(), "x-cache");
+/// ```
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 type KeyFn = dyn Fn(&Parts) -> String + Send + Sync;
@@ -303,7 +307,7 @@ where
         Ok(f) => (f.value, f.status.is_hit()),
         Err(NotCached::Response(resp)) => return resp,
         Err(NotCached::Cache(e)) => {
-            warn!(error = %crate::error_chain(&e), "response cache key refused");
+            warn!(error = %crate::error::error_chain(&e), "response cache key refused");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response_empty();
         }
     };

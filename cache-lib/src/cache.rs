@@ -4,24 +4,23 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{AsyncCommands, RedisError, RedisResult};
+use redis::{AsyncCommands, RedisError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use smartcache_core::conn::{self, Conn};
+use smartcache_core::describe::{describe, KeyInfo};
+use smartcache_core::invalidate::{invalidate, unlink};
+use smartcache_core::keys::{check_cache_key, Namespace, TableName, DEFAULT_NAMESPACE};
 use tracing::{info, warn};
 
 use crate::breaker::{Breaker, LogLimiter};
-use crate::conn::{self, Conn};
 use crate::dep::Dep;
 use crate::entry::Entry;
-use crate::error::{redact_url, Error};
+use crate::error::{error_chain, redact_url, Error};
 use crate::flight::Flights;
-use crate::invalidate::invalidate;
-use crate::keys::{
-    check_cache_key, check_cluster_key, InvalidName, Namespace, TableName, DEFAULT_NAMESPACE,
-};
-use crate::lease;
+use crate::inner::Inner;
 
-/// Keys per `SCAN` step and per `UNLINK`/describe batch.
+/// Keys described per management call (each with its own timeout).
 const BATCH: usize = 500;
 
 /// A handle on the cache: cheap to clone, share one per process.
@@ -44,49 +43,8 @@ pub struct Cache {
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("namespace", &self.inner.ns.name())
-            .field("url", &self.inner.url)
-            .finish_non_exhaustive()
+        self.inner.fmt(f)
     }
-}
-
-pub(crate) struct Inner {
-    pub(crate) con: Conn,
-    pub(crate) ns: Namespace,
-    pub(crate) url: String,
-    pub(crate) lease_ttl: Duration,
-    pub(crate) lease_wait: Duration,
-    pub(crate) default_ttl: Option<Duration>,
-    pub(crate) timeout: Duration,
-    pub(crate) admin_timeout: Duration,
-    pub(crate) breaker: Breaker,
-    pub(crate) log: LogLimiter,
-    pub(crate) flights: Flights,
-}
-
-/// One cached entry, as listed by [`Cache::keys`].
-///
-/// ```no_run
-/// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
-/// for info in cache.keys("product:*").await? {
-///     println!("{} {} bytes, deps {:?}", info.key, info.size_bytes, info.deps);
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyInfo {
-    /// The cache key (without the namespace).
-    pub key: String,
-    /// Size of the value in bytes (`STRLEN`; for a non-string value written
-    /// by another program, Redis's `MEMORY USAGE`).
-    pub size_bytes: u64,
-    /// Dependency ids the entry is registered under (`t:schema.table`,
-    /// `r:schema.table:row`), sorted.
-    pub deps: Vec<String>,
-    /// Time since the library stored the value (Redis clock), `None` for a
-    /// value written by another program (or by a version before 0.1.1).
-    pub age: Option<Duration>,
 }
 
 /// Settings for a [`Cache`]; start with [`Cache::builder`].
@@ -141,7 +99,7 @@ impl CacheBuilder {
     /// Talk to a Redis Cluster: the URL is then one or more seed nodes
     /// separated by commas (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
     /// The library refuses to store keys containing `{` or `}` there (see
-    /// [`crate::keys::check_cluster_key`]); reading or clearing such a key
+    /// [`smartcache_core::keys::check_cluster_key`]); reading or clearing such a key
     /// written by another program works. Default off.
     ///
     /// ```
@@ -257,13 +215,11 @@ impl CacheBuilder {
     fn settings(&self) -> Result<(Conn, Namespace, String), Error> {
         let ns = Namespace::new(&self.namespace)?;
         let url = redact_url(&self.url);
-        let options = conn::Options {
-            cluster: self.cluster,
-            connect_timeout: self.connect_timeout,
-            response_timeout: self.admin_timeout,
-            max_delay: Duration::from_secs(1),
-            ..Default::default()
-        };
+        let mut options = conn::Options::default();
+        options.cluster = self.cluster;
+        options.connect_timeout = self.connect_timeout;
+        options.response_timeout = self.admin_timeout;
+        options.max_delay = Duration::from_secs(1);
         let con = Conn::open(&self.url, &options).map_err(|source| Error::InvalidUrl {
             url: url.clone(),
             source,
@@ -348,103 +304,10 @@ impl CacheBuilder {
                     entries = n,
                     "cleared on start"
                 ),
-                Err(e) => warn!(error = %crate::error_chain(&e), "clear_on_start failed"),
+                Err(e) => warn!(error = %error_chain(&e), "clear_on_start failed"),
             }
         }
         Ok(cache)
-    }
-}
-
-/// Whether a Redis error means Redis is unreachable or broken (as opposed to
-/// a command the server refused).
-fn is_outage(e: &RedisError) -> bool {
-    !matches!(
-        e.kind(),
-        redis::ErrorKind::Server(_)
-            | redis::ErrorKind::UnexpectedReturnType
-            | redis::ErrorKind::Extension
-    ) || e.is_timeout()
-}
-
-impl Inner {
-    /// Checks a cache key given by a caller (see [`check_cluster_key`]).
-    pub(crate) fn check_key(&self, key: &str) -> Result<(), InvalidName> {
-        if self.con.is_cluster() {
-            check_cluster_key(key)
-        } else {
-            check_cache_key(key)
-        }
-    }
-
-    /// Runs `fut` within `timeout`, feeding the outcome to the breaker.
-    async fn bounded<T>(
-        &self,
-        op: &'static str,
-        timeout: Duration,
-        fut: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(v)) => {
-                if self.breaker.is_open() && self.breaker.success() {
-                    info!(
-                        namespace = self.ns.name(),
-                        "Redis answers again; caching resumes"
-                    );
-                }
-                Ok(v)
-            }
-            Ok(Err(source)) => {
-                if is_outage(&source) {
-                    self.breaker.failure();
-                }
-                Err(Error::Redis { op, source })
-            }
-            Err(_) => {
-                self.breaker.failure();
-                Err(Error::Timeout { op, timeout })
-            }
-        }
-    }
-
-    /// A Redis call on a request path: skipped while the breaker is open,
-    /// bounded by the short timeout; a failure is logged (rate-limited) and
-    /// becomes `None`, so the caller goes on without the cache.
-    pub(crate) async fn try_redis<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = RedisResult<T>>,
-    ) -> Option<T> {
-        if !self.breaker.allow() {
-            return None;
-        }
-        match self.bounded(op, self.timeout, fut).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.warn_limited(&e, "Redis call failed; serving uncached");
-                None
-            }
-        }
-    }
-
-    pub(crate) fn warn_limited(&self, e: &dyn std::error::Error, msg: &'static str) {
-        if let Some(suppressed) = self.log.permit() {
-            warn!(
-                namespace = self.ns.name(),
-                error = %crate::error_chain(e),
-                suppressed,
-                "{msg}"
-            );
-        }
-    }
-
-    /// A management call: not skipped by the breaker, longer timeout,
-    /// errors returned.
-    async fn admin<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T, Error> {
-        self.bounded(op, self.admin_timeout, fut).await
     }
 }
 
@@ -516,7 +379,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn entry(&self, key: impl Into<String>) -> Entry<'_> {
-        Entry::new(self, key.into())
+        Entry::new(&self.inner, key.into())
     }
 
     /// The value of `key` as JSON-decoded `T`, computing and caching it on a
@@ -734,12 +597,7 @@ impl Cache {
             .iter()
             .filter(|k| ns.cache_key_of(k).is_some())
             .count() as u64;
-        let unlink = con
-            .group(found, |k| crate::keys::slot(k), BATCH)
-            .into_iter()
-            .map(|batch| redis::cmd("UNLINK").arg(batch).clone())
-            .collect();
-        self.inner.admin("UNLINK", con.run_all(unlink)).await?;
+        self.inner.admin("UNLINK", unlink(&mut con, found)).await?;
         Ok(values)
     }
 
@@ -807,20 +665,11 @@ impl Cache {
         let ns = &self.inner.ns;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH) {
-            let described = self
-                .inner
-                .admin("describe keys", lease::describe(con, ns, chunk))
-                .await?;
-            for (key, d) in chunk.iter().zip(described) {
-                if let Some((size_bytes, deps, age)) = d {
-                    out.push(KeyInfo {
-                        key: (*key).to_owned(),
-                        size_bytes,
-                        deps,
-                        age,
-                    });
-                }
-            }
+            out.extend(
+                self.inner
+                    .admin("describe keys", describe(con, ns, chunk))
+                    .await?,
+            );
         }
         Ok(out)
     }

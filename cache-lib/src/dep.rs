@@ -1,6 +1,6 @@
 //! What a cache entry depends on: a whole table or one row.
 
-use crate::keys::{DepId, InvalidName, TableName};
+use smartcache_core::keys::{DepId, InvalidName, TableName};
 
 /// A dependency of a cache entry: when the invalidator sees a committed
 /// change to it, the entry is deleted.

@@ -1,19 +1,22 @@
 //! One entry's options and the miss path (single-flight + lease + fill).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::Cache;
+use smartcache_core::fill::{acquire, new_token, store, Acquired};
+use smartcache_core::invalidate::invalidate;
+use smartcache_core::keys::DepId;
+
 use crate::dep::{dep_ids, Dep};
 use crate::error::Error;
 use crate::flight::Joined;
-use crate::invalidate::invalidate;
-use crate::keys::DepId;
-use crate::lease::{self, Acquired, Lease};
+use crate::inner::Inner;
+use crate::lease::Lease;
 
 /// Where a value returned by [`Entry::fetch`] came from.
 ///
@@ -81,7 +84,8 @@ pub struct Fetched<T> {
     pub status: CacheStatus,
 }
 
-/// One entry's key, dependencies and TTL; made by [`Cache::entry`].
+/// One entry's key, dependencies and TTL; made by
+/// [`Cache::entry`](crate::Cache::entry).
 ///
 /// ```no_run
 /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
@@ -96,7 +100,7 @@ pub struct Fetched<T> {
 #[derive(Debug)]
 #[must_use = "an entry does nothing until get_or_compute, fetch or set is called"]
 pub struct Entry<'c> {
-    cache: &'c Cache,
+    inner: &'c Arc<Inner>,
     key: String,
     deps: Vec<Dep>,
     ttl: Option<Option<Duration>>,
@@ -119,7 +123,6 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Json {
                     source,
                 };
                 entry
-                    .cache
                     .inner
                     .warn_limited(&e, "value not cached: it cannot be written as JSON");
                 None
@@ -145,9 +148,9 @@ impl Codec<Vec<u8>> for Raw {
 }
 
 impl<'c> Entry<'c> {
-    pub(crate) fn new(cache: &'c Cache, key: String) -> Self {
+    pub(crate) fn new(inner: &'c Arc<Inner>, key: String) -> Self {
         Self {
-            cache,
+            inner,
             key,
             deps: Vec::new(),
             ttl: None,
@@ -205,7 +208,7 @@ impl<'c> Entry<'c> {
     }
 
     /// The value (JSON-decoded), computed and cached on a miss; see
-    /// [`Cache::get_or_compute`].
+    /// [`Cache::get_or_compute`](crate::Cache::get_or_compute).
     ///
     /// ```no_run
     /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
@@ -272,7 +275,7 @@ impl<'c> Entry<'c> {
         self.fetch_with(Raw, compute).await
     }
 
-    /// Stores `value` as JSON unconditionally; see [`Cache::set`].
+    /// Stores `value` as JSON unconditionally; see [`Cache::set`](crate::Cache::set).
     ///
     /// ```no_run
     /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
@@ -287,7 +290,7 @@ impl<'c> Entry<'c> {
         self.set_bytes(&bytes).await
     }
 
-    /// Stores raw bytes unconditionally; see [`Cache::set`].
+    /// Stores raw bytes unconditionally; see [`Cache::set`](crate::Cache::set).
     ///
     /// ```no_run
     /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
@@ -295,15 +298,15 @@ impl<'c> Entry<'c> {
     /// # Ok(()) }
     /// ```
     pub async fn set_bytes(self, value: &[u8]) -> Result<bool, Error> {
-        self.cache.inner.check_key(&self.key)?;
+        self.inner.check_key(&self.key)?;
         let deps = dep_ids(&self.deps)?;
-        let inner = &self.cache.inner;
+        let inner = &self.inner;
         let mut con = inner.con.clone();
         let ttl = self.ttl.unwrap_or(inner.default_ttl);
         Ok(inner
             .try_redis(
                 "set",
-                lease::store(&mut con, &inner.ns, &self.key, value, ttl, &deps),
+                store(&mut con, &inner.ns, &self.key, value, ttl, &deps),
             )
             .await
             .is_some())
@@ -316,11 +319,10 @@ impl<'c> Entry<'c> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.cache
-            .inner
+        self.inner
             .check_key(&self.key)
             .map_err(|e| E::from(e.into()))?;
-        let inner = &self.cache.inner;
+        let inner = &self.inner;
 
         // The hit path: one GET, nothing else (dependency ids are only
         // needed, and checked, when the entry is filled).
@@ -373,9 +375,9 @@ impl<'c> Entry<'c> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let inner = &self.cache.inner;
+        let inner = &self.inner;
         let mut con = inner.con.clone();
-        let token = lease::new_token();
+        let token = new_token();
         let deadline = Instant::now() + inner.lease_wait;
         let mut pause = Duration::from_millis(2);
         let mut dropped_bad_value = false;
@@ -384,7 +386,7 @@ impl<'c> Entry<'c> {
             let acquired = inner
                 .try_redis(
                     "acquire lease",
-                    lease::acquire(
+                    acquire(
                         &mut con,
                         &inner.ns,
                         &self.key,
@@ -412,7 +414,7 @@ impl<'c> Entry<'c> {
                     Err(_) => break,
                 },
                 Some(Acquired::Lease) => {
-                    let lease = Lease::new(inner.clone(), &self.key, token);
+                    let lease = Lease::new(Arc::clone(inner), &self.key, token);
                     // If this future is dropped mid-way, Drop releases the lease.
                     let value = match compute().await {
                         Ok(value) => value,
@@ -455,7 +457,7 @@ impl<'c> Entry<'c> {
     /// program's, or an older version of the type) is a miss: delete it, so
     /// it is computed and stored again.
     async fn drop_undecodable(&self, e: &serde_json::Error) {
-        let inner = &self.cache.inner;
+        let inner = &self.inner;
         inner.warn_limited(
             e,
             "cached value does not decode as the requested type; deleting it and recomputing \

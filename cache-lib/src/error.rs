@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::keys::InvalidName;
+use smartcache_core::keys::InvalidName;
 
 /// Everything that can go wrong in smartcache.
 ///
@@ -110,6 +110,18 @@ impl Error {
                 | Error::Unavailable { .. }
         )
     }
+}
+
+/// An error and its sources, joined with `: ` for a log line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Removes the password from a Redis URL before it goes into a message.

@@ -14,9 +14,9 @@ use axum::routing::get;
 use axum::Router;
 use common::Fixture;
 use smartcache::axum::CacheLayer;
-use smartcache::invalidate::invalidate;
-use smartcache::keys::TableName;
 use smartcache::Dep;
+use smartcache_core::invalidate::invalidate;
+use smartcache_core::keys::TableName;
 use tower::ServiceExt;
 
 #[derive(Clone, Default)]
@@ -149,7 +149,7 @@ async fn error_responses_and_other_methods_are_not_cached() {
     assert_eq!(calls.count(), 4);
     // Nothing cached; the 404's dependency registration goes with a sweep.
     let ns = fx.cache.namespace().clone();
-    smartcache::invalidate::sweep(&mut fx.redis, &ns)
+    smartcache_core::sweep::sweep(&mut fx.redis, &ns)
         .await
         .unwrap();
     assert!(fx.all_keys().await.is_empty(), "{:?}", fx.all_keys().await);

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use common::{paused_fill, Fixture};
 use serde::{Deserialize, Serialize};
-use smartcache::invalidate::{invalidate, sweep};
-use smartcache::keys::TableName;
 use smartcache::{Cache, CacheStatus, Dep, Error};
+use smartcache_core::invalidate::invalidate;
+use smartcache_core::keys::TableName;
+use smartcache_core::sweep::sweep;
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

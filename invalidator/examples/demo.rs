@@ -7,7 +7,7 @@
 //! removes both at the end.
 
 use redis::AsyncCommands;
-use smartcache::conn::Conn;
+use smartcache_core::conn::Conn;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::schema;
 use std::path::Path;
@@ -181,7 +181,7 @@ async fn wait_gone(redis: &mut Conn, key: &str) -> anyhow::Result<Duration> {
 /// Cached values left in the namespace (the daemon's own bookkeeping, such
 /// as its list of recent batches, is not counted).
 async fn count(redis: &mut Conn) -> anyhow::Result<usize> {
-    let ns = smartcache::keys::Namespace::new("demo")?;
+    let ns = smartcache_core::keys::Namespace::new("demo")?;
     let found = redis.scan_all(&ns.match_all()).await?;
     Ok(found
         .iter()

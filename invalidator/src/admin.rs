@@ -13,16 +13,17 @@
 
 use crate::config::{AdminToken, Config, ConfigError};
 use crate::recent::{self, Batch};
+use askama::Template;
 use axum::extract::{Form, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use smartcache::keys::TableName;
 use smartcache::KeyInfo;
-use std::fmt::Write as _;
+use smartcache_core::keys::TableName;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,7 +115,7 @@ pub async fn serve_on(
 struct AppState {
     config: Config,
     cache: smartcache::Cache,
-    redis: smartcache::conn::Conn,
+    redis: smartcache_core::conn::Conn,
     loopback_only: bool,
 }
 
@@ -193,33 +194,51 @@ fn authorize(
     }
 }
 
+/// An error page.
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Message<'a> {
+    title: &'a str,
+    heading: &'a str,
+    text: &'a str,
+}
+
+fn message(status: StatusCode, title: &str, heading: &str, text: &str) -> Response {
+    let page = Message {
+        title,
+        heading,
+        text,
+    };
+    (status, html(page.render())).into_response()
+}
+
 fn forbidden(why: &str) -> Response {
     tracing::warn!(reason = why, "admin: write action refused");
-    let body = format!(
-        "{HEAD}<title>403 Forbidden</title></head><body><h1>403 Forbidden</h1>\
-         <p id=\"error\">{}</p><p><a href=\"/\">Back to the admin page</a></p></body></html>",
-        esc(why)
-    );
-    (StatusCode::FORBIDDEN, Html(body)).into_response()
+    let title = "403 Forbidden";
+    message(StatusCode::FORBIDDEN, title, title, why)
 }
 
 fn bad_request(why: &str) -> Response {
-    let body = format!(
-        "{HEAD}<title>400 Bad Request</title></head><body><h1>400 Bad Request</h1>\
-         <p id=\"error\">{}</p><p><a href=\"/\">Back to the admin page</a></p></body></html>",
-        esc(why)
-    );
-    (StatusCode::BAD_REQUEST, Html(body)).into_response()
+    let title = "400 Bad Request";
+    message(StatusCode::BAD_REQUEST, title, title, why)
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> Response {
-    let body = format!(
-        "{HEAD}<title>Error</title></head><body><h1>{}</h1><p id=\"error\">{}</p>\
-         <p><a href=\"/\">Back to the admin page</a></p></body></html>",
-        esc(what),
-        esc(&e.to_string())
-    );
-    (StatusCode::SERVICE_UNAVAILABLE, Html(body)).into_response()
+    message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Error",
+        what,
+        &e.to_string(),
+    )
+}
+
+/// A rendered page; a template that fails to render (it cannot, short of a
+/// formatting error) is a 500.
+fn html(rendered: askama::Result<String>) -> Response {
+    match rendered {
+        Ok(body) => Html(body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 fn back_to(pattern: Option<&str>, msg: &str) -> Response {
@@ -260,7 +279,7 @@ async fn clear_key(
     if let Err(why) = authorize(&state, &headers, form.token.as_deref()) {
         return forbidden(why);
     }
-    if let Err(e) = smartcache::keys::check_cache_key(&form.key) {
+    if let Err(e) = smartcache_core::keys::check_cache_key(&form.key) {
         return bad_request(&e.to_string());
     }
     match state.cache.clear(&form.key).await {
@@ -315,26 +334,8 @@ async fn page(State(state): State<Shared>, Query(q): Query<PageQuery>) -> Respon
     let listed = state.cache.keys_up_to(&pattern, LIST_LIMIT).await;
     let mut con = state.redis.clone();
     let batches = recent::read(&mut con, &state.config.namespace).await;
-    Html(render(&state, &pattern, q.msg.as_deref(), listed, batches)).into_response()
+    html(Page::new(&state, &pattern, q.msg.as_deref(), listed, batches).render())
 }
-
-const HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">";
-
-const STYLE: &str = "<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222;max-width:80rem}
-h1{font-size:1.3rem}h2{font-size:1.1rem;margin-top:2rem}
-code{font:13px ui-monospace,monospace}
-table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:.25rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}
-th{background:#f4f4f4}td.num,th.num{text-align:right}
-.deps code{background:#eef;padding:0 .25rem;margin-right:.25rem;border-radius:3px}
-.msg{background:#e8f6e8;padding:.4rem .6rem;border-radius:4px}
-.warn{background:#fff4d6;padding:.4rem .6rem;border-radius:4px}
-.error{background:#fde2e2;padding:.4rem .6rem;border-radius:4px}
-form.inline{display:inline;margin:0}
-.muted{color:#777}
-</style>";
 
 const SCRIPT: &str = r#"// Copies the admin token into each write form as it is submitted. The
 // token stays in this tab (sessionStorage) and never goes into a cookie.
@@ -353,170 +354,99 @@ const SCRIPT: &str = r#"// Copies the admin token into each write form as it is 
 })();
 "#;
 
-fn render(
-    state: &AppState,
-    pattern: &str,
-    msg: Option<&str>,
-    listed: Result<(Vec<KeyInfo>, bool), smartcache::Error>,
-    batches: redis::RedisResult<Vec<Batch>>,
-) -> String {
-    let ns = state.config.namespace.name();
-    let writes = state.config.admin_token.is_some();
-    let mut h = String::with_capacity(16 * 1024);
-    let _ = write!(
-        h,
-        "{HEAD}<title>smartcache · {ns}</title>{STYLE}</head><body>\
-         <h1>smartcache · namespace <code>{ns}</code></h1>",
-        ns = esc(ns)
-    );
-    if let Some(m) = msg {
-        let _ = write!(h, "<p class=\"msg\" id=\"msg\">{}</p>", esc(m));
-    }
-    if writes {
-        h.push_str(
-            "<p><label>Admin token <input type=\"password\" id=\"token\" autocomplete=\"off\" \
-             size=\"36\"></label> <span class=\"muted\">needed to clear; kept in this tab \
-             only, sent as a form field</span></p>",
-        );
-    } else {
-        h.push_str(
-            "<p class=\"warn\" id=\"writes-disabled\">Write actions are disabled: set \
-             <code>admin_token</code> in the config file or <code>SMARTCACHE_ADMIN_TOKEN</code> \
-             to enable the clear buttons.</p>",
-        );
-    }
-    let _ = write!(
-        h,
-        "<h2>Keys</h2><form method=\"get\" action=\"/\" id=\"search\">\
-         <label>Pattern <input name=\"pattern\" value=\"{}\" size=\"40\"></label> \
-         <button type=\"submit\">Search</button> \
-         <span class=\"muted\">Redis glob: <code>*</code> <code>?</code> <code>[abc]</code>, \
-         <code>\\</code> escapes</span></form>",
-        esc(pattern)
-    );
-    match listed {
-        Ok((keys, more)) => render_keys(&mut h, &keys, more, pattern, writes),
-        Err(e) => {
-            let _ = write!(
-                h,
-                "<p class=\"error\">Cannot list keys: {}</p>",
-                esc(&e.to_string())
-            );
-        }
-    }
-    if writes {
-        let _ = write!(
-            h,
-            "<h2>Clear a table</h2><form method=\"post\" action=\"/clear-table\" \
-             class=\"write\" id=\"clear-table\"><input type=\"hidden\" name=\"token\">\
-             <input type=\"hidden\" name=\"pattern\" value=\"{}\">\
-             <label>Table <input name=\"table\" list=\"tables\" placeholder=\"schema.table\" \
-             required></label> <button type=\"submit\">Clear table</button> \
-             <span class=\"muted\">deletes what a TRUNCATE would: its key templates and \
-             everything registered on the table or its rows</span>\
-             <datalist id=\"tables\">",
-            esc(pattern)
-        );
-        for t in &state.config.tables {
-            let _ = write!(h, "<option value=\"{}\">", esc(&t.name.to_string()));
-        }
-        h.push_str("</datalist></form>");
-    }
-    h.push_str("<h2>Recent invalidations</h2>");
-    match batches {
-        Ok(b) if b.is_empty() => h.push_str(
-            "<p class=\"muted\" id=\"recent-empty\">None recorded yet: the daemon \
-             (<code>run</code>) lists its last 100 batches here.</p>",
-        ),
-        Ok(b) => render_batches(&mut h, &b),
-        Err(e) => {
-            let _ = write!(
-                h,
-                "<p class=\"error\">Cannot read recent invalidations: {}</p>",
-                esc(&e.to_string())
-            );
-        }
-    }
-    h.push_str("<script src=\"/app.js\"></script></body></html>");
-    h
+/// The admin page.
+#[derive(Template)]
+#[template(path = "page.html")]
+struct Page<'a> {
+    ns: &'a str,
+    msg: Option<&'a str>,
+    writes: bool,
+    pattern: &'a str,
+    keys: Result<Listed, String>,
+    limit: usize,
+    tables: Vec<String>,
+    batches: Result<Vec<BatchRow>, String>,
 }
 
-fn render_keys(h: &mut String, keys: &[KeyInfo], more: bool, pattern: &str, writes: bool) {
-    let bytes: u64 = keys.iter().map(|k| k.size_bytes).sum();
-    let _ = write!(
-        h,
-        "<p id=\"count\">{} {} matching <code>{}</code>, {bytes} bytes{}</p>",
-        keys.len(),
-        if keys.len() == 1 { "key" } else { "keys" },
-        esc(pattern),
-        if more {
-            format!(
-                ". <strong id=\"capped\">Showing the first {LIST_LIMIT}; more keys match, \
-                 narrow the pattern.</strong>"
-            )
-        } else {
-            String::new()
-        }
-    );
-    h.push_str(
-        "<table id=\"keys\"><thead><tr><th>Key</th><th class=\"num\">Bytes</th>\
-         <th class=\"num\" title=\"time since the library stored the value\">Age</th>\
-         <th>Dependencies</th><th></th></tr></thead><tbody>",
-    );
-    for k in keys {
-        let key = esc(&k.key);
-        let _ = write!(
-            h,
-            "<tr data-key=\"{key}\"><td class=\"key\"><code>{key}</code></td>\
-             <td class=\"num size\">{}</td><td class=\"num age\">{}</td><td class=\"deps\">",
-            k.size_bytes,
-            k.age.map_or_else(
-                || "<span class=\"muted\" title=\"not stored by the library\">–</span>".into(),
-                fmt_age
-            )
-        );
-        for d in &k.deps {
-            let _ = write!(h, "<code>{}</code>", esc(d));
-        }
-        h.push_str("</td><td>");
-        if writes {
-            let _ = write!(
-                h,
-                "<form method=\"post\" action=\"/clear\" class=\"write inline\">\
-                 <input type=\"hidden\" name=\"key\" value=\"{key}\">\
-                 <input type=\"hidden\" name=\"pattern\" value=\"{}\">\
-                 <input type=\"hidden\" name=\"token\">\
-                 <button type=\"submit\" class=\"clear\">clear</button></form>",
-                esc(pattern)
-            );
-        }
-        h.push_str("</td></tr>");
-    }
-    h.push_str("</tbody></table>");
+/// The keys table.
+struct Listed {
+    rows: Vec<KeyRow>,
+    bytes: u64,
+    more: bool,
 }
 
-fn render_batches(h: &mut String, batches: &[Batch]) {
-    h.push_str(
-        "<table id=\"recent\"><thead><tr><th>Applied (UTC)</th><th class=\"num\">Events</th>\
-         <th class=\"num\">Keys deleted</th><th class=\"num\">Commit → delete lag</th>\
-         </tr></thead><tbody>",
-    );
-    for b in batches {
+struct KeyRow {
+    key: String,
+    size_bytes: u64,
+    age: Option<String>,
+    deps: Vec<String>,
+}
+
+struct BatchRow {
+    at: String,
+    events: u64,
+    deleted: u64,
+    lag: String,
+}
+
+impl<'a> Page<'a> {
+    fn new(
+        state: &'a AppState,
+        pattern: &'a str,
+        msg: Option<&'a str>,
+        listed: Result<(Vec<KeyInfo>, bool), smartcache::Error>,
+        batches: redis::RedisResult<Vec<Batch>>,
+    ) -> Self {
+        let keys = listed
+            .map_err(|e| e.to_string())
+            .map(|(keys, more)| Listed {
+                bytes: keys.iter().map(|k| k.size_bytes).sum(),
+                more,
+                rows: keys
+                    .into_iter()
+                    .map(|k| KeyRow {
+                        age: k.age.map(fmt_age),
+                        key: k.key,
+                        size_bytes: k.size_bytes,
+                        deps: k.deps,
+                    })
+                    .collect(),
+            });
+        let batches = batches
+            .map_err(|e| e.to_string())
+            .map(|b| b.iter().map(BatchRow::new).collect());
+        Self {
+            ns: state.config.namespace.name(),
+            msg,
+            writes: state.config.admin_token.is_some(),
+            pattern,
+            keys,
+            limit: LIST_LIMIT,
+            tables: state
+                .config
+                .tables
+                .iter()
+                .map(|t| t.name.to_string())
+                .collect(),
+            batches,
+        }
+    }
+}
+
+impl BatchRow {
+    fn new(b: &Batch) -> Self {
         let lag = if (b.lag_max_ms - b.lag_min_ms).abs() < 0.05 {
             format!("{:.1} ms", b.lag_max_ms)
         } else {
             format!("{:.1}–{:.1} ms", b.lag_min_ms, b.lag_max_ms)
         };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{lag}</td></tr>",
-            fmt_utc(b.at_ms),
-            b.events,
-            b.deleted
-        );
+        Self {
+            at: fmt_utc(b.at_ms),
+            events: b.events,
+            deleted: b.deleted,
+            lag,
+        }
     }
-    h.push_str("</tbody></table>");
 }
 
 /// `0.4 s`, `12 s`, `5 min 3 s`, `3 h 12 min`, `4 d 3 h`.
@@ -553,32 +483,15 @@ fn fmt_utc(ms: u64) -> String {
     )
 }
 
-/// Escapes text for HTML content and quoted attributes.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// What a query value keeps literal: the unreserved characters of RFC 3986.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
@@ -586,11 +499,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            esc("<a href=\"x\">'&"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
-        );
+    fn keys_patterns_and_messages_are_escaped() {
+        let evil = "<script>alert('x')</script>\"&";
+        let page = Page {
+            ns: "cache",
+            msg: Some(evil),
+            writes: true,
+            pattern: evil,
+            keys: Ok(Listed {
+                rows: vec![KeyRow {
+                    key: evil.to_owned(),
+                    size_bytes: 1,
+                    age: None,
+                    deps: vec![evil.to_owned()],
+                }],
+                bytes: 1,
+                more: false,
+            }),
+            limit: LIST_LIMIT,
+            tables: vec![evil.to_owned()],
+            batches: Err(evil.to_owned()),
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains(evil), "{html}");
+        let escaped = "&#60;script&#62;alert(&#39;x&#39;)&#60;/script&#62;&#34;&#38;";
+        // Message 1, pattern 4 (text, three attributes), key 3 (two
+        // attributes, text), dependency 1, table 1, error 1.
+        assert_eq!(html.matches(escaped).count(), 11, "{html}");
+        let page = Message {
+            title: evil,
+            heading: evil,
+            text: evil,
+        };
+        assert!(!page.render().unwrap().contains(evil));
     }
 
     #[test]

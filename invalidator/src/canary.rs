@@ -11,7 +11,7 @@
 use crate::config::Config;
 use crate::telemetry::Telemetry;
 use redis::AsyncCommands;
-use smartcache::conn::Conn;
+use smartcache_core::conn::Conn;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_postgres::Client;
 
@@ -73,7 +73,7 @@ impl Canary {
     ) -> Beat {
         let key = config
             .namespace
-            .value_key(&smartcache::keys::canary_key(&self.id));
+            .value_key(&smartcache_core::keys::canary_key(&self.id));
         // Generous: an idle daemon may only look every poll interval.
         let patience = (config.poll_interval * 4).max(Duration::from_secs(5));
         if let Err(e) = redis.set::<_, _, ()>(&key, 1).await {

@@ -5,8 +5,8 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::mapping::truncation_targets;
 use crate::schema;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use smartcache::invalidate::invalidate;
-use smartcache::keys::TableName;
+use smartcache_core::invalidate::invalidate;
+use smartcache_core::keys::TableName;
 use std::path::PathBuf;
 
 /// Deletes exactly the Redis keys that committed PostgreSQL changes affect.

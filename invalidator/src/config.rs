@@ -7,7 +7,7 @@
 //! [`crate::catalog`].
 
 use serde::Deserialize;
-use smartcache::keys::{Namespace, TableName};
+use smartcache_core::keys::{Namespace, TableName};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -173,7 +173,7 @@ impl Config {
             .namespace
             .clone()
             .or(file.namespace)
-            .unwrap_or_else(|| smartcache::keys::DEFAULT_NAMESPACE.to_owned());
+            .unwrap_or_else(|| smartcache_core::keys::DEFAULT_NAMESPACE.to_owned());
         let namespace = Namespace::new(&namespace_name)
             .map_err(|e| ConfigError(format!("{origin}: setting `namespace`: {e}")))?;
         let channel = file.channel.unwrap_or_else(|| DEFAULT_CHANNEL.to_owned());
@@ -416,10 +416,10 @@ impl Template {
             parts,
         };
         if let Some(Part::Literal(l)) = t.parts.first() {
-            if l.starts_with(smartcache::keys::RESERVED_MARKER) {
+            if l.starts_with(smartcache_core::keys::RESERVED_MARKER) {
                 return Err(format!(
                     "keys starting with {:?} are reserved for smartcache's bookkeeping",
-                    smartcache::keys::RESERVED_MARKER
+                    smartcache_core::keys::RESERVED_MARKER
                 ));
             }
         }
@@ -458,7 +458,7 @@ impl Template {
         self.parts
             .iter()
             .map(|p| match p {
-                Part::Literal(l) => smartcache::keys::glob_escape(l),
+                Part::Literal(l) => smartcache_core::keys::glob_escape(l),
                 Part::Column(_) => "*".to_owned(),
             })
             .collect()

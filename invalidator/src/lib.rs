@@ -3,7 +3,21 @@
 //! affected Redis keys.
 //!
 //! The binary is a thin shell around [`run`]; tests call the same function
-//! with their own shutdown future.
+//! with their own shutdown future. What it does in Redis (the key layout,
+//! the scripts, draining and dropping, sweeping, the markers) is the
+//! protocol in `smartcache-core`; the `keys`, `clear` and `admin` commands
+//! list and clear through the `smartcache` library's public API.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use smartcache_invalidator::config::{Config, Overrides};
+//! let config = Config::load(None, &Overrides::default())?;
+//! smartcache_invalidator::run(config, async {
+//!     tokio::signal::ctrl_c().await.ok();
+//! })
+//! .await
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -3,8 +3,8 @@
 use crate::config::{Config, Template};
 use crate::outbox::{Event, Op, RowImage};
 use redis::RedisResult;
-use smartcache::conn::Conn;
-use smartcache::keys::{DepId, TableName};
+use smartcache_core::conn::Conn;
+use smartcache_core::keys::{DepId, TableName};
 use std::collections::BTreeSet;
 
 /// What one batch must invalidate, deduplicated.
@@ -95,7 +95,7 @@ impl Work {
     pub fn add_row(&mut self, rows: &Rows<'_>, row: &RowImage) {
         if rows.canary {
             if let Some(id) = row.key.as_ref().and_then(|k| k.first().cloned().flatten()) {
-                self.keys.insert(smartcache::keys::canary_key(&id));
+                self.keys.insert(smartcache_core::keys::canary_key(&id));
             }
             return;
         }

@@ -5,13 +5,14 @@
 //! point at survive on other nodes: later changes would then miss those
 //! values. The namespace's marker keys, spread over every slot range, tell:
 //! when some are gone but not all, every cached value is dropped (see
-//! [`smartcache::invalidate::drop_all_values`]).
+//! [`smartcache_core::invalidate::drop_all_values`]).
 
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
-use smartcache::conn::Conn;
-use smartcache::invalidate::{check_markers, drop_all_values, set_markers, Markers};
-use smartcache::keys::Namespace;
+use smartcache_core::conn::Conn;
+use smartcache_core::invalidate::drop_all_values;
+use smartcache_core::keys::Namespace;
+use smartcache_core::markers::{check_markers, set_markers, Markers};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};

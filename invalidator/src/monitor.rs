@@ -16,7 +16,7 @@ use crate::pg;
 use crate::schema;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
-use smartcache::conn::Conn;
+use smartcache_core::conn::Conn;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -178,12 +178,15 @@ impl State {
     }
 
     async fn invalidate_table(&self, table: &str) -> anyhow::Result<u64> {
-        let name = smartcache::keys::TableName::parse(table)?;
+        let name = smartcache_core::keys::TableName::parse(table)?;
         let mut con = self.shared.redis.clone();
         let config = &self.shared.config;
         let (keys, mut deps) = crate::mapping::truncation_targets(&mut con, config, &name).await?;
         deps.push(name.table_dep());
-        Ok(smartcache::invalidate::invalidate(&mut con, &config.namespace, &keys, &deps).await?)
+        Ok(
+            smartcache_core::invalidate::invalidate(&mut con, &config.namespace, &keys, &deps)
+                .await?,
+        )
     }
 
     async fn sample_horizon(

@@ -11,7 +11,7 @@
 //! `old_row`/`new_row` objects.
 
 use serde_json::value::RawValue;
-use smartcache::keys::TableName;
+use smartcache_core::keys::TableName;
 use std::collections::{BTreeSet, HashMap};
 use tokio_postgres::Row;
 
@@ -90,7 +90,7 @@ impl Event {
     ///
     /// ```
     /// use smartcache_invalidator::outbox::{Event, Op, RowImage};
-    /// use smartcache::keys::TableName;
+    /// use smartcache_core::keys::TableName;
     /// let row = RowImage { key: Some(vec![Some("1".into())]), values: Default::default() };
     /// let e = Event::single(7, TableName::parse("products").unwrap(), Op::Delete, vec![row]);
     /// assert_eq!(e.rows().count(), 1);

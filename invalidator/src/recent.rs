@@ -4,7 +4,7 @@
 
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
-use smartcache::keys::{Namespace, RECENT_LEN};
+use smartcache_core::keys::{Namespace, RECENT_LEN};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What one batch did.

@@ -1,7 +1,7 @@
 //! The daemon's Redis connection and the server settings it depends on.
 
 use crate::config::{Config, ConfigError};
-use smartcache::conn::{Conn, Options};
+use smartcache_core::conn::{Conn, Options};
 use std::time::Duration;
 
 /// A lazily connecting, self-reconnecting connection (to one server or a

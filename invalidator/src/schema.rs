@@ -15,7 +15,7 @@ use crate::catalog::ResolvedTable;
 use crate::config::{Config, ConfigError};
 use crate::sql::{ident, literal};
 use serde::{Deserialize, Serialize};
-use smartcache::keys::TableName;
+use smartcache_core::keys::TableName;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 

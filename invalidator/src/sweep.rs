@@ -5,13 +5,13 @@
 //! value that expires (TTL) or is evicted leaves its key behind in all of
 //! them until that table or row changes, which may be never. The sweeper
 //! walks the dependency sets at an interval and removes such members (see
-//! [`smartcache::invalidate::sweep`]); a member whose fill is in flight
+//! [`smartcache_core::sweep::sweep`]); a member whose fill is in flight
 //! (lease held) stays.
 
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
-use smartcache::conn::Conn;
-use smartcache::keys::Namespace;
+use smartcache_core::conn::Conn;
+use smartcache_core::keys::Namespace;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
@@ -30,7 +30,7 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(every) => {}
         }
         let mut con = redis.clone();
-        match smartcache::invalidate::sweep(&mut con, &ns).await {
+        match smartcache_core::sweep::sweep(&mut con, &ns).await {
             Ok(removed) => {
                 telemetry.swept.inc_by(removed);
                 debug!(removed, "swept dependency sets");

@@ -239,7 +239,7 @@ impl Telemetry {
     /// Counts a change whose `broken` columns capture could not read.
     pub fn degraded(
         &self,
-        table: &smartcache::keys::TableName,
+        table: &smartcache_core::keys::TableName,
         broken: &std::collections::BTreeSet<String>,
     ) {
         self.degraded_events.inc();

@@ -9,8 +9,8 @@ pub mod servers;
 
 use db::TestDb;
 use redis::AsyncCommands;
-use smartcache::conn::{Conn, Options};
-use smartcache::keys::Namespace;
+use smartcache_core::conn::{Conn, Options};
+use smartcache_core::keys::Namespace;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::schema;
 use std::path::Path;

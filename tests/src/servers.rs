@@ -13,8 +13,8 @@
 //! the guarantee: every cached entry equals the database, and entries that
 //! no change touched are still cached.
 
-use smartcache::keys::Namespace;
 use smartcache::{Cache, Dep};
+use smartcache_core::keys::Namespace;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::schema;
 use std::collections::HashMap;
@@ -1055,8 +1055,8 @@ impl Stack {
     }
 
     /// A Redis connection.
-    pub async fn redis_con(&self) -> smartcache::conn::Conn {
-        smartcache::conn::Conn::open(&self.redis.url(), &Default::default())
+    pub async fn redis_con(&self) -> smartcache_core::conn::Conn {
+        smartcache_core::conn::Conn::open(&self.redis.url(), &Default::default())
             .expect("test Redis URL")
     }
 

@@ -583,7 +583,7 @@ async fn foreign_values_under_our_keys_are_deleted_by_invalidation() {
 #[tokio::test]
 async fn foreign_values_under_bookkeeping_keys_do_not_block_the_queue() {
     let (mut env, config) = setup("foreign_bk", PRODUCTS, PRODUCT_KEYS).await;
-    let table = smartcache::keys::TableName::parse("products").unwrap();
+    let table = smartcache_core::keys::TableName::parse("products").unwrap();
     // Not a set where the daemon expects one.
     let _: () = env
         .redis

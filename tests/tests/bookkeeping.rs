@@ -3,8 +3,8 @@
 //! until the row happens to change.
 
 use redis::AsyncCommands;
-use smartcache::keys::TableName;
 use smartcache::{Cache, Dep};
+use smartcache_core::keys::TableName;
 use smartcache_tests::{Env, PATIENCE};
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,7 @@ async fn a_fill_in_flight_is_not_swept() {
     let deps = env.ns.entry_deps_key("filling");
     let _: () = env.redis.sadd(deps, dep.as_str()).await.unwrap();
     let ns = env.ns.clone();
-    smartcache::invalidate::sweep(&mut env.redis, &ns)
+    smartcache_core::sweep::sweep(&mut env.redis, &ns)
         .await
         .unwrap();
     assert!(
@@ -97,7 +97,7 @@ async fn a_fill_in_flight_is_not_swept() {
         "swept a fill in flight"
     );
     let _: () = env.redis.del(env.ns.lease_key("filling")).await.unwrap();
-    let removed = smartcache::invalidate::sweep(&mut env.redis, &ns)
+    let removed = smartcache_core::sweep::sweep(&mut env.redis, &ns)
         .await
         .unwrap();
     assert_eq!(removed, 1);
@@ -120,7 +120,7 @@ async fn after_many_entries_expire_nothing_of_them_is_left() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ns = env.ns.clone();
-    let removed = smartcache::invalidate::sweep(&mut env.redis, &ns)
+    let removed = smartcache_core::sweep::sweep(&mut env.redis, &ns)
         .await
         .unwrap();
     assert!(removed >= 500, "removed {removed}");

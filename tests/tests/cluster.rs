@@ -5,9 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use smartcache::invalidate::Markers;
-use smartcache::keys::{slot, TableName};
 use smartcache::{Cache, CacheStatus, Dep};
+use smartcache_core::keys::{slot, TableName};
+use smartcache_core::markers::Markers;
 use smartcache_tests::servers::{daemon_binary, RedisCluster};
 use smartcache_tests::Env;
 
@@ -160,7 +160,7 @@ async fn a_fill_that_read_before_an_invalidation_is_refused() {
     let dep = TableName::parse("products").unwrap().row_dep(&["5"]);
     let ns = env.ns.clone();
     assert_ne!(slot(&ns.lease_key("price:5")), slot(&ns.dep_set_key(&dep)));
-    let n = smartcache::invalidate::invalidate(&mut env.redis, &ns, &[], &[dep])
+    let n = smartcache_core::invalidate::invalidate(&mut env.redis, &ns, &[], &[dep])
         .await
         .unwrap();
     assert_eq!(n, 0, "nothing was cached yet");
@@ -193,7 +193,7 @@ async fn listing_clearing_and_sweeping_span_the_cluster() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let removed = smartcache::invalidate::sweep(&mut env.redis, &env.ns)
+    let removed = smartcache_core::sweep::sweep(&mut env.redis, &env.ns)
         .await
         .unwrap();
     assert_eq!(removed, 10);
@@ -230,9 +230,10 @@ async fn listing_clearing_and_sweeping_span_the_cluster() {
         .set(env.ns.value_key("user:{1}"), "x")
         .await
         .unwrap();
-    let n = smartcache::invalidate::invalidate(&mut env.redis, &env.ns, &["user:{1}".into()], &[])
-        .await
-        .unwrap();
+    let n =
+        smartcache_core::invalidate::invalidate(&mut env.redis, &env.ns, &["user:{1}".into()], &[])
+            .await
+            .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -314,7 +315,7 @@ async fn a_primary_that_restarts_empty_costs_the_cache_not_freshness() {
     let daemon = env.start_daemon(&config);
     let ns = env.ns.clone();
     let start = std::time::Instant::now();
-    while smartcache::invalidate::check_markers(&mut env.redis, &ns)
+    while smartcache_core::markers::check_markers(&mut env.redis, &ns)
         .await
         .unwrap()
         != Markers::Intact

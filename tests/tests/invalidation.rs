@@ -1,7 +1,7 @@
 //! A committed change deletes exactly the affected keys; nothing else.
 
 use redis::AsyncCommands;
-use smartcache::keys::{DepId, TableName};
+use smartcache_core::keys::{DepId, TableName};
 use smartcache_tests::Env;
 
 const PRODUCTS: &str = "

@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use smartcache::conn::{Conn, Options};
 use smartcache::Cache;
+use smartcache_core::conn::{Conn, Options};
 
 pub fn redis_url() -> String {
     std::env::var("SMARTCACHE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())

@@ -6,7 +6,7 @@
 //! [`crate::keys`]), and whatever spans the keyspace (`SCAN`) visits every
 //! primary.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +18,12 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
-use crate::keys::EntryKeys;
+use crate::keys::{EntryKeys, Slot};
 
 /// How to reach Redis; see [`Conn::open`].
 ///
 /// ```
-/// let mut options = smartcache::conn::Options::default();
+/// let mut options = smartcache_core::conn::Options::default();
 /// options.cluster = true;
 /// options.response_timeout = std::time::Duration::from_secs(5);
 /// ```
@@ -61,7 +61,7 @@ impl Default for Options {
 ///
 /// ```no_run
 /// # async fn demo() -> redis::RedisResult<()> {
-/// use smartcache::conn::{Conn, Options};
+/// use smartcache_core::conn::{Conn, Options};
 /// let mut con = Conn::open("redis://127.0.0.1:6379/0", &Options::default())?;
 /// let keys = con.scan_all("cache:product:*").await?;
 /// # Ok(()) }
@@ -109,6 +109,10 @@ const CLUSTER_RETRIES: usize = 5;
 /// Keys per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
 
+/// Entries or sets per script call or command: big enough to amortise the
+/// round trip, small enough that one call never blocks Redis for long.
+pub(crate) const CHUNK: usize = 512;
+
 impl Conn {
     /// A handle on the Redis at `url` (`redis://[user:password@]host[:port][/db]`),
     /// or, with [`Options::cluster`], on the cluster reachable through the
@@ -116,7 +120,7 @@ impl Conn {
     /// parse is an error.
     ///
     /// ```
-    /// use smartcache::conn::{Conn, Options};
+    /// use smartcache_core::conn::{Conn, Options};
     /// let mut options = Options::default();
     /// options.cluster = true;
     /// let con = Conn::open("redis://127.0.0.1:7000,redis://127.0.0.1:7001", &options).unwrap();
@@ -162,7 +166,7 @@ impl Conn {
     /// Whether this is a cluster connection.
     ///
     /// ```
-    /// use smartcache::conn::{Conn, Options};
+    /// use smartcache_core::conn::{Conn, Options};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let con = Conn::open("redis://127.0.0.1:6379/0", &Options::default()).unwrap();
     /// assert!(!con.is_cluster());
@@ -177,7 +181,7 @@ impl Conn {
     /// database).
     ///
     /// ```no_run
-    /// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+    /// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
     /// let found = con.scan_all("cache:product:*").await?;
     /// # Ok(()) }
     /// ```
@@ -198,7 +202,7 @@ impl Conn {
     /// twice (Redis' `SCAN` guarantee).
     ///
     /// ```no_run
-    /// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+    /// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
     /// let mut n = 0;
     /// con.scan("cache:*", |batch| { n += batch.len(); n < 100 }).await?;
     /// # Ok(()) }
@@ -236,7 +240,7 @@ impl Conn {
     /// node has.
     ///
     /// ```no_run
-    /// # async fn demo(mut con: smartcache::conn::Conn) -> redis::RedisResult<()> {
+    /// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
     /// let mut cmd = redis::cmd("CONFIG");
     /// cmd.arg("GET").arg("maxmemory-policy");
     /// let replies: Vec<(String, String)> = con.each_primary(&cmd).await?;
@@ -289,23 +293,29 @@ impl Conn {
 
     /// Splits `items` into groups that one command or script call may
     /// take: on a single server, chunks of `chunk`; on a cluster, items of
-    /// one slot (by `slot_of`) only.
+    /// one slot (by `slot_of`) only. Groups come in the order their first
+    /// item came.
     pub(crate) fn group<T>(
         &self,
         items: impl IntoIterator<Item = T>,
-        slot_of: impl Fn(&T) -> u16,
+        slot_of: impl Fn(&T) -> Slot,
         chunk: usize,
     ) -> Vec<Vec<T>> {
-        let mut by_slot: BTreeMap<u16, Vec<T>> = BTreeMap::new();
         let cluster = self.is_cluster();
+        let mut index: HashMap<Option<Slot>, usize> = HashMap::new();
+        let mut by_slot: Vec<Vec<T>> = Vec::new();
         for item in items {
-            let slot = if cluster { slot_of(&item) } else { 0 };
-            by_slot.entry(slot).or_default().push(item);
+            let slot = cluster.then(|| slot_of(&item));
+            let i = *index.entry(slot).or_insert_with(|| {
+                by_slot.push(Vec::new());
+                by_slot.len() - 1
+            });
+            by_slot[i].push(item);
         }
         // Fresh vectors per chunk: `split_off` would leave each chunk
         // holding the whole remainder's capacity (quadratic memory).
         let mut out = Vec::new();
-        for (_, items) in by_slot {
+        for items in by_slot {
             let mut items = items.into_iter().peekable();
             while items.peek().is_some() {
                 out.push(items.by_ref().take(chunk).collect());
@@ -373,6 +383,14 @@ impl Conn {
             }
         }
     }
+}
+
+/// The sum of integer replies (e.g. of `UNLINK` or `EXISTS`).
+pub(crate) fn sum_ints(replies: Vec<Value>) -> RedisResult<u64> {
+    replies
+        .into_iter()
+        .map(|v| redis::from_redis_value::<u64>(v).map_err(redis::RedisError::from))
+        .sum()
 }
 
 /// `host:port` of every primary that serves slots, from `CLUSTER SLOTS`.

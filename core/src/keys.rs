@@ -29,7 +29,7 @@
 //! library, so a user key can never alias the bookkeeping.
 //!
 //! ```
-//! use smartcache::keys::{Namespace, TableName};
+//! use smartcache_core::keys::{Namespace, TableName};
 //! let ns = Namespace::new("cache").unwrap();
 //! assert_eq!(ns.value_key("product:1"), "cache:product:1");
 //! assert_eq!(ns.lease_key("product:1"), "cache:@sc:lease:{cache:product:1}");
@@ -37,12 +37,25 @@
 //! assert_eq!(ns.dep_set_key(&t.row_dep(&["1"])), "cache:@sc:dep:{r:public.products:1}");
 //! ```
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
+use percent_encoding::percent_encode_byte;
+pub use redis::cluster_routing::Slot;
+
 /// The default namespace, as in the contract.
+///
+/// ```
+/// assert_eq!(smartcache_core::keys::Namespace::default().name(), smartcache_core::keys::DEFAULT_NAMESPACE);
+/// ```
 pub const DEFAULT_NAMESPACE: &str = "cache";
 
 /// Prefix (after `{ns}:`) reserved for smartcache's own bookkeeping.
+///
+/// ```
+/// assert!(smartcache_core::keys::check_cache_key("@sc:x").is_err());
+/// ```
 pub const RESERVED_MARKER: &str = "@sc:";
 
 const LEASE: &str = "@sc:lease:";
@@ -55,15 +68,24 @@ const MARKER: &str = "@sc:marker:";
 
 /// How many marker keys watch the keyspace for data loss (see
 /// [`Namespace::marker_keys`]): one every `16384 / MARKERS` hash slots.
+///
+/// ```
+/// let ns = smartcache_core::keys::Namespace::default();
+/// assert_eq!(ns.marker_keys().len(), smartcache_core::keys::MARKERS);
+/// ```
 pub const MARKERS: usize = 64;
 
 /// How many batch summaries the daemon keeps at [`Namespace::recent_key`].
+///
+/// ```
+/// assert_eq!(smartcache_core::keys::RECENT_LEN, 100);
+/// ```
 pub const RECENT_LEN: usize = 100;
 
 /// A validated namespace: the first segment of every Redis key we touch.
 ///
 /// ```
-/// let ns = smartcache::keys::Namespace::new("shop").unwrap();
+/// let ns = smartcache_core::keys::Namespace::new("shop").unwrap();
 /// assert_eq!(ns.prefix(), "shop:");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +95,11 @@ pub struct Namespace {
 
 /// Why a namespace, cache key or table name was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// let e = smartcache_core::keys::Namespace::new("a b").unwrap_err();
+/// assert!(e.to_string().contains("not usable"));
+/// ```
 pub struct InvalidName(pub String);
 
 impl fmt::Display for InvalidName {
@@ -88,7 +115,7 @@ impl Namespace {
     /// characters (it ends up in `SCAN MATCH` patterns).
     ///
     /// ```
-    /// use smartcache::keys::Namespace;
+    /// use smartcache_core::keys::Namespace;
     /// assert!(Namespace::new("cache").is_ok());
     /// assert!(Namespace::new("a:b").is_err());
     /// ```
@@ -110,16 +137,30 @@ impl Namespace {
     }
 
     /// The namespace name without the trailing `:`.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::new("shop").unwrap();
+    /// assert_eq!(ns.name(), "shop");
+    /// ```
     pub fn name(&self) -> &str {
         &self.prefix[..self.prefix.len() - 1]
     }
 
     /// `{ns}:`, the prefix of every key in the namespace.
+    ///
+    /// ```
+    /// assert_eq!(smartcache_core::keys::Namespace::default().prefix(), "cache:");
+    /// ```
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// Redis key holding the value of cache key `key`.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.value_key("product:1"), "cache:product:1");
+    /// ```
     pub fn value_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -131,11 +172,21 @@ impl Namespace {
     }
 
     /// Redis key holding the fill lease of `key`.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.lease_key("p"), "cache:@sc:lease:{cache:p}");
+    /// ```
     pub fn lease_key(&self, key: &str) -> String {
         self.entry_key(LEASE, key)
     }
 
     /// Redis key of the set of dependency ids that `key` is registered under.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.entry_deps_key("p"), "cache:@sc:deps:{cache:p}");
+    /// ```
     pub fn entry_deps_key(&self, key: &str) -> String {
         self.entry_key(ENTRY_DEPS, key)
     }
@@ -146,7 +197,7 @@ impl Namespace {
     /// other bookkeeping. Values written by other programs have none.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.born_key("product:1"), "cache:@sc:born:{cache:product:1}");
     /// ```
     pub fn born_key(&self, key: &str) -> String {
@@ -157,7 +208,7 @@ impl Namespace {
     /// them.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// let e = ns.entry_keys("post");
     /// assert_eq!(e.value, "cache:post");
     /// assert_eq!(e.lease, "cache:@sc:lease:{cache:post}");
@@ -175,7 +226,7 @@ impl Namespace {
     /// (newest first, at most [`RECENT_LEN`]), shown by the admin page.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.recent_key(), "cache:@sc:recent");
     /// ```
     pub fn recent_key(&self) -> String {
@@ -191,17 +242,17 @@ impl Namespace {
     /// cached value. On a single server they all live or die together.
     ///
     /// ```
-    /// use smartcache::keys::{slot, Namespace, MARKERS};
+    /// use smartcache_core::keys::{slot, Namespace, Slot, MARKERS};
     /// let ns = Namespace::new("cache").unwrap();
     /// let markers = ns.marker_keys();
     /// assert_eq!(markers.len(), MARKERS);
-    /// assert_eq!(slot(&markers[1]), 256);
+    /// assert_eq!(slot(&markers[1]), Slot::new(256).unwrap());
     /// ```
     pub fn marker_keys(&self) -> Vec<String> {
         let step = 16384 / MARKERS;
         (0..MARKERS)
             .map(|i| {
-                let tag = slot_tag((i * step) as u16);
+                let tag = slot_tag(i * step);
                 format!("{}{MARKER}{{{tag}}}", self.prefix)
             })
             .collect()
@@ -210,7 +261,7 @@ impl Namespace {
     /// Redis key of the set of cache keys that depend on `dep`.
     ///
     /// ```
-    /// use smartcache::keys::{Namespace, TableName};
+    /// use smartcache_core::keys::{Namespace, TableName};
     /// let ns = Namespace::new("cache").unwrap();
     /// let dep = TableName::parse("shop.orders").unwrap().table_dep();
     /// assert_eq!(ns.dep_set_key(&dep), "cache:@sc:dep:{t:shop.orders}");
@@ -224,7 +275,7 @@ impl Namespace {
     /// slot as the dependency set).
     ///
     /// ```
-    /// use smartcache::keys::{Namespace, TableName};
+    /// use smartcache_core::keys::{Namespace, TableName};
     /// let ns = Namespace::new("cache").unwrap();
     /// let dep = TableName::parse("orders").unwrap().table_dep();
     /// assert_eq!(ns.drain_key(&dep), "cache:@sc:drain:{t:public.orders}");
@@ -237,7 +288,7 @@ impl Namespace {
     /// key is outside the namespace or is bookkeeping.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.cache_key_of("cache:post"), Some("post"));
     /// assert_eq!(ns.cache_key_of("cache:@sc:lease:post"), None);
     /// assert_eq!(ns.cache_key_of("other:post"), None);
@@ -248,6 +299,11 @@ impl Namespace {
     }
 
     /// `SCAN MATCH` pattern for every Redis key in the namespace.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::default();
+    /// assert_eq!(ns.match_all(), "cache:*");
+    /// ```
     pub fn match_all(&self) -> String {
         format!("{}*", glob_escape(&self.prefix))
     }
@@ -255,7 +311,7 @@ impl Namespace {
     /// `SCAN MATCH` pattern for every dependency set of the namespace.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.match_dep_sets(), "cache:@sc:dep:*");
     /// ```
     pub fn match_dep_sets(&self) -> String {
@@ -263,6 +319,12 @@ impl Namespace {
     }
 
     /// `SCAN MATCH` pattern for the row dependency sets of `table`.
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let t = TableName::parse("products").unwrap();
+    /// assert_eq!(Namespace::default().match_row_dep_sets(&t), "cache:@sc:dep:{r:public.products:*}");
+    /// ```
     pub fn match_row_dep_sets(&self, table: &TableName) -> String {
         let head = format!("{}{DEP_SET}{{r:{}:", self.prefix, table.encoded());
         format!("{}*}}", glob_escape(&head))
@@ -273,7 +335,7 @@ impl Namespace {
     /// it; filter them with [`Namespace::cache_key_of`]).
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.match_cache_keys("product:*"), "cache:product:*");
     /// ```
     pub fn match_cache_keys(&self, pattern: &str) -> String {
@@ -285,7 +347,7 @@ impl Namespace {
     /// that have no value yet (e.g. for a TRUNCATE through a key template).
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.match_leases("product:*"), "cache:@sc:lease:{cache:product:*}");
     /// ```
     pub fn match_leases(&self, pattern: &str) -> String {
@@ -296,7 +358,7 @@ impl Namespace {
     /// The cache key `K` of a lease key `{ns}:@sc:lease:K`.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.cache_key_of_lease(&ns.lease_key("product:1")), Some("product:1"));
     /// assert_eq!(ns.cache_key_of_lease("cache:product:1"), None);
     /// ```
@@ -311,6 +373,12 @@ impl Namespace {
 
     /// The dependency id of a Redis dependency-set key built by
     /// [`Namespace::dep_set_key`].
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let (ns, dep) = (Namespace::default(), TableName::parse("t").unwrap().table_dep());
+    /// assert_eq!(ns.dep_id_of(&ns.dep_set_key(&dep)), Some(dep));
+    /// ```
     pub fn dep_id_of(&self, redis_key: &str) -> Option<DepId> {
         redis_key
             .strip_prefix(&self.prefix)?
@@ -331,8 +399,8 @@ impl Default for Namespace {
 /// `@sc:` space.
 ///
 /// ```
-/// assert!(smartcache::keys::check_cache_key("product:1").is_ok());
-/// assert!(smartcache::keys::check_cache_key("@sc:lease:x").is_err());
+/// assert!(smartcache_core::keys::check_cache_key("product:1").is_ok());
+/// assert!(smartcache_core::keys::check_cache_key("@sc:lease:x").is_err());
 /// ```
 pub fn check_cache_key(key: &str) -> Result<(), InvalidName> {
     if key.is_empty() {
@@ -352,8 +420,8 @@ pub fn check_cache_key(key: &str) -> Result<(), InvalidName> {
 /// value to another slot.
 ///
 /// ```
-/// assert!(smartcache::keys::check_cluster_key("user:42").is_ok());
-/// assert!(smartcache::keys::check_cluster_key("user:{42}").is_err());
+/// assert!(smartcache_core::keys::check_cluster_key("user:42").is_ok());
+/// assert!(smartcache_core::keys::check_cluster_key("user:{42}").is_err());
 /// ```
 pub fn check_cluster_key(key: &str) -> Result<(), InvalidName> {
     check_cache_key(key)?;
@@ -369,6 +437,11 @@ pub fn check_cluster_key(key: &str) -> Result<(), InvalidName> {
 /// The Redis keys of one cache entry, all in the slot of the value key
 /// (when the cache key has no braces; see [`check_cluster_key`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// ```
+/// let e = smartcache_core::keys::Namespace::default().entry_keys("p");
+/// assert_eq!(e.born, "cache:@sc:born:{cache:p}");
+/// ```
 pub struct EntryKeys {
     /// `{ns}:{K}`, the value.
     pub value: String,
@@ -385,7 +458,7 @@ impl EntryKeys {
     /// reverse index, birth stamp.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.entry_keys("p").all()[0], "cache:p");
     /// ```
     pub fn all(&self) -> [&str; 4] {
@@ -397,7 +470,7 @@ impl EntryKeys {
     /// bookkeeping a script on a cluster cannot reach with the value.
     ///
     /// ```
-    /// let ns = smartcache::keys::Namespace::new("cache").unwrap();
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert!(ns.entry_keys("user:7").one_slot());
     /// assert!(!ns.entry_keys("user:{7}").one_slot());
     /// ```
@@ -407,60 +480,41 @@ impl EntryKeys {
 }
 
 /// The Redis Cluster hash slot of `key` (CRC16 of the key, or of its hash
-/// tag, modulo 16384), as Redis computes it.
+/// tag, modulo 16384), as computed by the `redis` crate's cluster routing.
 ///
 /// ```
-/// use smartcache::keys::slot;
-/// assert_eq!(slot("123456789"), 12739);
+/// use smartcache_core::keys::{slot, Slot};
+/// assert_eq!(slot("123456789"), Slot::new(12739).unwrap());
 /// assert_eq!(slot("cache:@sc:lease:{cache:p:1}"), slot("cache:p:1"));
 /// ```
-pub fn slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &bytes[open + 1..];
-        let close = rest.iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| &rest[..close])
-    });
-    crc16(tagged.unwrap_or(bytes)) % 16384
+pub fn slot(key: &str) -> Slot {
+    Slot::for_key(key)
 }
 
 /// The shortest decimal number whose hash slot is `slot`, for the marker
 /// slots (a multiple of `16384 / MARKERS`).
-fn slot_tag(slot: u16) -> String {
+fn slot_tag(slot: usize) -> String {
     static TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        let step = (16384 / MARKERS) as u16;
+        let step = 16384 / MARKERS;
+        let wanted: HashMap<Slot, usize> = (0..MARKERS)
+            .map(|i| (Slot::new((i * step) as u16).expect("below 16384"), i))
+            .collect();
         let mut tags = vec![String::new(); MARKERS];
         let mut left = MARKERS;
         let mut n: u64 = 0;
         while left > 0 {
             let s = n.to_string();
-            let hashed = crc16(s.as_bytes()) % 16384;
-            let i = usize::from(hashed / step);
-            if hashed.is_multiple_of(step) && tags[i].is_empty() {
-                tags[i] = s;
-                left -= 1;
+            if let Some(&i) = wanted.get(&Slot::for_key(&s)) {
+                if tags[i].is_empty() {
+                    tags[i] = s;
+                    left -= 1;
+                }
             }
             n += 1;
         }
         tags
     });
-    TAGS[usize::from(slot) / (16384 / MARKERS)].clone()
-}
-
-/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    TAGS[slot / (16384 / MARKERS)].clone()
 }
 
 /// The cache key (in the reserved space) that the heartbeat of the
@@ -468,8 +522,8 @@ fn crc16(data: &[u8]) -> u16 {
 /// [`Namespace::value_key`] of it, `{ns}:@sc:canary:{id}`.
 ///
 /// ```
-/// let ns = smartcache::keys::Namespace::new("cache").unwrap();
-/// let key = smartcache::keys::canary_key("d1");
+/// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
+/// let key = smartcache_core::keys::canary_key("d1");
 /// assert_eq!(ns.value_key(&key), "cache:@sc:canary:d1");
 /// ```
 pub fn canary_key(id: &str) -> String {
@@ -479,7 +533,7 @@ pub fn canary_key(id: &str) -> String {
 /// A schema-qualified table name, as the trigger reports it.
 ///
 /// ```
-/// use smartcache::keys::TableName;
+/// use smartcache_core::keys::TableName;
 /// let t = TableName::parse("shop.products").unwrap();
 /// assert_eq!((t.schema(), t.name()), ("shop", "products"));
 /// assert_eq!(TableName::parse("products").unwrap().to_string(), "public.products");
@@ -493,6 +547,11 @@ pub struct TableName {
 impl TableName {
     /// A table in `schema`. Names are taken literally (case-sensitive, no
     /// SQL case folding).
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::new("shop", "a.b");
+    /// assert_eq!(t.name(), "a.b");
+    /// ```
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             schema: schema.into(),
@@ -502,6 +561,12 @@ impl TableName {
 
     /// Parses `name` or `schema.name` (split at the first `.`); an
     /// unqualified name is in schema `public`.
+    ///
+    /// ```
+    /// use smartcache_core::keys::TableName;
+    /// assert_eq!(TableName::parse("shop.orders").unwrap(), TableName::new("shop", "orders"));
+    /// assert!(TableName::parse(".x").is_err());
+    /// ```
     pub fn parse(s: &str) -> Result<Self, InvalidName> {
         let (schema, name) = match s.split_once('.') {
             Some((schema, name)) => (schema, name),
@@ -516,11 +581,19 @@ impl TableName {
     }
 
     /// The schema.
+    ///
+    /// ```
+    /// assert_eq!(smartcache_core::keys::TableName::parse("t").unwrap().schema(), "public");
+    /// ```
     pub fn schema(&self) -> &str {
         &self.schema
     }
 
     /// The table name within its schema.
+    ///
+    /// ```
+    /// assert_eq!(smartcache_core::keys::TableName::parse("s.t").unwrap().name(), "t");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -530,12 +603,22 @@ impl TableName {
     }
 
     /// The dependency id of the whole table.
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::parse("products").unwrap();
+    /// assert_eq!(t.table_dep().as_str(), "t:public.products");
+    /// ```
     pub fn table_dep(&self) -> DepId {
         DepId(format!("t:{}", self.encoded()))
     }
 
     /// The dependency id of one row, given its primary-key values as text
     /// (in key-column order; see [`row_id`]).
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::parse("order_lines").unwrap();
+    /// assert_eq!(t.row_dep(&["1001", "3"]).as_str(), "r:public.order_lines:1001,3");
+    /// ```
     pub fn row_dep<S: AsRef<str>>(&self, pk: &[S]) -> DepId {
         DepId(format!("r:{}:{}", self.encoded(), row_id(pk)))
     }
@@ -549,15 +632,30 @@ impl fmt::Display for TableName {
 
 /// A dependency id: `t:{table}` or `r:{table}:{row}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// ```
+/// let dep = smartcache_core::keys::DepId::from_raw("t:public.products");
+/// assert_eq!(dep.to_string(), "t:public.products");
+/// ```
 pub struct DepId(String);
 
 impl DepId {
     /// The id as stored in Redis sets.
+    ///
+    /// ```
+    /// let t = smartcache_core::keys::TableName::parse("p").unwrap();
+    /// assert_eq!(t.row_dep(&["7"]).as_str(), "r:public.p:7");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// Wraps an id read back from Redis.
+    ///
+    /// ```
+    /// use smartcache_core::keys::{DepId, TableName};
+    /// assert_eq!(DepId::from_raw("t:public.p"), TableName::parse("p").unwrap().table_dep());
+    /// ```
     pub fn from_raw(raw: impl Into<String>) -> Self {
         Self(raw.into())
     }
@@ -577,8 +675,8 @@ impl fmt::Display for DepId {
 /// `2024-05-01T10:00:00+00:00`, `true`.
 ///
 /// ```
-/// assert_eq!(smartcache::keys::row_id(&["7"]), "7");
-/// assert_eq!(smartcache::keys::row_id(&["a,b", "c:d"]), "a%2Cb,c%3Ad");
+/// assert_eq!(smartcache_core::keys::row_id(&["7"]), "7");
+/// assert_eq!(smartcache_core::keys::row_id(&["a,b", "c:d"]), "a%2Cb,c%3Ad");
 /// ```
 pub fn row_id<S: AsRef<str>>(pk: &[S]) -> String {
     let mut out = String::new();
@@ -591,28 +689,32 @@ pub fn row_id<S: AsRef<str>>(pk: &[S]) -> String {
     out
 }
 
-fn encode(s: &str) -> String {
-    if !s.contains(['%', ':', ',', '{', '}']) {
-        return s.to_owned();
+/// The characters [`row_id`] and table names encode: the separators of a
+/// dependency id, the hash-tag braces, and `%` itself.
+const RESERVED_IN_IDS: [char; 5] = ['%', ':', ',', '{', '}'];
+
+/// `%XX`-encodes [`RESERVED_IN_IDS`]; all other text, non-ASCII included,
+/// stays as it is (`percent_encoding::utf8_percent_encode` would encode
+/// non-ASCII bytes too, and ids in Redis hold them literally).
+fn encode(s: &str) -> Cow<'_, str> {
+    if !s.contains(RESERVED_IN_IDS) {
+        return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 6);
     for c in s.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            ',' => out.push_str("%2C"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
+        if RESERVED_IN_IDS.contains(&c) {
+            out.push_str(percent_encode_byte(c as u8));
+        } else {
+            out.push(c);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Escapes `SCAN MATCH` glob characters so `s` matches only itself.
 ///
 /// ```
-/// assert_eq!(smartcache::keys::glob_escape("a*b[1]"), r"a\*b\[1\]");
+/// assert_eq!(smartcache_core::keys::glob_escape("a*b[1]"), r"a\*b\[1\]");
 /// ```
 pub fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -624,228 +726,6 @@ pub fn glob_escape(s: &str) -> String {
     }
     out
 }
-
-/// Prepends the helpers shared by the scripts to a script body.
-///
-/// Every script touches the keys it is given in `KEYS` only, so on a Redis
-/// Cluster it runs on the one slot those keys share (see
-/// [`Namespace::entry_keys`]).
-macro_rules! concat_lua {
-    ($body:literal) => {
-        concat!(
-            r#"
--- A bookkeeping key holding something other than a set (written by another
--- program) counts as empty, rather than failing the script: a failing
--- invalidation would block the daemon's queue.
-local function members(key)
-  local m = redis.pcall('SMEMBERS', key)
-  if m.err then return {} end
-  return m
-end
--- Stores a value, with a TTL in ms when ttl > 0.
-local function put(key, value, ttl)
-  if ttl > 0 then
-    redis.call('SET', key, value, 'PX', ttl)
-  else
-    redis.call('SET', key, value)
-  end
-end
--- The reverse index lives as long as the value.
-local function keep(key, ttl)
-  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-end
--- Creation time of a value, on the Redis clock (ms), with the value's TTL.
-local function stamp(key, ttl)
-  local t = redis.call('TIME')
-  put(key, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)), ttl)
-end
--- Replaces the reverse index with ARGV[first..].
-local function index(key, first)
-  redis.call('DEL', key)
-  for i = first, #ARGV do redis.call('SADD', key, ARGV[i]) end
-end
-"#,
-            $body
-        )
-    };
-}
-
-/// Lua script run on a miss: returns the value if it is there, else tries to
-/// take the fill lease and, when it gets it, records the entry's
-/// dependencies in its reverse index.
-///
-/// `KEYS`: value, lease, reverse index ([`EntryKeys`] order). `ARGV`: lease
-/// token, lease milliseconds, then dependency ids. Returns `{1, value}` (a
-/// value is cached), `{2}` (lease taken) or `{0}` (another filler holds the
-/// lease).
-///
-/// The caller then adds the key to each dependency set ([`Namespace::dep_set_key`])
-/// *before* it reads the database: any invalidation that empties one of
-/// those sets afterwards deletes the lease, so the fill is refused (see
-/// [`FILL_LUA`]).
-pub const ACQUIRE_LUA: &str = concat_lua!(
-    r#"
-local v = redis.call('GET', KEYS[1])
-if v then return {1, v} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  index(KEYS[3], 3)
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-  return {2}
-end
-return {0}
-"#
-);
-
-/// Lua script that stores a computed value only if the fill lease still
-/// holds our token, and drops the lease.
-///
-/// `KEYS`: value, lease, reverse index, birth stamp. `ARGV`: lease token,
-/// value, TTL in milliseconds (`0` for none). Returns `1` if stored, `0` if
-/// the lease was gone or taken over: an invalidation ran since the lease was
-/// taken, so the value may be stale and must not be cached.
-pub const FILL_LUA: &str = concat_lua!(
-    r#"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-local ttl = tonumber(ARGV[3])
-redis.call('DEL', KEYS[2])
-put(KEYS[1], ARGV[2], ttl)
-stamp(KEYS[4], ttl)
-keep(KEYS[3], ttl)
-return 1
-"#
-);
-
-/// Lua script that gives a fill lease (or a sweeper's fence) back, and
-/// drops the reverse index when no value is cached.
-///
-/// `KEYS`: lease, value, reverse index. `ARGV`: token. Returns `1` if the
-/// lease still held the token, `0` if it was gone or taken over.
-pub const RELEASE_LUA: &str = concat_lua!(
-    r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-return 1
-"#
-);
-
-/// Lua script for an unconditional store: sets the value and its reverse
-/// index and deletes any fill lease, so a fill that started before this
-/// write (and may carry older data) is refused. The caller then adds the key
-/// to the dependency sets.
-///
-/// `KEYS`: value, lease, reverse index, birth stamp. `ARGV`: value, TTL in
-/// milliseconds (`0` for none), then dependency ids. Returns `1`.
-pub const STORE_LUA: &str = concat_lua!(
-    r#"
-local ttl = tonumber(ARGV[2])
-redis.call('DEL', KEYS[2])
-put(KEYS[1], ARGV[1], ttl)
-stamp(KEYS[4], ttl)
-index(KEYS[3], 3)
-keep(KEYS[3], ttl)
-return 1
-"#
-);
-
-/// Lua script that deletes entries: for each group of four `KEYS` (value,
-/// lease, reverse index, birth stamp) it unlinks all four, defeating a fill
-/// in flight. Returns the number of values deleted.
-///
-/// The key stays in the dependency sets of other dependencies it had; the
-/// invalidator's sweeper removes such members later, and meanwhile they
-/// only cost a spurious delete of a key that is gone or was refilled.
-pub const DROP_LUA: &str = concat_lua!(
-    r#"
-local removed = 0
-for i = 1, #KEYS, 4 do
-  removed = removed + redis.call('UNLINK', KEYS[i])
-  redis.call('UNLINK', KEYS[i + 1], KEYS[i + 2], KEYS[i + 3])
-end
-return removed
-"#
-);
-
-/// Lua script that takes dependency sets for invalidation: for each pair of
-/// `KEYS` (dependency set, its drain set, see [`Namespace::drain_key`]) it
-/// moves the set's members into the drain set and returns the drain set's
-/// members.
-///
-/// The caller deletes those entries, then removes exactly them from the
-/// drain set. Registrations made meanwhile land in the (new) dependency set
-/// and are kept; members left in a drain set by a daemon that died midway
-/// come back with the next invalidation of that dependency, which replays
-/// the same outbox row.
-pub const DRAIN_LUA: &str = concat_lua!(
-    r#"
-local out = {}
-for i = 1, #KEYS, 2 do
-  local set, drain = KEYS[i], KEYS[i + 1]
-  local t = redis.call('TYPE', set)['ok']
-  if t == 'set' then
-    if redis.call('TYPE', drain)['ok'] ~= 'set' then redis.call('DEL', drain) end
-    redis.call('SUNIONSTORE', drain, drain, set)
-  end
-  if t ~= 'none' then redis.call('DEL', set) end
-  out[#out + 1] = members(drain)
-end
-return out
-"#
-);
-
-/// Lua script with which the sweeper fences entries that are gone: for each
-/// group of four `KEYS` (value, lease, reverse index, birth stamp) with
-/// neither a value nor a lease, it takes the lease with `ARGV[1]` for
-/// `ARGV[2]` milliseconds and drops the reverse index and birth stamp.
-/// Returns one `1` (fenced) or `0` (alive or filling) per entry.
-///
-/// While fenced, no fill of the key can start, so the sweeper can remove it
-/// from a dependency set without racing a fill that registers it anew.
-pub const FENCE_LUA: &str = concat_lua!(
-    r#"
-local out = {}
-for i = 1, #KEYS, 4 do
-  local fenced = 0
-  if redis.call('EXISTS', KEYS[i]) == 0
-    and redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    redis.call('DEL', KEYS[i + 2], KEYS[i + 3])
-    fenced = 1
-  end
-  out[#out + 1] = fenced
-end
-return out
-"#
-);
-
-/// Lua script describing cache entries for the admin view.
-///
-/// `KEYS`: groups of three (value, reverse index, birth stamp). Returns, per
-/// entry, `{size, {dependency ids...}, age}`, where `size` is the value
-/// length in bytes (`STRLEN`; `MEMORY USAGE` for a non-string value written
-/// by another program) or `-1` if the key vanished meanwhile, and `age` the
-/// milliseconds since the library stored it, `-1` if unknown.
-pub const DESCRIBE_LUA: &str = concat_lua!(
-    r#"
-local out = {}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS, 3 do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  local size = -1
-  if kind == 'string' then
-    size = redis.call('STRLEN', KEYS[i])
-  elseif kind ~= 'none' then
-    size = redis.call('MEMORY', 'USAGE', KEYS[i]) or 0
-  end
-  local age = -1
-  local b = redis.pcall('GET', KEYS[i + 2])
-  local born = type(b) == 'string' and tonumber(b)
-  if born then age = math.max(0, now - born) end
-  out[#out + 1] = {size, members(KEYS[i + 1]), age}
-end
-return out
-"#
-);
 
 #[cfg(test)]
 mod tests {
@@ -930,6 +810,120 @@ mod tests {
         assert_ne!(slot("foo{}{bar}"), slot("bar"));
         assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
         assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
-        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("foo"), Slot::new(12182).unwrap());
+    }
+
+    /// The hand-written CRC16 and encoder this module had before it used
+    /// the `redis` and `percent-encoding` crates: the layout must not move.
+    mod before {
+        pub(super) fn slot(key: &str) -> u16 {
+            let bytes = key.as_bytes();
+            let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+                let rest = &bytes[open + 1..];
+                let close = rest.iter().position(|&b| b == b'}')?;
+                (close > 0).then(|| &rest[..close])
+            });
+            crc16(tagged.unwrap_or(bytes)) % 16384
+        }
+
+        fn crc16(data: &[u8]) -> u16 {
+            let mut crc: u16 = 0;
+            for &b in data {
+                crc ^= u16::from(b) << 8;
+                for _ in 0..8 {
+                    crc = if crc & 0x8000 != 0 {
+                        (crc << 1) ^ 0x1021
+                    } else {
+                        crc << 1
+                    };
+                }
+            }
+            crc
+        }
+
+        pub(super) fn encode(s: &str) -> String {
+            let mut out = String::new();
+            for c in s.chars() {
+                match c {
+                    '%' => out.push_str("%25"),
+                    ':' => out.push_str("%3A"),
+                    ',' => out.push_str("%2C"),
+                    '{' => out.push_str("%7B"),
+                    '}' => out.push_str("%7D"),
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+
+        /// The marker tags as first computed: the shortest decimal number
+        /// hashing to each multiple of 256.
+        pub(super) fn marker_tags() -> Vec<String> {
+            let mut tags = vec![String::new(); 64];
+            let mut n: u64 = 0;
+            while tags.iter().any(String::is_empty) {
+                let s = n.to_string();
+                let hashed = crc16(s.as_bytes()) % 16384;
+                if hashed.is_multiple_of(256) && tags[usize::from(hashed / 256)].is_empty() {
+                    tags[usize::from(hashed / 256)] = s;
+                }
+                n += 1;
+            }
+            tags
+        }
+    }
+
+    /// Strings over an alphabet of separators, braces, glob and non-ASCII
+    /// characters, from a fixed-seed generator.
+    fn samples() -> Vec<String> {
+        let alphabet: Vec<char> = "ab1:,%{}*? é€🦀\\n".chars().collect();
+        let mut state: u64 = 0x5eed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..2000)
+            .map(|_| {
+                let len = (next() % 12) as usize;
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slots_are_the_ones_computed_before() {
+        let ns = Namespace::new("cache").unwrap();
+        for s in samples() {
+            let dep = TableName::new("public", "t").row_dep(&[&s]);
+            for key in [s.clone(), ns.lease_key(&s), ns.dep_set_key(&dep)] {
+                assert_eq!(
+                    slot(&key),
+                    Slot::new(before::slot(&key)).unwrap(),
+                    "{key:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn marker_keys_are_the_ones_computed_before() {
+        let ns = Namespace::new("cache").unwrap();
+        let expected: Vec<String> = before::marker_tags()
+            .iter()
+            .map(|t| format!("cache:@sc:marker:{{{t}}}"))
+            .collect();
+        assert_eq!(ns.marker_keys(), expected);
+    }
+
+    #[test]
+    fn ids_are_encoded_as_before() {
+        for s in samples() {
+            assert_eq!(encode(&s), before::encode(&s), "{s:?}");
+            assert_eq!(row_id(&[&s, "x"]), format!("{},x", before::encode(&s)));
+        }
     }
 }

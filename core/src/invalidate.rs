@@ -1,0 +1,187 @@
+//! Deleting entries together with their bookkeeping: the invalidator's
+//! batches, and the library's `clear*` calls.
+//!
+//! Every step touches one slot at a time, so the same code serves a single
+//! server and a Redis Cluster. The order of the steps is what keeps a fill
+//! from caching stale data (see [`crate::fill`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures_util::future::try_join;
+use redis::RedisResult;
+
+use crate::conn::{sum_ints, Conn, CHUNK};
+use crate::keys::{slot, DepId, EntryKeys, Namespace};
+use crate::markers::set_markers;
+use crate::scripts::{DRAIN, DROP};
+
+/// Deletes the cache entries `keys` and every entry registered under one of
+/// `deps`, with their leases and bookkeeping. Returns how many values were
+/// deleted. Idempotent: running it twice deletes nothing more.
+///
+/// Three steps, each one pipelined round trip (concurrent per node on a
+/// cluster): move each dependency set's members into its drain set (and
+/// delete `keys` meanwhile); delete the entries found there; remove exactly
+/// those members from the drain sets. The last two are skipped when the
+/// sets were empty. A caller that fails midway and runs again finds the members
+/// still in the drain sets.
+///
+/// ```no_run
+/// # async fn demo() -> redis::RedisResult<()> {
+/// use smartcache_core::conn::{Conn, Options};
+/// use smartcache_core::keys::{Namespace, TableName};
+/// let mut con = Conn::open("redis://127.0.0.1:6379/0", &Options::default())?;
+/// let ns = Namespace::default();
+/// let deps = [TableName::parse("products").unwrap().table_dep()];
+/// smartcache_core::invalidate::invalidate(&mut con, &ns, &["product_list".into()], &deps).await?;
+/// # Ok(()) }
+/// ```
+pub async fn invalidate(
+    con: &mut Conn,
+    ns: &Namespace,
+    keys: &[String],
+    deps: &[DepId],
+) -> RedisResult<u64> {
+    // The keys given directly go in the same round trip as the draining.
+    let mut other = con.clone();
+    let direct: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    let (drained, mut removed) = try_join(
+        drain(con, ns, deps),
+        drop_entries(&mut other, ns, direct.iter().copied()),
+    )
+    .await?;
+    let members: BTreeSet<&str> = drained
+        .values()
+        .flatten()
+        .map(String::as_str)
+        .filter(|m| !direct.contains(m))
+        .collect();
+    removed += drop_entries(con, ns, members).await?;
+    let srem = drained
+        .iter()
+        .filter(|(_, members)| !members.is_empty())
+        .flat_map(|(dep, members)| {
+            let drain = ns.drain_key(dep);
+            members.chunks(CHUNK).map(move |chunk| {
+                let mut cmd = redis::cmd("SREM");
+                cmd.arg(&drain).arg(chunk);
+                cmd
+            })
+        })
+        .collect();
+    con.run_all(srem).await?;
+    Ok(removed)
+}
+
+/// Moves each dependency set into its drain set; returns the members to
+/// delete per dependency.
+async fn drain(
+    con: &mut Conn,
+    ns: &Namespace,
+    deps: &[DepId],
+) -> RedisResult<BTreeMap<DepId, Vec<String>>> {
+    let groups = con.group(deps.iter(), |d| slot(d.as_str()), CHUNK);
+    let calls: Vec<_> = groups
+        .iter()
+        .map(|group| {
+            let mut inv = DRAIN.prepare_invoke();
+            for d in group {
+                inv.key(ns.dep_set_key(d)).key(ns.drain_key(d));
+            }
+            inv
+        })
+        .collect();
+    let replies = con.run_script(&DRAIN, &calls).await?;
+    let mut out = BTreeMap::new();
+    for (group, reply) in groups.iter().zip(replies) {
+        let sets: Vec<Vec<String>> = redis::from_redis_value(reply)?;
+        for (d, members) in group.iter().zip(sets) {
+            out.insert((*d).clone(), members);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes entries with their lease and bookkeeping; returns how many
+/// values were there.
+async fn drop_entries<'a>(
+    con: &mut Conn,
+    ns: &Namespace,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> RedisResult<u64> {
+    let (together, apart): (Vec<EntryKeys>, Vec<EntryKeys>) = keys
+        .into_iter()
+        .map(|k| ns.entry_keys(k))
+        .partition(|e| con.reaches(e));
+    let calls: Vec<_> = con
+        .group(together, |e| slot(&e.value), CHUNK)
+        .iter()
+        .map(|group| {
+            let mut inv = DROP.prepare_invoke();
+            for e in group {
+                inv.key(e.all().as_slice());
+            }
+            inv
+        })
+        .collect();
+    let mut removed = sum_ints(con.run_script(&DROP, &calls).await?)?;
+    // A key with braces, written by another program on a cluster: its
+    // bookkeeping (if any) is in other slots, so delete key by key. The
+    // library refuses such keys, so no fill of it is in flight.
+    if !apart.is_empty() {
+        let cmds = apart
+            .iter()
+            .flat_map(EntryKeys::all)
+            .map(|k| redis::cmd("UNLINK").arg(k).clone())
+            .collect();
+        let counts = con.run_all(cmds).await?;
+        removed += sum_ints(counts.into_iter().step_by(4).collect())?;
+    }
+    Ok(removed)
+}
+
+/// Drops every cached value of the namespace with its lease (defeating
+/// fills in flight) and bookkeeping, then sets the markers: what to do when
+/// part of Redis lost its data. Dependency sets stay, so a fill racing this
+/// keeps its registration; the sweeper removes what is left over. Returns
+/// how many values were dropped.
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
+/// let ns = smartcache_core::keys::Namespace::default();
+/// let dropped = smartcache_core::invalidate::drop_all_values(&mut con, &ns).await?;
+/// # Ok(()) }
+/// ```
+pub async fn drop_all_values(con: &mut Conn, ns: &Namespace) -> RedisResult<u64> {
+    let found = con.scan_all(&ns.match_all()).await?;
+    let entries: BTreeSet<&str> = found
+        .iter()
+        .filter_map(|k| ns.cache_key_of(k).or_else(|| ns.cache_key_of_lease(k)))
+        .collect();
+    let dropped = drop_entries(con, ns, entries).await?;
+    set_markers(con, ns).await?;
+    Ok(dropped)
+}
+
+/// Deletes exactly the Redis keys `keys` (`UNLINK`), in batches of one
+/// slot; for the library's `clear_all`, which deletes the namespace's
+/// every key.
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
+/// let ns = smartcache_core::keys::Namespace::default();
+/// let all = con.scan_all(&ns.match_all()).await?;
+/// smartcache_core::invalidate::unlink(&mut con, all).await?;
+/// # Ok(()) }
+/// ```
+pub async fn unlink(con: &mut Conn, keys: Vec<String>) -> RedisResult<()> {
+    let cmds = con
+        .group(keys, |k| slot(k), UNLINK_BATCH)
+        .into_iter()
+        .map(|batch| redis::cmd("UNLINK").arg(batch).clone())
+        .collect();
+    con.run_all(cmds).await.map(drop)
+}
+
+/// Keys per `UNLINK` of [`unlink`].
+const UNLINK_BATCH: usize = 500;

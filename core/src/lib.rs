@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod describe;
+pub mod fill;
+pub mod invalidate;
+pub mod keys;
+pub mod markers;
+mod scripts;
+pub mod sweep;

@@ -1,0 +1,29 @@
+//! The Lua scripts, from `core/lua/`, each behind the shared helpers of
+//! `prelude.lua`. Every file opens with the invariant it keeps.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../lua/prelude.lua"),
+                include_str!(concat!("../lua/", $file))
+            ))
+        })
+    };
+}
+
+pub(crate) static ACQUIRE: LazyLock<Script> = script!("acquire.lua");
+pub(crate) static FILL: LazyLock<Script> = script!("fill.lua");
+pub(crate) static RELEASE: LazyLock<Script> = script!("release.lua");
+pub(crate) static STORE: LazyLock<Script> = script!("store.lua");
+pub(crate) static DROP: LazyLock<Script> = script!("drop.lua");
+pub(crate) static DRAIN: LazyLock<Script> = script!("drain.lua");
+pub(crate) static FENCE: LazyLock<Script> = script!("fence.lua");
+pub(crate) static DESCRIBE: LazyLock<Script> = script!("describe.lua");
+
+#[cfg(test)]
+mod tests;

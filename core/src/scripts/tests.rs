@@ -1,0 +1,493 @@
+//! Each script, and the interleavings the guarantees rest on, against a real
+//! Redis: the server at `SMARTCACHE_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379/0`), a Redis Cluster when
+//! `SMARTCACHE_TEST_REDIS_CLUSTER=1` (`scripts/test.sh` runs them on both).
+//! Each test has its own namespace.
+
+use std::slice::from_ref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::{RedisResult, Value};
+
+use super::*;
+use crate::conn::{Conn, Options};
+use crate::describe::describe;
+use crate::fill::{acquire, fill, new_token, release, store, Acquired};
+use crate::invalidate::{drop_all_values, invalidate};
+use crate::keys::{DepId, EntryKeys, Namespace, TableName};
+use crate::markers::{check_markers, set_markers, Markers};
+use crate::sweep::sweep;
+
+const LEASE: Duration = Duration::from_secs(5);
+
+fn dep(row: &str) -> DepId {
+    TableName::new("public", "products").row_dep(&[row])
+}
+
+struct Fx {
+    ns: Namespace,
+    con: Conn,
+}
+
+impl Fx {
+    fn new(test: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let url = std::env::var("SMARTCACHE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+        let options = Options {
+            cluster: std::env::var("SMARTCACHE_TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1"),
+            ..Options::default()
+        };
+        let ns = format!(
+            "core_{test}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        Self {
+            ns: Namespace::new(&ns).unwrap(),
+            con: Conn::open(&url, &options).unwrap(),
+        }
+    }
+
+    async fn get(&mut self, key: &str) -> Option<String> {
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.con)
+            .await
+            .unwrap()
+    }
+
+    async fn exists(&mut self, key: &str) -> bool {
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<u64>(&mut self.con)
+            .await
+            .unwrap()
+            == 1
+    }
+
+    async fn members(&mut self, key: &str) -> Vec<String> {
+        let mut m: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut self.con)
+            .await
+            .unwrap();
+        m.sort();
+        m
+    }
+
+    async fn cmd(&mut self, args: &[&str]) {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async::<Value>(&mut self.con)
+            .await
+            .unwrap();
+    }
+
+    /// Runs `script` on one entry's keys and `args`.
+    async fn run<T: redis::FromRedisValue>(
+        &mut self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> RedisResult<T> {
+        let mut inv = script.prepare_invoke();
+        inv.key(keys).arg(args);
+        inv.invoke_async(&mut self.con).await
+    }
+
+    async fn cleanup(mut self) {
+        let all = self.con.scan_all(&self.ns.match_all()).await.unwrap();
+        crate::invalidate::unlink(&mut self.con, all).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn acquire_takes_the_lease_once_and_indexes_the_dependencies() {
+    let mut fx = Fx::new("acquire");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    let e = ns.entry_keys("p:1");
+    let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, from_ref(&dep)).await;
+    assert_eq!(got.unwrap(), Acquired::Lease);
+    let got = acquire(&mut fx.con, &ns, "p:1", "b", LEASE, from_ref(&dep)).await;
+    assert_eq!(got.unwrap(), Acquired::HeldByOther);
+    assert_eq!(fx.get(&e.lease).await.as_deref(), Some("a"));
+    assert_eq!(fx.members(&e.deps).await, [dep.as_str()]);
+    assert_eq!(fx.members(&ns.dep_set_key(&dep)).await, ["p:1"]);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn acquire_returns_a_cached_value_and_takes_no_lease() {
+    let mut fx = Fx::new("acquire_hit");
+    let ns = fx.ns.clone();
+    store(&mut fx.con, &ns, "p:1", b"v", None, &[])
+        .await
+        .unwrap();
+    let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[]).await;
+    assert_eq!(got.unwrap(), Acquired::Value(b"v".to_vec()));
+    assert!(!fx.exists(&ns.lease_key("p:1")).await);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn fill_stores_under_its_token_and_drops_the_lease() {
+    let mut fx = Fx::new("fill");
+    let ns = fx.ns.clone();
+    let e = ns.entry_keys("p:1");
+    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")])
+        .await
+        .unwrap();
+    assert!(!fill(&mut fx.con, &ns, "p:1", "b", b"x", None)
+        .await
+        .unwrap());
+    assert!(fill(&mut fx.con, &ns, "p:1", "a", b"v", None)
+        .await
+        .unwrap());
+    assert_eq!(fx.get(&e.value).await.as_deref(), Some("v"));
+    assert!(!fx.exists(&e.lease).await);
+    assert!(fx.exists(&e.born).await, "birth stamp");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&e.deps)
+        .query_async(&mut fx.con)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "the reverse index lives as long as the value");
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn fill_with_a_ttl_expires_value_stamp_and_index_together() {
+    let mut fx = Fx::new("fill_ttl");
+    let ns = fx.ns.clone();
+    let e = ns.entry_keys("p:1");
+    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")])
+        .await
+        .unwrap();
+    let ttl = Some(Duration::from_secs(60));
+    assert!(fill(&mut fx.con, &ns, "p:1", "a", b"v", ttl).await.unwrap());
+    for key in [&e.value, &e.born, &e.deps] {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut fx.con)
+            .await
+            .unwrap();
+        assert!((50_000..=60_000).contains(&pttl), "{key}: {pttl}");
+    }
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn fill_whose_lease_was_dropped_by_an_invalidation_is_refused() {
+    let mut fx = Fx::new("fill_dropped");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, from_ref(&dep))
+        .await
+        .unwrap();
+    // The commit lands and is invalidated while the value is computed.
+    assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 0);
+    assert!(!fill(&mut fx.con, &ns, "p:1", "a", b"stale", None)
+        .await
+        .unwrap());
+    assert_eq!(fx.get(&ns.value_key("p:1")).await, None);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn fill_after_a_store_is_refused() {
+    let mut fx = Fx::new("fill_after_store");
+    let ns = fx.ns.clone();
+    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[])
+        .await
+        .unwrap();
+    store(&mut fx.con, &ns, "p:1", b"newer", None, &[])
+        .await
+        .unwrap();
+    assert!(!fill(&mut fx.con, &ns, "p:1", "a", b"older", None)
+        .await
+        .unwrap());
+    assert_eq!(fx.get(&ns.value_key("p:1")).await.as_deref(), Some("newer"));
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn release_is_for_the_token_holder_and_leaves_no_lone_index() {
+    let mut fx = Fx::new("release");
+    let ns = fx.ns.clone();
+    let e = ns.entry_keys("p:1");
+    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")])
+        .await
+        .unwrap();
+    assert!(!release(&mut fx.con, &ns, "p:1", "b").await.unwrap());
+    assert!(fx.exists(&e.lease).await);
+    assert!(release(&mut fx.con, &ns, "p:1", "a").await.unwrap());
+    assert!(!fx.exists(&e.lease).await);
+    assert!(!fx.exists(&e.deps).await, "no value, so no reverse index");
+    let got = acquire(&mut fx.con, &ns, "p:1", "c", LEASE, &[])
+        .await
+        .unwrap();
+    assert_eq!(got, Acquired::Lease, "the next filler need not wait");
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn store_replaces_the_index_and_registers() {
+    let mut fx = Fx::new("store");
+    let ns = fx.ns.clone();
+    let (one, two) = (dep("1"), dep("2"));
+    store(&mut fx.con, &ns, "k", b"v1", None, from_ref(&one))
+        .await
+        .unwrap();
+    store(&mut fx.con, &ns, "k", b"v2", None, from_ref(&two))
+        .await
+        .unwrap();
+    assert_eq!(fx.members(&ns.entry_deps_key("k")).await, [two.as_str()]);
+    assert_eq!(fx.members(&ns.dep_set_key(&two)).await, ["k"]);
+    assert_eq!(fx.get(&ns.value_key("k")).await.as_deref(), Some("v2"));
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn drop_deletes_the_four_keys_of_each_entry_and_counts_values() {
+    let mut fx = Fx::new("drop");
+    let ns = fx.ns.clone();
+    store(&mut fx.con, &ns, "a", b"v", None, &[dep("1")])
+        .await
+        .unwrap();
+    acquire(&mut fx.con, &ns, "b", "t", LEASE, &[])
+        .await
+        .unwrap();
+    let (a, b) = (ns.entry_keys("a"), ns.entry_keys("b"));
+    let keys = [a.all(), b.all()].concat();
+    let removed: u64 = if fx.con.is_cluster() {
+        // Two entries of two slots: one call each.
+        fx.run::<u64>(&DROP, &a.all(), &[]).await.unwrap()
+            + fx.run::<u64>(&DROP, &b.all(), &[]).await.unwrap()
+    } else {
+        fx.run(&DROP, &keys, &[]).await.unwrap()
+    };
+    assert_eq!(removed, 1, "one value; a lease is not a value");
+    for key in keys {
+        assert!(!fx.exists(key).await, "{key}");
+    }
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn drain_then_drop_then_forget() {
+    let mut fx = Fx::new("drain_drop_forget");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
+        .await
+        .unwrap();
+    let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
+    let taken: Vec<Vec<String>> = fx.run(&DRAIN, &[&set, &drain], &[]).await.unwrap();
+    assert_eq!(taken, [["p:1"]]);
+    assert!(!fx.exists(&set).await, "the dependency set is taken whole");
+    // A registration made now lands in a new set and is kept.
+    acquire(&mut fx.con, &ns, "p:2", "a", LEASE, from_ref(&dep))
+        .await
+        .unwrap();
+    // The whole invalidation: what is in the drain set goes, then is forgotten.
+    assert_eq!(
+        invalidate(&mut fx.con, &ns, &[], from_ref(&dep))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!fx.exists(&drain).await, "forgotten once dropped");
+    assert!(!fx.exists(&ns.value_key("p:1")).await);
+    assert!(
+        !fx.exists(&ns.lease_key("p:2")).await,
+        "the fill in flight is defeated"
+    );
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn members_a_dead_daemon_left_in_a_drain_set_go_with_the_next_invalidation() {
+    let mut fx = Fx::new("drain_replay");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
+        .await
+        .unwrap();
+    let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
+    // Drained, then the daemon died before dropping.
+    let _: Value = fx.run(&DRAIN, &[&set, &drain], &[]).await.unwrap();
+    assert_eq!(fx.members(&drain).await, ["p:1"]);
+    assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 1);
+    assert!(!fx.exists(&ns.value_key("p:1")).await);
+    assert!(!fx.exists(&drain).await);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn drain_counts_a_dependency_key_of_another_type_as_empty() {
+    let mut fx = Fx::new("drain_not_a_set");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
+    fx.cmd(&["SET", &set, "written by another program"]).await;
+    let taken: Vec<Vec<String>> = fx.run(&DRAIN, &[&set, &drain], &[]).await.unwrap();
+    assert_eq!(taken, [Vec::<String>::new()]);
+    assert!(!fx.exists(&set).await);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn fence_takes_only_entries_with_neither_value_nor_lease() {
+    let mut fx = Fx::new("fence");
+    let ns = fx.ns.clone();
+    store(&mut fx.con, &ns, "live", b"v", None, &[])
+        .await
+        .unwrap();
+    acquire(&mut fx.con, &ns, "filling", "a", LEASE, &[])
+        .await
+        .unwrap();
+    let gone = ns.entry_keys("gone");
+    fx.cmd(&["SADD", &gone.deps, "t:public.products"]).await;
+    for (key, want) in [("live", 0), ("filling", 0), ("gone", 1)] {
+        let e = ns.entry_keys(key);
+        let fenced: Vec<u8> = fx
+            .run(&FENCE, &e.all(), &["sweep:x", "10000"])
+            .await
+            .unwrap();
+        assert_eq!(fenced, [want], "{key}");
+    }
+    assert_eq!(fx.get(&gone.lease).await.as_deref(), Some("sweep:x"));
+    assert!(!fx.exists(&gone.deps).await, "a fenced entry's index goes");
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn fill_cannot_start_while_the_sweeper_fences_the_entry() {
+    let mut fx = Fx::new("fence_vs_fill");
+    let ns = fx.ns.clone();
+    let e: EntryKeys = ns.entry_keys("p:1");
+    let fenced: Vec<u8> = fx
+        .run(&FENCE, &e.all(), &["sweep:x", "10000"])
+        .await
+        .unwrap();
+    assert_eq!(fenced, [1]);
+    let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")]).await;
+    assert_eq!(got.unwrap(), Acquired::HeldByOther);
+    assert!(release(&mut fx.con, &ns, "p:1", "sweep:x").await.unwrap());
+    let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")]).await;
+    assert_eq!(got.unwrap(), Acquired::Lease);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn sweep_keeps_a_fill_in_flight_and_removes_entries_that_are_gone() {
+    let mut fx = Fx::new("sweep");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    acquire(&mut fx.con, &ns, "filling", "a", LEASE, from_ref(&dep))
+        .await
+        .unwrap();
+    store(&mut fx.con, &ns, "evicted", b"v", None, from_ref(&dep))
+        .await
+        .unwrap();
+    store(&mut fx.con, &ns, "live", b"v", None, from_ref(&dep))
+        .await
+        .unwrap();
+    fx.cmd(&["UNLINK", &ns.value_key("evicted")]).await;
+    assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 1);
+    assert_eq!(fx.members(&ns.dep_set_key(&dep)).await, ["filling", "live"]);
+    assert!(
+        !fx.exists(&ns.lease_key("evicted")).await,
+        "the fence is lifted"
+    );
+    assert!(fill(&mut fx.con, &ns, "filling", "a", b"v", None)
+        .await
+        .unwrap());
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn describe_gives_size_dependencies_and_age_and_skips_vanished_keys() {
+    let mut fx = Fx::new("describe");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    store(&mut fx.con, &ns, "mine", b"12345", None, from_ref(&dep))
+        .await
+        .unwrap();
+    fx.cmd(&["SET", &ns.value_key("theirs"), "abc"]).await;
+    let listed = describe(&mut fx.con, &ns, &["mine", "theirs", "vanished"])
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[0].size_bytes, listed[0].deps.clone()),
+        (5, vec![dep.to_string()])
+    );
+    assert!(listed[0].age.is_some());
+    assert_eq!(
+        (listed[1].key.as_str(), listed[1].size_bytes, listed[1].age),
+        ("theirs", 3, None)
+    );
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn markers_tell_absent_intact_and_lost_apart() {
+    let mut fx = Fx::new("markers");
+    let ns = fx.ns.clone();
+    assert_eq!(
+        check_markers(&mut fx.con, &ns).await.unwrap(),
+        Markers::Absent
+    );
+    set_markers(&mut fx.con, &ns).await.unwrap();
+    assert_eq!(
+        check_markers(&mut fx.con, &ns).await.unwrap(),
+        Markers::Intact
+    );
+    fx.cmd(&["UNLINK", &ns.marker_keys()[7]]).await;
+    let found = check_markers(&mut fx.con, &ns).await.unwrap();
+    assert_eq!(found, Markers::Lost { missing: 1 });
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn dropping_every_value_defeats_fills_and_keeps_dependency_sets() {
+    let mut fx = Fx::new("drop_all");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    store(&mut fx.con, &ns, "a", b"v", None, from_ref(&dep))
+        .await
+        .unwrap();
+    acquire(&mut fx.con, &ns, "b", "t", LEASE, from_ref(&dep))
+        .await
+        .unwrap();
+    assert_eq!(drop_all_values(&mut fx.con, &ns).await.unwrap(), 1);
+    assert!(!fill(&mut fx.con, &ns, "b", "t", b"v", None).await.unwrap());
+    assert_eq!(fx.members(&ns.dep_set_key(&dep)).await, ["a", "b"]);
+    assert_eq!(
+        check_markers(&mut fx.con, &ns).await.unwrap(),
+        Markers::Intact
+    );
+    fx.cleanup().await;
+}
+
+#[test]
+fn every_script_opens_with_its_invariant() {
+    for (name, script) in [
+        ("acquire", include_str!("../../lua/acquire.lua")),
+        ("fill", include_str!("../../lua/fill.lua")),
+        ("release", include_str!("../../lua/release.lua")),
+        ("store", include_str!("../../lua/store.lua")),
+        ("drop", include_str!("../../lua/drop.lua")),
+        ("drain", include_str!("../../lua/drain.lua")),
+        ("fence", include_str!("../../lua/fence.lua")),
+        ("describe", include_str!("../../lua/describe.lua")),
+    ] {
+        let head = script.lines().take(3).collect::<String>();
+        assert!(head.starts_with(&format!("-- {name}: ")), "{name}");
+        assert!(
+            head.contains("Invariant"),
+            "{name} opens with its invariant"
+        );
+    }
+}
+
+#[test]
+fn new_tokens_differ() {
+    assert_ne!(new_token(), new_token());
+}
