@@ -5,7 +5,7 @@
 //! equals the database, and the entries of rows no change touched are
 //! still cached (nothing was flushed wholesale to stay safe).
 
-use smartcache_tests::servers::{wait_for, Stack, WAIT};
+use smartcache_tests::servers::{self, wait_for, Stack, WAIT};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
@@ -231,4 +231,47 @@ async fn two_daemons_share_the_work_and_one_killed_loses_nothing() {
     stack.verify(UNTOUCHED).await;
     assert!(b.running(), "the surviving daemon runs");
     b.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_daemon_loses_its_claimed_rows_to_the_other_after_the_timeout() {
+    let mut stack = cached_stack("pg_timeout_ms = 2000\ncanary_interval_ms = 0").await;
+    let mut frozen = stack.daemon();
+    wait_sessions(&stack, 1).await;
+    let writers = stack.writers(2, HOT);
+    writers.wait_more(50).await;
+    // Freeze it until it is caught holding a claim (idle in transaction).
+    let pid = frozen.pid().expect("running");
+    let mut caught = false;
+    for _ in 0..200 {
+        servers::signal(pid, "-STOP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if stack.pg.daemon_sessions().await.1 > 0 {
+            caught = true;
+            break;
+        }
+        servers::signal(pid, "-CONT");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert!(caught, "the daemon was never caught inside a batch");
+    update_all_hot_rows(&stack).await;
+    writers.stop().await;
+    // Another daemon takes over the frozen one's rows once the server ends
+    // its idle transaction; the frozen one stays frozen meanwhile.
+    let other = stack.daemon();
+    let start = Instant::now();
+    wait_for(
+        "the outbox to drain past the frozen daemon",
+        WAIT,
+        || async { (stack.outbox_len().await == Some(0)).then_some(()) },
+    )
+    .await;
+    println!(
+        "drained {:?} after the other daemon started",
+        start.elapsed()
+    );
+    stack.verify(UNTOUCHED).await;
+    servers::signal(pid, "-CONT");
+    drop(other);
+    frozen.kill9();
 }
