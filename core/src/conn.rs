@@ -259,6 +259,54 @@ impl Conn {
         Ok(out)
     }
 
+    /// One slot per primary, the lowest it serves (`None` for the one
+    /// server): a key hash-tagged to it lives on that primary.
+    ///
+    /// ```no_run
+    /// # async fn demo(con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
+    /// let slots = con.primary_slots().await?;
+    /// assert!(!slots.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn primary_slots(&self) -> RedisResult<Vec<Option<u16>>> {
+        let Kind::Cluster(c) = &self.0 else {
+            return Ok(vec![None]);
+        };
+        let reply = c
+            .get()
+            .await?
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let ranges: Vec<Vec<Value>> = redis::from_redis_value(reply)?;
+        let mut lowest: Vec<((String, u16), u16)> = Vec::new();
+        for range in ranges {
+            let mut fields = range.into_iter();
+            let (Some(start), _, Some(primary)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let start: u16 = redis::from_redis_value(start)?;
+            let node: Vec<Value> = redis::from_redis_value(primary)?;
+            let (Some(host), Some(port)) = (node.first(), node.get(1)) else {
+                continue;
+            };
+            let id = (
+                redis::from_redis_value::<String>(host.clone())?,
+                redis::from_redis_value::<u16>(port.clone())?,
+            );
+            match lowest.iter_mut().find(|(n, _)| *n == id) {
+                Some((_, s)) => *s = (*s).min(start),
+                None => lowest.push((id, start)),
+            }
+        }
+        let mut slots: Vec<Option<u16>> = lowest.into_iter().map(|(_, s)| Some(s)).collect();
+        slots.sort();
+        Ok(slots)
+    }
+
     /// The primaries: `None` for the one server, else their addresses.
     async fn nodes(&self) -> RedisResult<Vec<Option<(String, u16)>>> {
         Ok(match &self.0 {

@@ -65,6 +65,8 @@ const DRAIN: &str = "@sc:drain:";
 const BORN: &str = "@sc:born:";
 const RECENT: &str = "@sc:recent";
 const MARKER: &str = "@sc:marker:";
+const GENERATION: &str = "@sc:gen";
+const PG_POSITION: &str = "@sc:pg";
 
 /// How many marker keys watch the keyspace for data loss (see
 /// [`Namespace::marker_keys`]): one every `16384 / MARKERS` hash slots.
@@ -256,6 +258,38 @@ impl Namespace {
                 format!("{}{MARKER}{{{tag}}}", self.prefix)
             })
             .collect()
+    }
+
+    /// Redis key of the generation counter the daemon bumps after each
+    /// batch: on a single server one key (`slot` is `None`), on a cluster
+    /// one per primary, hash-tagged to `slot` (the first slot it serves), so
+    /// it lives on that primary and is written after the batch's deletions
+    /// there.
+    ///
+    /// ```
+    /// use smartcache_core::keys::{slot, Namespace};
+    /// use redis::cluster_routing::Slot;
+    /// let ns = Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.generation_key(None), "cache:@sc:gen");
+    /// assert_eq!(slot(&ns.generation_key(Some(5461))), Slot::new(5461).unwrap());
+    /// ```
+    pub fn generation_key(&self, slot: Option<u16>) -> String {
+        match slot {
+            None => format!("{}{GENERATION}", self.prefix),
+            Some(s) => format!("{}{GENERATION}:{{{}}}", self.prefix, tag_of_slot(s)),
+        }
+    }
+
+    /// Redis key where the daemon records the PostgreSQL server it applied
+    /// changes from (system identifier, timeline, WAL position), to notice
+    /// PostgreSQL going back in time.
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.postgres_position_key(), "cache:@sc:pg");
+    /// ```
+    pub fn postgres_position_key(&self) -> String {
+        format!("{}{PG_POSITION}", self.prefix)
     }
 
     /// Redis key of the set of cache keys that depend on `dep`.
@@ -493,6 +527,23 @@ pub fn slot(key: &str) -> Slot {
 
 /// The shortest decimal number whose hash slot is `slot`, for the marker
 /// slots (a multiple of `16384 / MARKERS`).
+/// A short hash tag that hashes to `slot` (found by search, remembered).
+fn tag_of_slot(slot: u16) -> String {
+    static FOUND: std::sync::LazyLock<std::sync::Mutex<HashMap<u16, String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut found = FOUND.lock().expect("not poisoned");
+    if let Some(tag) = found.get(&slot) {
+        return tag.clone();
+    }
+    let wanted = Slot::new(slot % 16384).expect("below 16384");
+    let tag = (0u64..)
+        .map(|n| n.to_string())
+        .find(|t| Slot::for_key(t) == wanted)
+        .expect("every slot has a tag");
+    found.insert(slot, tag.clone());
+    tag
+}
+
 fn slot_tag(slot: usize) -> String {
     static TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
         let step = 16384 / MARKERS;

@@ -68,3 +68,81 @@ pub async fn set_markers(con: &mut Conn, ns: &Namespace) -> RedisResult<()> {
         .collect();
     con.run_all(cmds).await.map(drop)
 }
+
+/// The generation keys of the namespace: one per primary (see
+/// [`Namespace::generation_key`]).
+///
+/// ```no_run
+/// # async fn demo(con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
+/// let ns = smartcache_core::keys::Namespace::default();
+/// let keys = smartcache_core::markers::generation_keys(&con, &ns).await?;
+/// # Ok(()) }
+/// ```
+pub async fn generation_keys(con: &Conn, ns: &Namespace) -> RedisResult<Vec<String>> {
+    Ok(con
+        .primary_slots()
+        .await?
+        .into_iter()
+        .map(|s| ns.generation_key(s))
+        .collect())
+}
+
+/// Increments each generation key; returns the new values in order.
+///
+/// Call it after a batch's deletions have completed: each primary then
+/// applies the increment after them, and whatever keeps a prefix of that
+/// primary's writes (a snapshot, an append-only file, a replica) keeps the
+/// increment only if it kept the deletions.
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache_core::conn::Conn, keys: Vec<String>) -> redis::RedisResult<()> {
+/// let values = smartcache_core::markers::bump_generations(&mut con, &keys).await?;
+/// # Ok(()) }
+/// ```
+pub async fn bump_generations(con: &mut Conn, keys: &[String]) -> RedisResult<Vec<i64>> {
+    let cmds = keys
+        .iter()
+        .map(|k| redis::cmd("INCR").arg(k).clone())
+        .collect();
+    con.run_all(cmds)
+        .await?
+        .into_iter()
+        .map(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
+        .collect()
+}
+
+/// The current value of each generation key (`None`: missing).
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache_core::conn::Conn, keys: Vec<String>) -> redis::RedisResult<()> {
+/// let values = smartcache_core::markers::read_generations(&mut con, &keys).await?;
+/// # Ok(()) }
+/// ```
+pub async fn read_generations(con: &mut Conn, keys: &[String]) -> RedisResult<Vec<Option<i64>>> {
+    let cmds = keys
+        .iter()
+        .map(|k| redis::cmd("GET").arg(k).clone())
+        .collect();
+    con.run_all(cmds)
+        .await?
+        .into_iter()
+        .map(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
+        .collect()
+}
+
+/// Raises a generation key to at least `value` (after the values were
+/// dropped for a regression, so later increments exceed what was recorded).
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
+/// smartcache_core::markers::raise_generation(&mut con, "cache:@sc:gen", 42).await?;
+/// # Ok(()) }
+/// ```
+pub async fn raise_generation(con: &mut Conn, key: &str, value: i64) -> RedisResult<()> {
+    crate::scripts::RAISE
+        .key(key)
+        .arg(value)
+        .invoke_async::<i64>(con)
+        .await
+        .map(drop)
+}

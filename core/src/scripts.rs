@@ -24,6 +24,7 @@ pub(crate) static DROP: LazyLock<Script> = script!("drop.lua");
 pub(crate) static DRAIN: LazyLock<Script> = script!("drain.lua");
 pub(crate) static FENCE: LazyLock<Script> = script!("fence.lua");
 pub(crate) static DESCRIBE: LazyLock<Script> = script!("describe.lua");
+pub(crate) static RAISE: LazyLock<Script> = script!("raise.lua");
 
 #[cfg(test)]
 mod tests;

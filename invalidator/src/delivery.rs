@@ -12,9 +12,11 @@ use crate::pg;
 use crate::schema;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, Telemetry};
+use crate::time_travel::{self, Generations, Regressed};
 use smartcache_core::conn::Conn;
 use smartcache_core::invalidate::invalidate;
 use smartcache_core::keys::DepId;
+use smartcache_core::markers;
 use std::future::Future;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -147,11 +149,14 @@ struct Daemon {
     canary_stalled: Arc<Notify>,
     /// Backend pid of the current session (0: none), for the canary.
     backend: Arc<AtomicI32>,
+    /// The generation keys bumped after each batch.
+    generations: Generations,
 }
 
 /// Statements of the hot path, prepared once per connection.
 struct Statements {
     claim: Statement,
+    record: Statement,
     dead_letter: Statement,
     last_id: Statement,
 }
@@ -160,6 +165,7 @@ impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             claim: client.prepare(&claim::claim_sql()).await?,
+            record: client.prepare(crate::time_travel::RECORD_SQL).await?,
             dead_letter: client.prepare(DEAD_LETTER_SQL).await?,
             last_id: client
                 .prepare("SELECT last_value FROM smartcache.outbox_id_seq")
@@ -179,6 +185,7 @@ impl Daemon {
             telemetry: Arc::new(Telemetry::new()),
             canary_stalled: Arc::new(Notify::new()),
             backend: Arc::new(AtomicI32::new(0)),
+            generations: Generations::new(),
         })
     }
 
@@ -477,6 +484,22 @@ impl Daemon {
             deps,
             deleted,
         } = done;
+        // After the deletions: see `time_travel`.
+        let ns = self.config.namespace.clone();
+        let generations = match self.generations.keys(&self.redis, &ns).await {
+            Ok(keys) => keys.to_vec(),
+            Err(e) => return self.give_back(client, cursor, &ids, e).await,
+        };
+        let values = match markers::bump_generations(&mut self.redis, &generations).await {
+            Ok(v) => v,
+            Err(e) => return self.give_back(client, cursor, &ids, e).await,
+        };
+        let regressed: Regressed = client
+            .query(&st.record, &[&ns.name(), &generations, &values])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         self.telemetry.set_redis_up(true);
         let since_claim = started.elapsed().as_secs_f64();
         let lag_min = ages.iter().copied().fold(f64::INFINITY, f64::min) + since_claim;
@@ -493,6 +516,21 @@ impl Daemon {
         }
         client.batch_execute("COMMIT").await?;
         cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
+        if !regressed.is_empty() {
+            let cause = format!(
+                "a generation key of {} primary(ies) did not grow past the one recorded: Redis lost writes",
+                regressed.len()
+            );
+            time_travel::recover(
+                &mut self.redis,
+                &ns,
+                &self.telemetry,
+                "redis",
+                &cause,
+                &regressed,
+            )
+            .await?;
+        }
         let n = claimed.len();
         let summary = crate::recent::Batch::new(n as u64, deleted, lag_min, lag_max);
         crate::recent::record(&self.redis, &self.config.namespace, summary);

@@ -43,5 +43,6 @@ pub mod shutdown;
 pub mod sql;
 mod sweep;
 pub mod telemetry;
+mod time_travel;
 
 pub use delivery::run;

@@ -26,6 +26,9 @@ use tracing::{debug, error, info, warn};
 
 /// How often capture is checked against the catalog.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often Redis and PostgreSQL are checked for going back in time: at
+/// most this long may a value undone by a restart stay cached.
+const TRAVEL_EVERY: Duration = Duration::from_secs(1);
 /// How often the vacuum horizon is sampled.
 const HORIZON_EVERY: Duration = Duration::from_secs(5);
 /// A snapshot older than this holds dead outbox rows: warn.
@@ -58,6 +61,8 @@ pub(crate) async fn run(shared: Shared, mut stop: Shutdown) {
         partitions: None,
         last_check: None,
         last_horizon: None,
+        last_travel: None,
+        generations: crate::time_travel::Generations::new(),
         last_beat: Instant::now(),
         stall_backoff: STALL_BACKOFF,
         last_reconnect_ask: None,
@@ -102,6 +107,8 @@ struct State {
     partitions: Option<BTreeMap<String, Vec<(String, String)>>>,
     last_check: Option<Instant>,
     last_horizon: Option<Instant>,
+    last_travel: Option<Instant>,
+    generations: crate::time_travel::Generations,
     last_beat: Instant,
     stall_backoff: Duration,
     last_reconnect_ask: Option<Instant>,
@@ -118,6 +125,12 @@ impl State {
         if due(self.last_check, CHECK_EVERY) {
             self.check_capture(client).await?;
             self.last_check = Some(Instant::now());
+        }
+        if due(self.last_travel, TRAVEL_EVERY) {
+            if let Err(e) = self.check_time_travel(client).await {
+                debug!(error = %format!("{e:#}"), "monitor: checking for time travel failed; trying again");
+            }
+            self.last_travel = Some(Instant::now());
         }
         if due(self.last_horizon, HORIZON_EVERY) {
             self.sample_horizon(client).await?;
@@ -187,6 +200,27 @@ impl State {
             smartcache_core::invalidate::invalidate(&mut con, &config.namespace, &keys, &deps)
                 .await?,
         )
+    }
+
+    async fn check_time_travel(&mut self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+        use crate::time_travel::{check_postgres, check_redis, recover};
+        let ns = &self.shared.config.namespace;
+        let mut redis = self.shared.redis.clone();
+        let keys = self.generations.keys(&redis, ns).await?.to_vec();
+        let regressed = check_redis(client, &mut redis, ns, &keys).await?;
+        let t = &self.shared.telemetry;
+        if !regressed.is_empty() {
+            let cause = format!(
+                "a generation key of {} primary(ies) reads below the one recorded: Redis restarted from an \
+                 older snapshot or a failover lost writes",
+                regressed.len()
+            );
+            recover(&mut redis, ns, t, "redis", &cause, &regressed).await?;
+        }
+        if let Some(cause) = check_postgres(client, &mut redis, ns).await? {
+            recover(&mut redis, ns, t, "postgres", &cause, &Vec::new()).await?;
+        }
+        Ok(())
     }
 
     async fn sample_horizon(

@@ -20,12 +20,13 @@ use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
 /// The schema version this binary installs.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Upgrade scripts, applied in order from the installed version + 1.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_schema.sql")),
     (2, include_str!("../../sql/002_capture.sql")),
+    (3, include_str!("../../sql/003_time_travel.sql")),
 ];
 
 /// Name of the row trigger on a partitioned table (inherited by every
@@ -705,6 +706,7 @@ const DAEMON_GRANTS: &[(&str, &str, &str)] = &[
         "SELECT, INSERT, UPDATE, DELETE",
     ),
     ("TABLE", "smartcache.dead_letter", "SELECT, INSERT"),
+    ("TABLE", "smartcache.redis_gen", "SELECT, INSERT, UPDATE"),
     ("SEQUENCE", "smartcache.doorbell", "SELECT, UPDATE"),
     ("SEQUENCE", "smartcache.outbox_id_seq", "SELECT"),
 ];

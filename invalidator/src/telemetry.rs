@@ -13,6 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Label of `smartcache_time_travel_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Store {
+    /// `redis` or `postgres`.
+    pub store: &'static str,
+}
+
 /// Label of `smartcache_errors_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorKind {
@@ -53,6 +60,9 @@ pub struct Telemetry {
     pub swept: Counter,
     /// Times part of Redis was found to have lost its data.
     pub data_loss: Counter,
+    /// Times Redis or PostgreSQL was found to have gone back in time (every
+    /// cached value then dropped).
+    pub time_travel: Family<Store, Counter>,
     /// Problems with capture found in the catalog (see [`crate::capture`]).
     pub capture_problems: Gauge,
     /// Changes whose columns capture could not read as installed, so the
@@ -100,6 +110,12 @@ impl Telemetry {
         let canary_beats = Counter::default();
         let swept = Counter::default();
         let data_loss = Counter::default();
+        let time_travel = Family::<Store, Counter>::default();
+        registry.register(
+            "time_travel",
+            "Times Redis or PostgreSQL went back in time (a restart from a snapshot, a failover that lost writes, a restore) and every cached value was dropped",
+            time_travel.clone(),
+        );
         let capture_problems = Gauge::default();
         let degraded_events = Counter::default();
         let steps = Counter::default();
@@ -193,6 +209,7 @@ impl Telemetry {
             canary_beats,
             swept,
             data_loss,
+            time_travel,
             capture_problems,
             degraded_events,
             steps,
@@ -228,6 +245,11 @@ impl Telemetry {
     /// Work done so far: applied outbox rows and steps of long batches.
     pub fn progress(&self) -> u64 {
         self.events.get() + self.steps.get()
+    }
+
+    /// Counts `store` going back in time.
+    pub fn time_travel(&self, store: &'static str) {
+        self.time_travel.get_or_create(&Store { store }).inc();
     }
 
     /// Replaces the list of capture problems.

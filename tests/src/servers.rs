@@ -424,6 +424,63 @@ impl Postgres {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.cluster.dir.join("postgres.log")).unwrap_or_default()
     }
+
+    /// A base backup (`pg_basebackup -X stream`) of the running server.
+    pub async fn base_backup(&self) -> TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix("smartcache-pgbackup-")
+            .tempdir()
+            .expect("temporary directory");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the backup directory to postgres");
+        }
+        let (bin, port) = (self.cluster.bin.clone(), self.cluster.port.to_string());
+        let data = dir.path().join("data").display().to_string();
+        blocking(move || {
+            run_pg_program(
+                &bin,
+                "pg_basebackup",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-D",
+                    &data,
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ],
+            )
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        dir
+    }
+
+    /// Stops the server, replaces its data directory with a copy of
+    /// `backup` (from [`Postgres::base_backup`]) and starts it: a restore.
+    pub async fn restore(&self, backup: &TempDir) {
+        self.stop().await;
+        let data = self.cluster.dir.join("data");
+        std::fs::remove_dir_all(&data).expect("remove the data directory");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(backup.path().join("data"))
+            .arg(&data)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copy the backup into place");
+        self.start_again().await;
+    }
 }
 
 impl Drop for Postgres {
@@ -455,6 +512,7 @@ pub struct Redis {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    aof: bool,
 }
 
 impl Redis {
@@ -468,9 +526,57 @@ impl Redis {
             child: None,
             port: free_port(),
             dir,
+            aof: false,
         };
         redis.start_again().await;
         redis
+    }
+
+    /// Like [`Redis::start`], with an append-only file
+    /// (`appendfsync everysec`).
+    pub async fn start_with_aof() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("smartcache-redis-")
+            .tempdir()
+            .expect("temporary directory");
+        let mut redis = Self {
+            child: None,
+            port: free_port(),
+            dir,
+            aof: true,
+        };
+        redis.start_again().await;
+        redis
+    }
+
+    /// The data directory (`dump.rdb`, `appendonlydir`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `SAVE`: a snapshot in `dump.rdb`, loaded at the next start.
+    pub async fn save(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SAVE").query_async(&mut con).await.unwrap();
+    }
+
+    /// `SHUTDOWN NOSAVE`: exits without writing; the next start loads the
+    /// last snapshot (or the append-only file).
+    pub async fn shutdown_nosave(&mut self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+            let _: Result<(), _> = redis::cmd("SHUTDOWN")
+                .arg("NOSAVE")
+                .query_async(&mut con)
+                .await;
+        }
+        let mut child = self.child.take().expect("Redis is running");
+        wait_for("Redis to exit", WAIT, || {
+            let done = child.try_wait().ok().flatten().is_some();
+            async move { done.then_some(()) }
+        })
+        .await;
     }
 
     /// URL of database 0.
@@ -490,7 +596,9 @@ impl Redis {
         let log = File::create(self.dir.path().join("redis.log")).expect("Redis log file");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendfsync", "everysec"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -990,7 +1098,17 @@ impl Stack {
     /// and installs the triggers. `settings` goes into the config file
     /// before `[[tables]]` (e.g. `batch_size = 100`).
     pub async fn start(rows: i64, settings: &str) -> Self {
-        let (pg, redis) = tokio::join!(Postgres::start(), Redis::start());
+        Self::start_on(rows, settings, Redis::start()).await
+    }
+
+    /// Like [`Stack::start`], on the Redis that `redis` starts (e.g.
+    /// [`Redis::start_with_aof`]).
+    pub async fn start_on(
+        rows: i64,
+        settings: &str,
+        redis: impl std::future::Future<Output = Redis>,
+    ) -> Self {
+        let (pg, redis) = tokio::join!(Postgres::start(), redis);
         let dir = tempfile::Builder::new()
             .prefix("smartcache-stack-")
             .tempdir()
