@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Waits until `item:{id}` has no value.
 async fn wait_gone(stack: &Stack, id: i64) {
     let key = stack.ns.value_key(&format!("item:{id}"));
-    let mut con = stack.redis_con().await;
+    let con = stack.redis_con().await;
     wait_for(&format!("{key} to be deleted"), WAIT, || {
         let mut con = con.clone();
         let key = key.clone();
