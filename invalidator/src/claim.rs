@@ -23,14 +23,16 @@ use std::time::{Duration, Instant};
 /// How often the whole pending range is scanned, whatever the snapshots say.
 pub const FULL_PASS: Duration = Duration::from_secs(10);
 
-/// The claim: the snapshot it ran under, then the rows it took (none: one
-/// row of NULLs). `$1..$2` is a range to scan again, `$3` the cursor, `$4`
+/// The claim: the snapshot it ran under and the WAL insert position (every
+/// change it can see committed before it), then the rows it took (none:
+/// one row of NULLs). `$1..$2` is a range to scan again, `$3` the cursor, `$4`
 /// the batch size. Both scans walk the primary key index (the daemon's
 /// session disables sequential and bitmap scans, so stale statistics cannot
 /// pick another plan), and the rows are deleted by id.
 pub fn claim_sql() -> String {
     format!(
-        "WITH snap AS MATERIALIZED (SELECT pg_current_snapshot()::text AS s), \
+        "WITH snap AS MATERIALIZED (SELECT pg_current_snapshot()::text AS s, \
+             pg_current_wal_insert_lsn()::text AS lsn), \
          late AS MATERIALIZED (SELECT id FROM smartcache.outbox WHERE id > $1 AND id <= $2 \
              ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED), \
          hot AS MATERIALIZED (SELECT id FROM smartcache.outbox WHERE id > $3 \
@@ -38,7 +40,7 @@ pub fn claim_sql() -> String {
          claimed AS (DELETE FROM smartcache.outbox o \
              WHERE o.id = ANY (ARRAY(SELECT id FROM late UNION ALL SELECT id FROM hot)) \
              RETURNING {}) \
-         SELECT snap.s, claimed.* FROM snap LEFT JOIN claimed ON true",
+         SELECT snap.s, snap.lsn, claimed.* FROM snap LEFT JOIN claimed ON true",
         crate::outbox::CLAIMED_COLUMNS
     )
 }

@@ -36,6 +36,16 @@ pub struct GlobalArgs {
     /// Redis is a cluster; --redis-url may then list seed nodes separated by commas
     #[arg(long, global = true, env = "SMARTCACHE_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// PostgreSQL replica the applications read from (repeat for several);
+    /// keys are deleted only once each has replayed the change
+    #[arg(
+        long = "replica-url",
+        global = true,
+        env = "SMARTCACHE_REPLICA_URLS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub replica_urls: Vec<String>,
     /// Namespace: first segment of every Redis key [default: cache]
     #[arg(long, global = true, env = "SMARTCACHE_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
@@ -119,6 +129,7 @@ impl GlobalArgs {
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
             redis_cluster: self.redis_cluster.then_some(true),
+            replica_urls: (!self.replica_urls.is_empty()).then(|| self.replica_urls.clone()),
             namespace: self.namespace.clone(),
             metrics_addr,
             admin_token: std::env::var("SMARTCACHE_ADMIN_TOKEN").ok(),
@@ -132,23 +143,9 @@ async fn connect_pg(config: &Config) -> anyhow::Result<crate::pg::Session> {
     crate::pg::connect(&pg_config).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to PostgreSQL ({}): {e}; check database_url and that the server is up",
-            redact(&config.database_url)
+            crate::pg::redact(&config.database_url)
         )
     })
-}
-
-/// Hides a password in a connection URL for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// `install`: prints the plan, applies it unless `dry_run`.
@@ -328,6 +325,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
+        use crate::pg::redact;
         assert_eq!(
             redact("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"

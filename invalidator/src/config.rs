@@ -47,6 +47,8 @@ struct FileConfig {
     daemon_role: Option<String>,
     capture_in_replica_mode: Option<bool>,
     pg_timeout_ms: Option<u64>,
+    replica_urls: Option<Vec<String>>,
+    replica_wait_ms: Option<u64>,
     #[serde(default)]
     tables: Vec<FileTable>,
 }
@@ -71,6 +73,8 @@ pub struct Overrides {
     pub redis_cluster: Option<bool>,
     /// `--namespace` / `SMARTCACHE_NAMESPACE`.
     pub namespace: Option<String>,
+    /// `--replica-url` (repeated) / `SMARTCACHE_REPLICA_URLS` (commas).
+    pub replica_urls: Option<Vec<String>>,
     /// `run --metrics-addr`.
     pub metrics_addr: Option<SocketAddr>,
     /// `SMARTCACHE_ADMIN_TOKEN` (environment only: a flag would show in `ps`).
@@ -115,6 +119,12 @@ pub struct Config {
     /// idle, before the server ends it: a frozen daemon's claimed rows go
     /// back to the queue after this, and nothing it abandons keeps running.
     pub pg_timeout: Duration,
+    /// PostgreSQL replicas the applications read from: a batch's keys are
+    /// deleted only once every one has replayed past the batch's commits.
+    pub replica_urls: Vec<String>,
+    /// Longest a batch waits for a replica; a replica still behind (or
+    /// unreachable) then gets the batch's deletions again once it caught up.
+    pub replica_wait: Duration,
     /// Watched tables with their key templates.
     pub tables: Vec<TableSpec>,
     /// Where the file settings came from, for messages.
@@ -223,6 +233,26 @@ impl Config {
                 "{origin}: setting `pg_timeout_ms`: {pg_timeout_ms} is outside 1000..=3600000"
             )));
         }
+        let replica_urls = o
+            .replica_urls
+            .clone()
+            .or(file.replica_urls)
+            .unwrap_or_default();
+        for url in &replica_urls {
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                ConfigError(format!(
+                    "{origin}: setting `replica_urls`: {} does not parse: {e}",
+                    crate::pg::redact(url)
+                ))
+            })?;
+        }
+        let replica_wait_ms = file.replica_wait_ms.unwrap_or(10_000);
+        // The claim transaction stays open while it waits.
+        if !(10..=600_000).contains(&replica_wait_ms) || replica_wait_ms >= pg_timeout_ms {
+            return Err(ConfigError(format!(
+                "{origin}: setting `replica_wait_ms`: {replica_wait_ms} must be 10..=600000 and below pg_timeout_ms ({pg_timeout_ms})"
+            )));
+        }
         if let Some(role) = &file.daemon_role {
             if role.is_empty() || role.len() > 63 {
                 return Err(ConfigError(format!(
@@ -273,6 +303,8 @@ impl Config {
             daemon_role: file.daemon_role,
             capture_in_replica_mode: file.capture_in_replica_mode.unwrap_or(false),
             pg_timeout: Duration::from_millis(pg_timeout_ms),
+            replica_urls,
+            replica_wait: Duration::from_millis(replica_wait_ms),
             tables,
             source,
         })

@@ -9,6 +9,7 @@ use crate::doorbell::Doorbell;
 use crate::mapping::{self, Work};
 use crate::outbox::{self, DEAD_LETTER_SQL};
 use crate::pg;
+use crate::replicas::Replicas;
 use crate::schema;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, Telemetry};
@@ -151,6 +152,8 @@ struct Daemon {
     backend: Arc<AtomicI32>,
     /// The generation keys bumped after each batch.
     generations: Generations,
+    /// Replicas the applications read from.
+    replicas: Replicas,
 }
 
 /// Statements of the hot path, prepared once per connection.
@@ -178,6 +181,8 @@ impl Daemon {
     fn new(config: Config) -> anyhow::Result<Self> {
         let pg_config = pg::config(&config)?;
         let redis = crate::redis_ops::connect(&config)?;
+        let replicas = Replicas::new(&config.replica_urls, config.replica_wait)
+            .map_err(|e| ConfigError(format!("setting `replica_urls`: {e}")))?;
         Ok(Self {
             config: Arc::new(config),
             pg_config,
@@ -186,6 +191,7 @@ impl Daemon {
             canary_stalled: Arc::new(Notify::new()),
             backend: Arc::new(AtomicI32::new(0)),
             generations: Generations::new(),
+            replicas,
         })
     }
 
@@ -305,6 +311,9 @@ impl Daemon {
                 last_rows = Some(Instant::now());
                 look = LOOK_MIN;
             }
+            if let Err(e) = self.repay().await {
+                warn!(error = %e, "Redis unavailable while applying deletions owed to replicas; retrying");
+            }
             if backlog_sampled.elapsed() >= Duration::from_secs(1) {
                 let last: i64 = client.query_one(&st.last_id, &[]).await?.get(0);
                 self.telemetry
@@ -420,15 +429,29 @@ impl Daemon {
             .first()
             .and_then(|r| Snapshot::parse(r.get::<_, &str>(0)))
             .unwrap_or_default();
+        let lsn: String = rows.first().map(|r| r.get(1)).unwrap_or_default();
         let claimed: Vec<&tokio_postgres::Row> = rows
             .iter()
-            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .filter(|r| r.get::<_, Option<i64>>(2).is_some())
             .collect();
-        let ids: Vec<i64> = claimed.iter().map(|r| r.get(1)).collect();
+        let ids: Vec<i64> = claimed.iter().map(|r| r.get(2)).collect();
         if claimed.is_empty() {
             client.batch_execute("COMMIT").await?;
             cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
             return Ok((0, false));
+        }
+        // Replicas first: a fill that reads one after our deletion must see
+        // these changes.
+        let mut owed = None;
+        if self.replicas.any() {
+            let behind = self
+                .replicas
+                .wait_for(&lsn, client, self.config.pg_timeout / 4)
+                .await?;
+            if !behind.is_empty() {
+                warn!(replicas = ?behind, "applying a batch before every replica replayed it; it is applied again once they have");
+                owed = Some((Vec::new(), Vec::new()));
+            }
         }
         let config = self.config.clone();
         let mut work = Work::default();
@@ -438,7 +461,7 @@ impl Daemon {
         let mut changed = 0u64;
         let mut last_pg = Instant::now();
         for row in &claimed {
-            let event = match outbox::parse(row, 1) {
+            let event = match outbox::parse(row, 2) {
                 Ok(event) => event,
                 Err(d) => {
                     dead.push(d);
@@ -455,14 +478,14 @@ impl Daemon {
                 match image {
                     Ok(image) => work.add_row(&rows, &image),
                     Err(e) => {
-                        dead.push(outbox::dead_letter(row, 1, e));
+                        dead.push(outbox::dead_letter(row, 2, e));
                         break;
                     }
                 }
                 // A statement over many rows is applied in chunks: memory
                 // stays bounded and Redis starts early.
                 if work.len() >= CHUNK {
-                    match self.apply(std::mem::take(&mut work)).await {
+                    match self.apply(std::mem::take(&mut work), owed.as_mut()).await {
                         Ok(a) => done.add(a),
                         Err(e) => return self.give_back(client, cursor, &ids, e).await,
                     }
@@ -475,7 +498,7 @@ impl Daemon {
                 }
             }
         }
-        match self.apply(work).await {
+        match self.apply(work, owed.as_mut()).await {
             Ok(a) => done.add(a),
             Err(e) => return self.give_back(client, cursor, &ids, e).await,
         }
@@ -516,6 +539,9 @@ impl Daemon {
         }
         client.batch_execute("COMMIT").await?;
         cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
+        if let Some((keys, deps)) = owed {
+            self.replicas.owe(&lsn, keys, deps);
+        }
         if !regressed.is_empty() {
             let cause = format!(
                 "a generation key of {} primary(ies) did not grow past the one recorded: Redis lost writes",
@@ -552,19 +578,50 @@ impl Daemon {
         Ok((n, more))
     }
 
-    /// Deletes what `work` names in Redis.
-    async fn apply(&mut self, work: Work) -> redis::RedisResult<Applied> {
+    /// Deletes what `work` names in Redis; `keep` gathers it for a replica
+    /// that was behind.
+    async fn apply(
+        &mut self,
+        work: Work,
+        keep: Option<&mut (Vec<String>, Vec<DepId>)>,
+    ) -> redis::RedisResult<Applied> {
         if work.is_empty() {
             return Ok(Applied::default());
         }
         let (keys, deps) = self.expand(work).await?;
         let deleted = invalidate(&mut self.redis, &self.config.namespace, &keys, &deps).await?;
         self.telemetry.steps.inc();
-        Ok(Applied {
+        let applied = Applied {
             keys: keys.len(),
             deps: deps.len(),
             deleted,
-        })
+        };
+        if let Some((k, d)) = keep {
+            k.extend(keys);
+            d.extend(deps);
+        }
+        Ok(applied)
+    }
+
+    /// Applies again the deletions owed to replicas that were behind, once
+    /// they have replayed past them.
+    async fn repay(&mut self) -> redis::RedisResult<()> {
+        if !self.replicas.owed() {
+            return Ok(());
+        }
+        let due = self.replicas.due().await;
+        let ns = &self.config.namespace;
+        if due.drop_all {
+            smartcache_core::invalidate::drop_all_values(&mut self.redis, ns).await?;
+        }
+        if !due.keys.is_empty() || !due.deps.is_empty() {
+            let deleted = invalidate(&mut self.redis, ns, &due.keys, &due.deps).await?;
+            debug!(
+                deleted,
+                "applied again the deletions owed to replicas that were behind"
+            );
+        }
+        Ok(())
     }
 
     /// Redis failed mid-batch: the claimed rows go back to the queue.

@@ -38,6 +38,7 @@ pub mod outbox;
 pub mod pg;
 pub mod recent;
 pub mod redis_ops;
+mod replicas;
 pub mod schema;
 pub mod shutdown;
 pub mod sql;

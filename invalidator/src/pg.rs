@@ -138,3 +138,22 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// Hides a password in a connection URL for messages.
+///
+/// ```
+/// use smartcache_invalidator::pg::redact;
+/// assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+/// ```
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

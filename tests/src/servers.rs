@@ -466,6 +466,70 @@ impl Postgres {
         dir
     }
 
+    /// A streaming replica of this server on its own port, applying
+    /// commits `apply_delay` after they happened
+    /// (`recovery_min_apply_delay`), hot standby: applications may read it.
+    pub async fn start_replica(&self, apply_delay: Duration) -> Postgres {
+        let dir = tempfile::Builder::new()
+            .prefix("smartcache-pgreplica-")
+            .tempdir()
+            .expect("temporary directory");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the replica directory to postgres");
+        }
+        let (bin, port) = (self.cluster.bin.clone(), self.cluster.port.to_string());
+        let data = dir.path().join("data").display().to_string();
+        let conf = format!("{data}/postgresql.auto.conf");
+        let delay = format!(
+            "recovery_min_apply_delay = '{}ms'\n",
+            apply_delay.as_millis()
+        );
+        blocking(move || {
+            run_pg_program(
+                &bin,
+                "pg_basebackup",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-D",
+                    &data,
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-R",
+                ],
+            )?;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&conf)
+                .map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut f, delay.as_bytes()).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let replica = Postgres {
+            cluster: Cluster {
+                dir: dir.path().to_owned(),
+                bin: self.cluster.bin.clone(),
+                port: free_port(),
+            },
+            child: std::sync::Mutex::new(None),
+            _dir: dir,
+        };
+        replica.start_again().await;
+        replica
+    }
+
     /// Stops the server, replaces its data directory with a copy of
     /// `backup` (from [`Postgres::base_backup`]) and starts it: a restore.
     pub async fn restore(&self, backup: &TempDir) {
@@ -973,8 +1037,21 @@ impl DaemonProcess {
         ns: &str,
         log: PathBuf,
     ) -> Self {
+        Self::start_with_env(config, database_url, redis_url, ns, log, &[])
+    }
+
+    /// Like [`DaemonProcess::start`], with `env` set.
+    pub fn start_with_env(
+        config: &Path,
+        database_url: &str,
+        redis_url: &str,
+        ns: &str,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Self {
         let file = File::create(&log).expect("daemon log file");
         let child = Command::new(daemon_binary())
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(config)
             .args(["--database-url", database_url])
@@ -1156,6 +1233,24 @@ impl Stack {
         }
     }
 
+    /// Starts a daemon process on this stack with `env` set (e.g.
+    /// `SMARTCACHE_REPLICA_URLS`).
+    pub fn daemon_with_env(&mut self, env: &[(&str, &str)]) -> DaemonProcess {
+        self.daemons_started += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", self.daemons_started));
+        DaemonProcess::start_with_env(
+            &self.config_path,
+            &self.pg.url("postgres"),
+            &self.redis.url(),
+            self.ns.name(),
+            log,
+            env,
+        )
+    }
+
     /// Starts a daemon process on this stack.
     pub fn daemon(&mut self) -> DaemonProcess {
         self.daemons_started += 1;
@@ -1179,7 +1274,7 @@ impl Stack {
     }
 
     /// Every `(id, val)` of `items`, by id.
-    async fn rows(&self) -> Vec<(i64, i64)> {
+    pub async fn rows(&self) -> Vec<(i64, i64)> {
         self.pg
             .connect()
             .await
@@ -1304,6 +1399,24 @@ impl Stack {
     /// entries of rows in `untouched` (which no writer changed) are still
     /// cached. Prints the counts; panics on a stale or missing entry.
     pub async fn verify(&self, untouched: impl IntoIterator<Item = i64>) -> Verdict {
+        let verdict = self.compare(untouched).await;
+        assert!(
+            verdict.stale.is_empty(),
+            "{} stale entries, e.g. {:?}",
+            verdict.stale.len(),
+            &verdict.stale[..verdict.stale.len().min(10)]
+        );
+        assert!(
+            verdict.missing.is_empty(),
+            "{} entries that no change touched were deleted, e.g. {:?}",
+            verdict.missing.len(),
+            &verdict.missing[..verdict.missing.len().min(10)]
+        );
+        verdict
+    }
+
+    /// What [`Stack::verify`] checks, without failing.
+    pub async fn compare(&self, untouched: impl IntoIterator<Item = i64>) -> Verdict {
         let db: HashMap<i64, i64> = self.rows().await.into_iter().collect();
         let mut con = self.redis_con().await;
         let found = con
@@ -1364,18 +1477,6 @@ impl Stack {
             verdict.cached,
             verdict.stale.len(),
             verdict.missing.len()
-        );
-        assert!(
-            verdict.stale.is_empty(),
-            "{} stale entries, e.g. {:?}",
-            verdict.stale.len(),
-            &verdict.stale[..verdict.stale.len().min(10)]
-        );
-        assert!(
-            verdict.missing.is_empty(),
-            "{} entries that no change touched were deleted, e.g. {:?}",
-            verdict.missing.len(),
-            &verdict.missing[..verdict.missing.len().min(10)]
         );
         verdict
     }
