@@ -246,7 +246,9 @@ impl Config {
                 ))
             })?;
         }
-        let replica_wait_ms = file.replica_wait_ms.unwrap_or(10_000);
+        let replica_wait_ms = file
+            .replica_wait_ms
+            .unwrap_or_else(|| (pg_timeout_ms / 2).min(10_000));
         // The claim transaction stays open while it waits.
         if !(10..=600_000).contains(&replica_wait_ms) || replica_wait_ms >= pg_timeout_ms {
             return Err(ConfigError(format!(
