@@ -314,7 +314,7 @@ pub async fn clear(config: &Config, args: &ClearArgs) -> anyhow::Result<()> {
 /// its rows. Returns how many values were deleted.
 pub async fn clear_table(config: &Config, table: &TableName) -> anyhow::Result<u64> {
     let mut con = crate::redis_ops::connect_now(config).await?;
-    let (keys, mut deps) = truncation_targets(&mut con, config, table).await?;
+    let (keys, mut deps) = truncation_targets(&mut con, config, table, &|| {}).await?;
     deps.push(table.table_dep());
     Ok(invalidate(&mut con, &config.namespace, &keys, &deps).await?)
 }

@@ -459,7 +459,7 @@ impl Daemon {
         let mut dead = Vec::new();
         let mut ages = Vec::with_capacity(claimed.len());
         let mut changed = 0u64;
-        let mut last_pg = Instant::now();
+        let keepalive = self.config.pg_timeout / 4;
         for row in &claimed {
             let event = match outbox::parse(row, 2) {
                 Ok(event) => event,
@@ -485,20 +485,17 @@ impl Daemon {
                 // A statement over many rows is applied in chunks: memory
                 // stays bounded and Redis starts early.
                 if work.len() >= CHUNK {
-                    match self.apply(std::mem::take(&mut work), owed.as_mut()).await {
+                    let chunk = std::mem::take(&mut work);
+                    let applied =
+                        with_keepalive(client, keepalive, self.apply(chunk, owed.as_mut())).await?;
+                    match applied {
                         Ok(a) => done.add(a),
                         Err(e) => return self.give_back(client, cursor, &ids, e).await,
-                    }
-                    // Not idle: the server ends idle transactions only
-                    // for a frozen daemon.
-                    if last_pg.elapsed() >= self.config.pg_timeout / 4 {
-                        client.batch_execute("SELECT 1").await?;
-                        last_pg = Instant::now();
                     }
                 }
             }
         }
-        match self.apply(work, owed.as_mut()).await {
+        match with_keepalive(client, keepalive, self.apply(work, owed.as_mut())).await? {
             Ok(a) => done.add(a),
             Err(e) => return self.give_back(client, cursor, &ids, e).await,
         }
@@ -638,12 +635,19 @@ impl Daemon {
     }
 
     /// Turns truncations and templates that could not be rendered into the
-    /// keys and dependency sets that exist now.
+    /// keys and dependency sets that exist now; each `SCAN` step counts as
+    /// progress for the canary.
     async fn expand(&mut self, work: Work) -> redis::RedisResult<(Vec<String>, Vec<DepId>)> {
+        let telemetry = self.telemetry.clone();
+        let progress = move || {
+            telemetry.steps.inc();
+        };
+        let progress: &(dyn Fn() + Sync) = &progress;
         let mut keys: Vec<String> = work.keys.into_iter().collect();
         let mut deps: Vec<DepId> = work.deps.into_iter().collect();
         for table in &work.truncated {
-            let (k, d) = mapping::truncation_targets(&mut self.redis, &self.config, table).await?;
+            let (k, d) =
+                mapping::truncation_targets(&mut self.redis, &self.config, table, progress).await?;
             keys.extend(k);
             deps.extend(d);
         }
@@ -658,14 +662,37 @@ impl Daemon {
             else {
                 continue;
             };
-            keys.extend(mapping::template_targets(&mut self.redis, &self.config, &[t]).await?);
+            keys.extend(
+                mapping::template_targets(&mut self.redis, &self.config, &[t], progress).await?,
+            );
         }
         for table in &work.all_rows {
             if !work.truncated.contains(table) {
-                deps.extend(mapping::row_dep_targets(&mut self.redis, &self.config, table).await?);
+                deps.extend(
+                    mapping::row_dep_targets(&mut self.redis, &self.config, table, progress)
+                        .await?,
+                );
             }
         }
         Ok((keys, deps))
+    }
+}
+
+/// Runs `work` (Redis work inside a claim transaction), touching the
+/// session every `every` meanwhile: the server ends a transaction that sits
+/// idle longer than `pg_timeout_ms`, which must hit a frozen daemon only,
+/// never one scanning a big namespace.
+async fn with_keepalive<T>(
+    client: &Client,
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> Result<T, tokio_postgres::Error> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            _ = tokio::time::sleep(every) => client.batch_execute("SELECT 1").await?,
+        }
     }
 }
 

@@ -142,14 +142,32 @@ pub async fn truncation_targets(
     con: &mut Conn,
     config: &Config,
     table: &TableName,
+    progress: &(dyn Fn() + Sync),
 ) -> RedisResult<(Vec<String>, Vec<DepId>)> {
     let templates: Vec<&Template> = config
         .table(table)
         .map(|s| s.keys.iter().collect())
         .unwrap_or_default();
-    let keys = template_targets(con, config, &templates).await?;
-    let deps = row_dep_targets(con, config, table).await?;
+    let keys = template_targets(con, config, &templates, progress).await?;
+    let deps = row_dep_targets(con, config, table, progress).await?;
     Ok((keys, deps))
+}
+
+/// Every key matching `pattern`, telling `progress` after each `SCAN` step
+/// (a scan over a big namespace is long work, not a stall).
+async fn scan(
+    con: &mut Conn,
+    pattern: &str,
+    progress: &(dyn Fn() + Sync),
+) -> RedisResult<Vec<String>> {
+    let mut out = Vec::new();
+    con.scan(pattern, |batch| {
+        out.extend(batch);
+        progress();
+        true
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Every cache key the templates can produce that exists now, found with
@@ -161,16 +179,17 @@ pub async fn template_targets(
     con: &mut Conn,
     config: &Config,
     templates: &[&Template],
+    progress: &(dyn Fn() + Sync),
 ) -> RedisResult<Vec<String>> {
     let ns = &config.namespace;
     let mut keys = Vec::new();
     for template in templates {
         let leases = ns.match_leases(&template.scan_pattern());
-        for redis_key in con.scan_all(&leases).await? {
+        for redis_key in scan(con, &leases, progress).await? {
             keys.extend(ns.cache_key_of_lease(&redis_key).map(str::to_owned));
         }
         let pattern = ns.match_cache_keys(&template.scan_pattern());
-        for redis_key in con.scan_all(&pattern).await? {
+        for redis_key in scan(con, &pattern, progress).await? {
             keys.extend(ns.cache_key_of(&redis_key).map(str::to_owned));
         }
     }
@@ -182,10 +201,10 @@ pub async fn row_dep_targets(
     con: &mut Conn,
     config: &Config,
     table: &TableName,
+    progress: &(dyn Fn() + Sync),
 ) -> RedisResult<Vec<DepId>> {
     let ns = &config.namespace;
-    Ok(con
-        .scan_all(&ns.match_row_dep_sets(table))
+    Ok(scan(con, &ns.match_row_dep_sets(table), progress)
         .await?
         .iter()
         .filter_map(|k| ns.dep_id_of(k))

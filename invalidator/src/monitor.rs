@@ -194,7 +194,8 @@ impl State {
         let name = smartcache_core::keys::TableName::parse(table)?;
         let mut con = self.shared.redis.clone();
         let config = &self.shared.config;
-        let (keys, mut deps) = crate::mapping::truncation_targets(&mut con, config, &name).await?;
+        let (keys, mut deps) =
+            crate::mapping::truncation_targets(&mut con, config, &name, &|| {}).await?;
         deps.push(name.table_dep());
         Ok(
             smartcache_core::invalidate::invalidate(&mut con, &config.namespace, &keys, &deps)

@@ -1185,7 +1185,25 @@ impl Stack {
         settings: &str,
         redis: impl std::future::Future<Output = Redis>,
     ) -> Self {
+        Self::start_with_keys(
+            rows,
+            settings,
+            redis,
+            &[&format!("{TEMPLATE_PREFIX}{{id}}")],
+        )
+        .await
+    }
+
+    /// Like [`Stack::start_on`], with these key templates for `items`
+    /// (`verify` knows only `item:{id}` and `lib:{id}`).
+    pub async fn start_with_keys(
+        rows: i64,
+        settings: &str,
+        redis: impl std::future::Future<Output = Redis>,
+        keys: &[&str],
+    ) -> Self {
         let (pg, redis) = tokio::join!(Postgres::start(), redis);
+        let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
         let dir = tempfile::Builder::new()
             .prefix("smartcache-stack-")
             .tempdir()
@@ -1193,10 +1211,11 @@ impl Stack {
         let ns = Namespace::new("fx").unwrap();
         let text = format!(
             "database_url = {:?}\nredis_url = {:?}\nnamespace = {:?}\npoll_interval_ms = 100\n{settings}\n\
-             [[tables]]\nname = \"items\"\nkeys = [\"{TEMPLATE_PREFIX}{{id}}\"]\n",
+             [[tables]]\nname = \"items\"\nkeys = [{}]\n",
             pg.url("postgres"),
             redis.url(),
-            ns.name()
+            ns.name(),
+            keys.join(", ")
         );
         let config_path = dir.path().join("smartcache.toml");
         std::fs::write(&config_path, &text).expect("write the config");
