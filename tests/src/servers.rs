@@ -909,6 +909,7 @@ impl RedisCluster {
     /// and directory: it rejoins the cluster (same node id, same slots)
     /// with an empty keyspace, as a primary without persistence or
     /// replicas comes back from a crash. Waits until the cluster is whole.
+    /// (The node loads its last snapshot if [`RedisCluster::save`] made one.)
     pub async fn restart_empty(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if let Some(mut child) = node.child.take() {
@@ -917,6 +918,20 @@ impl RedisCluster {
         }
         node.child = Some(ClusterNode::start_in(node.port, &node.dir));
         self.wait_whole().await;
+    }
+
+    /// `SAVE` on node `i`: its snapshot, which [`RedisCluster::restart_empty`]
+    /// then loads (a restart from an older snapshot).
+    pub async fn save(&self, i: usize) {
+        let mut con = redis::Client::open(self.nodes[i].url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the node");
+        let _: () = redis::cmd("SAVE")
+            .query_async(&mut con)
+            .await
+            .expect("SAVE");
     }
 
     /// PIDs of the running nodes.

@@ -339,3 +339,31 @@ async fn a_primary_that_restarts_empty_costs_the_cache_not_freshness() {
     assert_eq!(fill(&env, &cache, 1..=60).await, vec![200; 60]);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_primary_restarted_from_an_older_snapshot_brings_no_invalidated_value_back() {
+    let mut cluster = RedisCluster::start().await;
+    let (mut env, cache) = setup(&cluster, "cl_travel").await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    assert_eq!(fill(&env, &cache, 1..=60).await, vec![100; 60]);
+    // A batch records the generations before the snapshot.
+    env.pg
+        .batch_execute("UPDATE products SET price = 100 WHERE id = 61")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.save(0).await;
+    env.pg
+        .batch_execute("UPDATE products SET price = 200 WHERE id <= 60")
+        .await
+        .unwrap();
+    wait_prices_gone(&mut env, 1..=60).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The first primary comes back with the values it held before.
+    cluster.restart_empty(0).await;
+    wait_prices_gone(&mut env, 1..=60).await;
+    assert_eq!(fill(&env, &cache, 1..=60).await, vec![200; 60]);
+    daemon.stop().await;
+}
