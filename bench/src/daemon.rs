@@ -118,8 +118,26 @@ impl Daemon {
         Ok((utime + stime) / self.ticks_per_s)
     }
 
+    /// A clean stop, then a new start.
+    pub(crate) async fn restart(&mut self, args: &Args, db_url: &str) -> anyhow::Result<()> {
+        self.terminate().await?;
+        *self = Self::start(args, db_url).await?;
+        Ok(())
+    }
+
+    /// SIGKILL, then a new start.
+    pub(crate) async fn kill_and_start(&mut self, args: &Args, db_url: &str) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        *self = Self::start(args, db_url).await?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait; the daemon finishes its batch and exits 0.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate().await
+    }
+
+    async fn terminate(&mut self) -> anyhow::Result<()> {
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(self.pid.to_string())

@@ -12,6 +12,7 @@ mod daemon;
 mod hit;
 mod latency;
 mod plot;
+mod rest;
 mod stats;
 mod throughput;
 
@@ -54,8 +55,12 @@ struct Args {
     /// The daemon's `batch_size` (rows claimed per transaction).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Sections to run (hit, latency, throughput).
-    #[arg(long, value_delimiter = ',', default_value = "hit,latency,throughput")]
+    /// Sections to run (hit, latency, rest, throughput).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hit,latency,rest,throughput"
+    )]
     only: Vec<String>,
     /// Where the commit → delete latency CDF is drawn.
     #[arg(long, default_value = "bench/commit_to_delete_cdf.png")]
@@ -132,6 +137,9 @@ async fn run(args: &Args, db_url: &str) -> anyhow::Result<()> {
         }
         if sections("latency") {
             latency::run(args, db_url).await?;
+        }
+        if sections("rest") {
+            rest::run(args, db_url, &mut daemon).await?;
         }
         if sections("throughput") {
             throughput::run(args, db_url, &mut daemon).await?;
