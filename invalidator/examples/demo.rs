@@ -61,8 +61,27 @@ async fn main() -> anyhow::Result<()> {
     let daemon = tokio::spawn(smartcache_invalidator::run(config.clone(), async {
         let _ = stop_rx.await;
     }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    println!("3. daemon running (namespace `demo`, Redis {redis_url})");
+    // Started: it drained the outbox and now asks writers to ring.
+    let listening = Instant::now();
+    while !pg
+        .query_one(
+            "SELECT last_value > (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+             FROM smartcache.doorbell",
+            &[],
+        )
+        .await?
+        .get::<_, bool>(0)
+    {
+        anyhow::ensure!(
+            listening.elapsed() < Duration::from_secs(10),
+            "the daemon did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "3. daemon running (namespace `demo`, Redis {redis_url}), listening after {:.0} ms",
+        ms(listening.elapsed())
+    );
 
     let mut redis = Conn::open(&redis_url, &Default::default())?;
     let _: () = redis
