@@ -125,6 +125,17 @@ impl Daemon {
         Ok(())
     }
 
+    /// A clean stop; [`Daemon::resume`] starts it again.
+    pub(crate) async fn pause(&mut self) -> anyhow::Result<()> {
+        self.terminate().await
+    }
+
+    /// Starts it again after [`Daemon::pause`].
+    pub(crate) async fn resume(&mut self, args: &Args, db_url: &str) -> anyhow::Result<()> {
+        *self = Self::start(args, db_url).await?;
+        Ok(())
+    }
+
     /// SIGKILL, then a new start.
     pub(crate) async fn kill_and_start(&mut self, args: &Args, db_url: &str) -> anyhow::Result<()> {
         self.child.kill().await?;

@@ -10,6 +10,7 @@
 
 mod daemon;
 mod hit;
+mod horizon;
 mod latency;
 mod plot;
 mod rest;
@@ -55,11 +56,17 @@ struct Args {
     /// The daemon's `batch_size` (rows claimed per transaction).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Sections to run (hit, latency, rest, throughput).
+    /// Seconds per phase of the horizon section.
+    #[arg(long, default_value_t = 20)]
+    horizon_secs: u64,
+    /// Outbox rows in the horizon section's backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: i64,
+    /// Sections to run (hit, latency, rest, throughput, horizon).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "hit,latency,rest,throughput"
+        default_value = "hit,latency,rest,throughput,horizon"
     )]
     only: Vec<String>,
     /// Where the commit → delete latency CDF is drawn.
@@ -78,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         args.runs = args.runs.min(1);
         args.commit_secs = args.commit_secs.min(2);
         args.rows = args.rows.min(20_000);
+        args.horizon_secs = args.horizon_secs.min(3);
+        args.backlog = args.backlog.min(50_000);
     }
     anyhow::ensure!(
         !args.redis_cluster || args.only.iter().all(|s| s == "hit"),
@@ -140,6 +149,9 @@ async fn run(args: &Args, db_url: &str) -> anyhow::Result<()> {
         }
         if sections("rest") {
             rest::run(args, db_url, &mut daemon).await?;
+        }
+        if sections("horizon") {
+            horizon::run(args, db_url, &mut daemon).await?;
         }
         if sections("throughput") {
             throughput::run(args, db_url, &mut daemon).await?;
