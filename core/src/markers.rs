@@ -100,15 +100,7 @@ pub async fn generation_keys(con: &Conn, ns: &Namespace) -> RedisResult<Vec<Stri
 /// # Ok(()) }
 /// ```
 pub async fn bump_generations(con: &mut Conn, keys: &[String]) -> RedisResult<Vec<i64>> {
-    let cmds = keys
-        .iter()
-        .map(|k| redis::cmd("INCR").arg(k).clone())
-        .collect();
-    con.run_all(cmds)
-        .await?
-        .into_iter()
-        .map(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
-        .collect()
+    each_key(con, "INCR", keys).await
 }
 
 /// The current value of each generation key (`None`: missing).
@@ -119,9 +111,18 @@ pub async fn bump_generations(con: &mut Conn, keys: &[String]) -> RedisResult<Ve
 /// # Ok(()) }
 /// ```
 pub async fn read_generations(con: &mut Conn, keys: &[String]) -> RedisResult<Vec<Option<i64>>> {
+    each_key(con, "GET", keys).await
+}
+
+/// `command key` for each key (each on its own node), replies in order.
+async fn each_key<T: redis::FromRedisValue>(
+    con: &mut Conn,
+    command: &str,
+    keys: &[String],
+) -> RedisResult<Vec<T>> {
     let cmds = keys
         .iter()
-        .map(|k| redis::cmd("GET").arg(k).clone())
+        .map(|k| redis::cmd(command).arg(k).clone())
         .collect();
     con.run_all(cmds)
         .await?

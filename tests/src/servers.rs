@@ -427,8 +427,14 @@ impl Postgres {
 
     /// A base backup (`pg_basebackup -X stream`) of the running server.
     pub async fn base_backup(&self) -> TempDir {
+        self.base_backup_into("smartcache-pgbackup-", &[]).await
+    }
+
+    /// `pg_basebackup` with `extra` flags into `{temp dir}/data`, owned by
+    /// the `postgres` user.
+    async fn base_backup_into(&self, prefix: &str, extra: &[&'static str]) -> TempDir {
         let dir = tempfile::Builder::new()
-            .prefix("smartcache-pgbackup-")
+            .prefix(prefix)
             .tempdir()
             .expect("temporary directory");
         if running_as_root() {
@@ -437,29 +443,32 @@ impl Postgres {
                 .arg(dir.path())
                 .status()
                 .expect("chown");
-            assert!(status.success(), "chown the backup directory to postgres");
+            assert!(
+                status.success(),
+                "chown {} to postgres",
+                dir.path().display()
+            );
         }
         let (bin, port) = (self.cluster.bin.clone(), self.cluster.port.to_string());
         let data = dir.path().join("data").display().to_string();
+        let extra = extra.to_vec();
         blocking(move || {
-            run_pg_program(
-                &bin,
-                "pg_basebackup",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-U",
-                    "postgres",
-                    "-D",
-                    &data,
-                    "-X",
-                    "stream",
-                    "-c",
-                    "fast",
-                ],
-            )
+            let mut args = vec![
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ];
+            args.extend(extra);
+            run_pg_program(&bin, "pg_basebackup", &args)
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -470,53 +479,23 @@ impl Postgres {
     /// commits `apply_delay` after they happened
     /// (`recovery_min_apply_delay`), hot standby: applications may read it.
     pub async fn start_replica(&self, apply_delay: Duration) -> Postgres {
-        let dir = tempfile::Builder::new()
-            .prefix("smartcache-pgreplica-")
-            .tempdir()
-            .expect("temporary directory");
-        if running_as_root() {
-            let status = Command::new("chown")
-                .arg("postgres:")
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(status.success(), "chown the replica directory to postgres");
-        }
-        let (bin, port) = (self.cluster.bin.clone(), self.cluster.port.to_string());
-        let data = dir.path().join("data").display().to_string();
-        let conf = format!("{data}/postgresql.auto.conf");
-        let delay = format!(
-            "recovery_min_apply_delay = '{}ms'\n",
-            apply_delay.as_millis()
-        );
-        blocking(move || {
-            run_pg_program(
-                &bin,
-                "pg_basebackup",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-U",
-                    "postgres",
-                    "-D",
-                    &data,
-                    "-X",
-                    "stream",
-                    "-c",
-                    "fast",
-                    "-R",
-                ],
-            )?;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&conf)
-                .map_err(|e| e.to_string())?;
-            std::io::Write::write_all(&mut f, delay.as_bytes()).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let dir = self
+            .base_backup_into("smartcache-pgreplica-", &["-R"])
+            .await;
+        let conf = dir.path().join("data").join("postgresql.auto.conf");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .expect("the replica's postgresql.auto.conf");
+        std::io::Write::write_all(
+            &mut f,
+            format!(
+                "recovery_min_apply_delay = '{}ms'\n",
+                apply_delay.as_millis()
+            )
+            .as_bytes(),
+        )
+        .expect("write postgresql.auto.conf");
         let replica = Postgres {
             cluster: Cluster {
                 dir: dir.path().to_owned(),
