@@ -364,3 +364,50 @@ async fn flags_beat_environment_which_beats_the_file() {
         .unwrap();
     assert_eq!(flag_wins.status.code(), Some(0), "{}", text(&flag_wins));
 }
+
+#[tokio::test]
+async fn install_by_a_role_without_the_privileges_names_what_it_lacks_and_changes_nothing() {
+    let case = Case::new("install_role", SETUP).await;
+    let role = format!("r_{}", db::unique_name("installer"));
+    let admin = db::connect(&db::admin_url()).await;
+    admin
+        .batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN"))
+        .await
+        .unwrap();
+    let url = format!(
+        "{}://{role}@{}",
+        case.db.url.split_once("://").unwrap().0,
+        case.db.url.split_once('@').unwrap().1
+    );
+    let cfg = case.config("[[tables]]\nname = \"products\"\nkeys = [\"p:{id}\"]\n");
+    // No CREATE on the database.
+    let out = case.run(&cfg, &["--database-url", &url, "install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("CREATE privilege"), "{}", text(&out));
+    // CREATE, but the table belongs to someone else.
+    case.db
+        .connect()
+        .await
+        .batch_execute(&format!(
+            "GRANT CREATE ON DATABASE \"{}\" TO \"{role}\"",
+            case.db.name
+        ))
+        .await
+        .unwrap();
+    let out = case.run(&cfg, &["--database-url", &url, "install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("must own table public.products"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        case.footprint().await,
+        Vec::<String>::new(),
+        "nothing installed"
+    );
+    drop(case);
+    let _ = admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
+        .await;
+}

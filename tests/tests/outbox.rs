@@ -81,6 +81,40 @@ async fn a_long_transaction_and_a_vacuum_do_not_stall_the_drain() {
         pages > 50 && tuples < 100.0,
         "relpages {pages}, reltuples {tuples}"
     );
+    // Under these statistics the claim, planned as the daemon's session
+    // plans it, walks the primary key index from the cursor and deletes by
+    // id: no sequential scan, no subquery run again for every row.
+    admin
+        .batch_execute(smartcache_invalidator::claim::PLANNER_SETTINGS)
+        .await
+        .unwrap();
+    let plan: Vec<String> = admin
+        .query(
+            &format!(
+                "EXPLAIN {}",
+                smartcache_invalidator::claim::claim_sql()
+                    .replace("$1", "0")
+                    .replace("$2", "0")
+                    .replace("$3", "40000")
+                    .replace("$4", "5000")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    println!("{plan}");
+    assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+    assert!(!plan.contains("Nested Loop Semi Join"), "{plan}");
+    assert_eq!(
+        plan.matches("Index Scan using outbox_pkey on outbox")
+            .count(),
+        3,
+        "both scans and the delete go through the primary key: {plan}"
+    );
     // 4. The daemon stops for a deploy while 20,000 changes arrive.
     daemon.terminate().await;
     single_row_statements(&stack, 20_000).await;
