@@ -159,7 +159,7 @@ fn status(s: CacheStatus) -> &'static str {
 
 /// Runs a library call to completion for the synchronous API, with the
 /// GIL released meanwhile.
-fn blocking<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> T {
+fn blocking<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> PyResult<T> {
     py.detach(|| wait(fut))
 }
 
@@ -171,6 +171,7 @@ fn awaitable<'py, T>(
 where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
+    crate::wait::runtime()?;
     pyo3_async_runtimes::tokio::future_into_py(py, fut)
 }
 
@@ -255,7 +256,7 @@ impl Cache {
             } else {
                 b.build().await
             }
-        });
+        })?;
         Ok(Self {
             inner: built.map_err(to_py)?,
         })
@@ -324,7 +325,7 @@ impl Cache {
             durations("ttl", ttl)?,
             move || async move { compute_sync(&compute) },
         );
-        let out = blocking(py, fut);
+        let out = blocking(py, fut)?;
         fetched(py, out)
     }
 
@@ -379,7 +380,7 @@ impl Cache {
     /// {'id': 1, 'name': 'Teapot'}
     fn get(&self, py: Python<'_>, key: String) -> PyResult<Option<Py<PyAny>>> {
         let cache = self.inner.clone();
-        let out = blocking(py, async move { cache.get::<Json>(&key).await });
+        let out = blocking(py, async move { cache.get::<Json>(&key).await })?;
         out.map_err(to_py)?.map(|v| loads(py, &v)).transpose()
     }
 
@@ -408,7 +409,7 @@ impl Cache {
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let fut = self.set_future(py, key, value, deps, ttl)?;
-        blocking(py, fut)
+        blocking(py, fut)?
     }
 
     /// ``set`` for asyncio code.
@@ -433,7 +434,7 @@ impl Cache {
     /// True
     fn clear(&self, py: Python<'_>, key: String) -> PyResult<bool> {
         let cache = self.inner.clone();
-        blocking(py, async move { cache.clear(&key).await }).map_err(to_py)
+        blocking(py, async move { cache.clear(&key).await })?.map_err(to_py)
     }
 
     /// ``clear`` for asyncio code.
@@ -449,7 +450,7 @@ impl Cache {
     /// 3
     fn clear_table(&self, py: Python<'_>, table: String) -> PyResult<u64> {
         let cache = self.inner.clone();
-        blocking(py, async move { cache.clear_table(&table).await }).map_err(to_py)
+        blocking(py, async move { cache.clear_table(&table).await })?.map_err(to_py)
     }
 
     /// ``clear_table`` for asyncio code.
@@ -465,7 +466,7 @@ impl Cache {
     /// returns how many values were deleted.
     fn clear_all(&self, py: Python<'_>) -> PyResult<u64> {
         let cache = self.inner.clone();
-        blocking(py, async move { cache.clear_all().await }).map_err(to_py)
+        blocking(py, async move { cache.clear_all().await })?.map_err(to_py)
     }
 
     /// ``clear_all`` for asyncio code.
@@ -505,7 +506,7 @@ impl Cache {
             } else {
                 cache.keys_up_to(&pattern, limit).await
             }
-        })
+        })?
         .map_err(to_py)?;
         Ok((keys.into_iter().map(KeyInfo::from).collect(), more))
     }
@@ -513,7 +514,7 @@ impl Cache {
     /// Checks that Redis answers; raises ``RedisUnavailable`` if not.
     fn ping(&self, py: Python<'_>) -> PyResult<()> {
         let cache = self.inner.clone();
-        blocking(py, async move { cache.ping().await }).map_err(to_py)
+        blocking(py, async move { cache.ping().await })?.map_err(to_py)
     }
 
     fn __repr__(&self) -> String {

@@ -23,5 +23,13 @@ fn _smartcache(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cache::Cache>()?;
     m.add_class::<cache::KeyInfo>()?;
     m.add_class::<dep::Dep>()?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     Ok(())
+}
+
+/// Marks this process as a fork of one whose runtime had started; the
+/// package registers it with `os.register_at_fork`.
+#[pyfunction]
+fn _after_fork_in_child() {
+    wait::forked();
 }

@@ -12,8 +12,15 @@ PostgreSQL change affects.
 Django projects: see ``smartcache.django``.
 """
 
-from ._smartcache import Cache, Dep, KeyInfo
+import os
+
+from ._smartcache import Cache, Dep, KeyInfo, _after_fork_in_child
 from .exceptions import Error, InvalidName, InvalidUrl, RedisUnavailable
+
+# A child forked after the runtime started has none of its threads: make
+# its calls raise a clear error instead of hanging.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = [
     "Cache",
