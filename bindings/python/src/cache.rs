@@ -113,6 +113,9 @@ fn compute_sync(compute: &Py<PyAny>) -> Result<Json, Failure> {
         let value = compute.call0(py)?;
         let value = value.bind(py);
         if value.hasattr("__await__")? {
+            if value.hasattr("close")? {
+                value.call_method0("close")?; // no "never awaited" warning
+            }
             return Err(PyTypeError::new_err(
                 "compute returned an awaitable; use aget_or_compute or afetch from async code",
             )
@@ -345,13 +348,7 @@ impl Cache {
         compute: Py<PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let fut = self.fetch_future(key, self::deps(deps)?, durations("ttl", ttl)?, move || {
-            compute_async(compute)
-        });
-        awaitable(py, async move {
-            let out = fut.await;
-            Python::attach(|py| Ok(fetched(py, out)?.0))
-        })
+        self.afetch_then(py, key, deps, compute, ttl, |(value, _)| value)
     }
 
     /// ``fetch`` for asyncio code: ``value, status = await cache.afetch(...)``.
@@ -364,13 +361,7 @@ impl Cache {
         compute: Py<PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let fut = self.fetch_future(key, self::deps(deps)?, durations("ttl", ttl)?, move || {
-            compute_async(compute)
-        });
-        awaitable(py, async move {
-            let out = fut.await;
-            Python::attach(|py| fetched(py, out))
-        })
+        self.afetch_then(py, key, deps, compute, ttl, |fetched| fetched)
     }
 
     /// The cached value of ``key``, or ``None``: also when Redis is
@@ -433,14 +424,12 @@ impl Cache {
     /// >>> cache.clear("product:1")
     /// True
     fn clear(&self, py: Python<'_>, key: String) -> PyResult<bool> {
-        let cache = self.inner.clone();
-        blocking(py, async move { cache.clear(&key).await })?.map_err(to_py)
+        self.run(py, |c| async move { c.clear(&key).await })
     }
 
     /// ``clear`` for asyncio code.
     fn aclear<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
-        let cache = self.inner.clone();
-        awaitable(py, async move { cache.clear(&key).await.map_err(to_py) })
+        self.spawn(py, |c| async move { c.clear(&key).await })
     }
 
     /// Deletes every entry registered under ``table`` or any of its rows;
@@ -449,30 +438,23 @@ impl Cache {
     /// >>> cache.clear_table("products")
     /// 3
     fn clear_table(&self, py: Python<'_>, table: String) -> PyResult<u64> {
-        let cache = self.inner.clone();
-        blocking(py, async move { cache.clear_table(&table).await })?.map_err(to_py)
+        self.run(py, |c| async move { c.clear_table(&table).await })
     }
 
     /// ``clear_table`` for asyncio code.
     fn aclear_table<'py>(&self, py: Python<'py>, table: String) -> PyResult<Bound<'py, PyAny>> {
-        let cache = self.inner.clone();
-        awaitable(
-            py,
-            async move { cache.clear_table(&table).await.map_err(to_py) },
-        )
+        self.spawn(py, |c| async move { c.clear_table(&table).await })
     }
 
     /// Deletes everything in the namespace (never anything outside it);
     /// returns how many values were deleted.
     fn clear_all(&self, py: Python<'_>) -> PyResult<u64> {
-        let cache = self.inner.clone();
-        blocking(py, async move { cache.clear_all().await })?.map_err(to_py)
+        self.run(py, |c| async move { c.clear_all().await })
     }
 
     /// ``clear_all`` for asyncio code.
     fn aclear_all<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let cache = self.inner.clone();
-        awaitable(py, async move { cache.clear_all().await.map_err(to_py) })
+        self.spawn(py, |c| async move { c.clear_all().await })
     }
 
     /// The entries whose key matches the glob ``pattern``, sorted by key,
@@ -499,22 +481,19 @@ impl Cache {
         pattern: String,
         limit: usize,
     ) -> PyResult<(Vec<KeyInfo>, bool)> {
-        let cache = self.inner.clone();
-        let (keys, more) = blocking(py, async move {
+        let (keys, more) = self.run(py, |c| async move {
             if limit == usize::MAX {
-                cache.keys(&pattern).await.map(|k| (k, false))
+                c.keys(&pattern).await.map(|k| (k, false))
             } else {
-                cache.keys_up_to(&pattern, limit).await
+                c.keys_up_to(&pattern, limit).await
             }
-        })?
-        .map_err(to_py)?;
+        })?;
         Ok((keys.into_iter().map(KeyInfo::from).collect(), more))
     }
 
     /// Checks that Redis answers; raises ``RedisUnavailable`` if not.
     fn ping(&self, py: Python<'_>) -> PyResult<()> {
-        let cache = self.inner.clone();
-        blocking(py, async move { cache.ping().await })?.map_err(to_py)
+        self.run(py, |c| async move { c.ping().await })
     }
 
     fn __repr__(&self) -> String {
@@ -523,6 +502,51 @@ impl Cache {
 }
 
 impl Cache {
+    /// A management call for the synchronous API.
+    fn run<T, Fut>(&self, py: Python<'_>, op: impl FnOnce(smartcache::Cache) -> Fut) -> PyResult<T>
+    where
+        T: Send,
+        Fut: Future<Output = Result<T, smartcache::Error>> + Send,
+    {
+        blocking(py, op(self.inner.clone()))?.map_err(to_py)
+    }
+
+    /// A management call for the asyncio API.
+    fn spawn<'py, T, Fut>(
+        &self,
+        py: Python<'py>,
+        op: impl FnOnce(smartcache::Cache) -> Fut,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+        Fut: Future<Output = Result<T, smartcache::Error>> + Send + 'static,
+    {
+        let fut = op(self.inner.clone());
+        awaitable(py, async move { fut.await.map_err(to_py) })
+    }
+
+    /// `afetch`, its result passed through `pick`.
+    fn afetch_then<'py, T>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        deps: &Bound<'_, PyAny>,
+        compute: Py<PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        pick: fn((Py<PyAny>, &'static str)) -> T,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        let fut = self.fetch_future(key, self::deps(deps)?, durations("ttl", ttl)?, move || {
+            compute_async(compute)
+        });
+        awaitable(py, async move {
+            let out = fut.await;
+            Python::attach(|py| fetched(py, out).map(pick))
+        })
+    }
+
     fn set_future(
         &self,
         py: Python<'_>,

@@ -121,12 +121,14 @@ class Daemon:
         self.process = None
 
     def cli(self, *args):
-        return subprocess.run(
+        done = subprocess.run(
             [invalidator_binary(), "--config", str(self.config), *args],
-            check=True,
             capture_output=True,
             text=True,
         )
+        if done.returncode != 0:
+            raise AssertionError(f"smartcache-invalidator {' '.join(args)}: {done.stderr}")
+        return done
 
     def start(self):
         self.process = subprocess.Popen(

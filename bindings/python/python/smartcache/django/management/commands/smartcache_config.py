@@ -20,7 +20,7 @@ class Command(BaseCommand):
             "--include-contrib", action="store_true", help="also django.contrib apps"
         )
 
-    def handle(self, *app_labels, include_contrib=False, **options):
+    def handle(self, app_labels=(), include_contrib=False, **options):
         if app_labels:
             configs = [apps.get_app_config(label) for label in app_labels]
         else:
