@@ -116,13 +116,21 @@ def products(database):
 
 
 class Daemon:
-    def __init__(self, config):
+    def __init__(self, config, database, namespace):
         self.config = config
+        # Flags, because DATABASE_URL, REDIS_URL and SMARTCACHE_NAMESPACE in
+        # the environment would win over the config file.
+        self.flags = [
+            "--config", str(config),
+            "--database-url", database_url(database),
+            "--redis-url", REDIS_URL,
+            "--namespace", namespace,
+        ]
         self.process = None
 
     def cli(self, *args):
         done = subprocess.run(
-            [invalidator_binary(), "--config", str(self.config), *args],
+            [invalidator_binary(), *self.flags, *args],
             capture_output=True,
             text=True,
         )
@@ -132,7 +140,7 @@ class Daemon:
 
     def start(self):
         self.process = subprocess.Popen(
-            [invalidator_binary(), "--config", str(self.config), "run"],
+            [invalidator_binary(), *self.flags, "run"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -153,15 +161,12 @@ def start_daemon(database, namespace, directory, tables):
     starts it."""
     config = directory / "smartcache.toml"
     config.write_text(
-        f"database_url = {database_url(database)!r}\n"
-        f"redis_url = {REDIS_URL!r}\n"
         f"redis_cluster = {'true' if CLUSTER else 'false'}\n"
-        f"namespace = {namespace!r}\n"
         "poll_interval_ms = 100\n"
         "canary_interval_ms = 0\n"
         f"{tables}\n"
     )
-    d = Daemon(config)
+    d = Daemon(config, database, namespace)
     d.cli("install")
     d.start()
     return d
