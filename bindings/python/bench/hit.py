@@ -11,6 +11,7 @@ namespace and prefix, deleted at the end.
 """
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -18,6 +19,8 @@ import sys
 import time
 
 import django
+import redis
+import redis.utils
 from django.conf import settings
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -55,6 +58,8 @@ def main():
     args = parser.parse_args()
 
     sc = Cache(REDIS_URL, namespace=PREFIX)
+    # The floor: a bare client reading smartcache's entry, no Django.
+    raw = redis.Redis.from_url(REDIS_URL)
     deps = [Dep.row("products", 42)]
     keys = []
     try:
@@ -66,8 +71,10 @@ def main():
             sc.set(key, value, deps)
             assert django_cache.get(key) == sc.get(key) == value
 
+            raw_key = f"{PREFIX}:{key}"
             contenders = {
                 "django-redis cache.get": lambda: django_cache.get(key),
+                "redis-py GET + json.loads": lambda: json.loads(raw.get(raw_key)),
                 "smartcache get": lambda: sc.get(key),
                 "smartcache get_or_compute": lambda: sc.get_or_compute(
                     key, [Dep.row("products", 42)], lambda: value
@@ -97,7 +104,5 @@ def main():
 
 
 if __name__ == "__main__":
-    import redis.utils
-
     print(f"Python {sys.version.split()[0]}, hiredis: {redis.utils.HIREDIS_AVAILABLE}, Redis at {REDIS_URL}")
     main()
