@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDelta;
-use smartcache::{CacheStatus, Fetched};
+use smartcache::Fetched;
 
 use crate::dep::Dep;
 use crate::errors::{to_py, Failure};
@@ -78,8 +78,9 @@ fn duration(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
     let secs: f64 = v
         .extract()
         .map_err(|_| PyTypeError::new_err(format!("{name} must be seconds or a timedelta")))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be a finite, positive duration")))
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        PyValueError::new_err(format!("{name} must be a finite, non-negative duration"))
+    })
 }
 
 fn durations(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
@@ -153,11 +154,7 @@ type FetchResult = Result<Fetched<Json>, Failure>;
 
 fn fetched(py: Python<'_>, f: FetchResult) -> PyResult<(Py<PyAny>, &'static str)> {
     let f = f?;
-    Ok((loads(py, &f.value)?, status(f.status)))
-}
-
-fn status(s: CacheStatus) -> &'static str {
-    s.as_str()
+    Ok((loads(py, &f.value)?, f.status.as_str()))
 }
 
 /// Runs a library call to completion for the synchronous API, with the
