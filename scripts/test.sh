@@ -3,7 +3,8 @@
 # DATABASE_URL / REDIS_URL (defaults on 127.0.0.1) when they answer,
 # throwaway ones otherwise. Then runs the protocol core's, the library's and
 # the daemon's invalidation suites again on a throwaway 3-master Redis
-# Cluster (skipped when arguments are given; they go to `cargo test`).
+# Cluster, and the Python bindings' suite (scripts/test-python.sh); both
+# skipped when arguments are given (they go to `cargo test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/servers.sh
@@ -20,3 +21,5 @@ export SMARTCACHE_TEST_REDIS_URL="$SC_CLUSTER_URL" SMARTCACHE_TEST_REDIS_CLUSTER
 cargo test --all-features -p smartcache-core -p smartcache --tests
 cargo test -p smartcache-tests --test invalidation --test bookkeeping --test bad_input \
     --test observability --test shop --test admin
+
+scripts/test-python.sh
