@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+pub mod ca;
 pub mod db;
 pub mod servers;
 
