@@ -101,6 +101,9 @@ struct Figures {
     tail_s: f64,
     /// Rows invalidated per second of the time it took.
     rate: f64,
+    /// Rows per second from the statement sent to every key gone: what a
+    /// user waits for.
+    end_to_end: f64,
     /// Daemon CPU per 1,000 row invalidations, ms.
     cpu_ms_per_1k: f64,
 }
@@ -154,9 +157,9 @@ pub(crate) async fn run(args: &Args, db_url: &str, daemon: &mut Daemon) -> anyho
         args.runs
     );
     println!(
-        "| test | | writes took | commit → all keys gone | row invalidations/s | ratio to naive | daemon CPU per 1,000 | goal (≥ 50,000/s and ≥ 20×) met |"
+        "| test | | writes took | commit → all keys gone | row invalidations/s | statement sent → all keys gone, rows/s | ratio to naive | daemon CPU per 1,000 | goal (≥ 50,000/s and ≥ 20×) met |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, sc, nv) in [
         (format!("one `UPDATE` of {rows} rows"), 0, 2),
         (
@@ -168,18 +171,20 @@ pub(crate) async fn run(args: &Args, db_url: &str, daemon: &mut Daemon) -> anyho
         let ratio = median(results.iter().map(|r| r[sc].rate / r[nv].rate).collect());
         let rate = m(sc, |f| f.rate);
         println!(
-            "| {name} | smartcache | {:.2} s | {:.3} s | {:.0} | {ratio:.1}× | {:.1} ms | {} |",
+            "| {name} | smartcache | {:.2} s | {:.3} s | {:.0} | {:.0} | {ratio:.1}× | {:.1} ms | {} |",
             m(sc, |f| f.write_s),
             m(sc, |f| f.tail_s),
             rate,
+            m(sc, |f| f.end_to_end),
             m(sc, |f| f.cpu_ms_per_1k),
             met(rate >= 50_000.0 && ratio >= 20.0)
         );
         println!(
-            "| | naive | {:.2} s | {:.3} s | {:.0} | | | |",
+            "| | naive | {:.2} s | {:.3} s | {:.0} | {:.0} | | | |",
             m(nv, |f| f.write_s),
             m(nv, |f| f.tail_s),
-            m(nv, |f| f.rate)
+            m(nv, |f| f.rate),
+            m(nv, |f| f.end_to_end)
         );
     }
     println!(
@@ -275,6 +280,7 @@ fn figures(
         write_s: (committed - started).as_secs_f64(),
         tail_s: tail,
         rate: rows as f64 / tail.max(1e-6),
+        end_to_end: rows as f64 / (gone - started).as_secs_f64().max(1e-6),
         cpu_ms_per_1k,
     })
 }
