@@ -143,7 +143,7 @@ enum BatchError {
 
 struct Daemon {
     config: Arc<Config>,
-    pg_config: tokio_postgres::Config,
+    pg_config: pg::Target,
     redis: Conn,
     telemetry: Arc<Telemetry>,
     /// Rung by the canary when a heartbeat was not invalidated in time.
@@ -179,10 +179,9 @@ impl Statements {
 
 impl Daemon {
     fn new(config: Config) -> anyhow::Result<Self> {
-        let pg_config = pg::config(&config)?;
+        let pg_config = pg::target(&config)?;
         let redis = crate::redis_ops::connect(&config)?;
-        let replicas = Replicas::new(&config.replica_urls, config.replica_wait)
-            .map_err(|e| ConfigError(format!("setting `replica_urls`: {e}")))?;
+        let replicas = Replicas::new(&config.replica_urls, config.replica_wait)?;
         Ok(Self {
             config: Arc::new(config),
             pg_config,
@@ -203,9 +202,13 @@ impl Daemon {
         while !stop.is_set() {
             let session = match pg::connect(&self.pg_config).await {
                 Ok(s) => s,
+                // Nothing but a changed setting helps a first connection
+                // refused for its certificate, TLS or pg_hba.conf: exit (1)
+                // and say so, rather than retry quietly for ever.
+                Err(e) if e.permanent && sessions == 0 => return Err(e.into()),
                 Err(e) => {
-                    warn!(error = %pg::chain(&e), "cannot connect to PostgreSQL; retrying");
-                    self.telemetry.error("postgres", pg::chain(&e));
+                    warn!(error = %e, "cannot connect to PostgreSQL; retrying");
+                    self.telemetry.error("postgres", e.to_string());
                     backoff.sleep(&mut stop).await;
                     continue;
                 }
@@ -286,6 +289,7 @@ impl Daemon {
         let pg::Session {
             mut client,
             doorbell: rung,
+            last_notification: _,
             mut driver,
         } = session;
         let pid = pg::prepare_daemon_session(&client, &self.config, previous.take()).await?;

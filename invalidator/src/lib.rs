@@ -29,6 +29,7 @@ pub mod catalog;
 pub mod claim;
 pub mod cli;
 pub mod config;
+pub mod conninfo;
 mod delivery;
 mod doorbell;
 pub mod mapping;
@@ -45,5 +46,6 @@ pub mod sql;
 mod sweep;
 pub mod telemetry;
 mod time_travel;
+pub mod tls;
 
 pub use delivery::run;

@@ -41,7 +41,7 @@ const STALL_BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// What the monitor shares with the main loop.
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
-    pub(crate) pg_config: tokio_postgres::Config,
+    pub(crate) pg_config: pg::Target,
     pub(crate) redis: Conn,
     pub(crate) telemetry: Arc<Telemetry>,
     /// Rung when the canary finds the main session stuck.
@@ -52,9 +52,11 @@ pub(crate) struct Shared {
 
 /// Runs until `stop`, then removes this daemon's canary row.
 pub(crate) async fn run(shared: Shared, mut stop: Shutdown) {
-    let mut pg_config = shared.pg_config.clone();
     // Its own name, so operators (and tests) can tell the two sessions apart.
-    pg_config.application_name("smartcache-invalidator canary");
+    let pg_config = shared
+        .pg_config
+        .clone()
+        .named("smartcache-invalidator canary");
     let mut state = State {
         shared,
         canary: canary::Canary::new(),
@@ -84,7 +86,7 @@ pub(crate) async fn run(shared: Shared, mut stop: Shutdown) {
                     session = Some(s);
                 }
                 Err(e) => {
-                    debug!(error = %pg::chain(&e), "monitor: PostgreSQL unreachable");
+                    debug!(error = %e, "monitor: PostgreSQL unreachable");
                     continue;
                 }
             }
