@@ -58,8 +58,14 @@ pub struct GlobalArgs {
     /// Namespace: first segment of every Redis key [default: cache]
     #[arg(long, global = true, env = "SMARTCACHE_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
-    /// Log format (filter with RUST_LOG, default info)
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format (filter with RUST_LOG, default info); colour only on a terminal
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "SMARTCACHE_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
     pub log_format: LogFormat,
 }
 
