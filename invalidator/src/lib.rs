@@ -37,6 +37,7 @@ mod markers;
 mod monitor;
 pub mod outbox;
 pub mod pg;
+mod pooling;
 pub mod recent;
 pub mod redis_ops;
 mod replicas;

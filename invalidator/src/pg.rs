@@ -266,28 +266,44 @@ fn transient(target: &Target, cause: String, host: String, port: u16) -> Connect
 /// Name of the daemon's main session in `pg_stat_activity`.
 pub const DAEMON_APPLICATION: &str = "smartcache-invalidator";
 
-/// Readies the daemon's session and returns its backend pid.
+/// The daemon's session settings, as `SET` statements.
 ///
 /// A lost outbox DELETE only replays an idempotent invalidation, so the
 /// daemon's commits need not wait for the WAL flush. The server ends a
 /// statement that runs, or a transaction that sits idle, longer than
 /// `pg_timeout` (a frozen daemon's claimed rows go back to the queue), and
 /// notices a client that went away mid-statement. The planner settings pin
-/// the claim to index scans. `previous` is this daemon's last backend: if
-/// it still runs (a connection we gave up on), it is ended, so nothing we
-/// abandoned keeps working.
+/// the claim to index scans.
+pub fn session_settings(config: &Config) -> String {
+    let ms = config.pg_timeout.as_millis();
+    format!(
+        "SET synchronous_commit = off; SET statement_timeout = {ms}; \
+         SET idle_in_transaction_session_timeout = {ms}; \
+         SET client_connection_check_interval = 2000; {}",
+        crate::claim::PLANNER_SETTINGS
+    )
+}
+
+/// Readies the daemon's session (its settings, LISTEN) and returns its
+/// backend pid; through transaction pooling (`pooled`) there is no session
+/// to ready (see [`crate::pooling`]) and no pid: 0.
+///
+/// `previous` is this daemon's last backend: if it still runs (a
+/// connection we gave up on), it is ended, so nothing we abandoned keeps
+/// working.
 pub async fn prepare_daemon_session(
     client: &Client,
     config: &Config,
     previous: Option<i32>,
+    pooled: bool,
 ) -> Result<i32, tokio_postgres::Error> {
-    let ms = config.pg_timeout.as_millis();
+    if pooled {
+        return Ok(0);
+    }
     client
         .batch_execute(&format!(
-            "SET synchronous_commit = off; SET statement_timeout = {ms}; \
-             SET idle_in_transaction_session_timeout = {ms}; \
-             SET client_connection_check_interval = 2000; {}; LISTEN {}",
-            crate::claim::PLANNER_SETTINGS,
+            "{}; LISTEN {}",
+            session_settings(config),
             crate::sql::ident(&config.channel)
         ))
         .await?;

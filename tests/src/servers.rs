@@ -45,7 +45,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn running_as_root() -> bool {
+/// Whether this process is root (servers then run as `postgres`).
+pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
@@ -1309,6 +1310,23 @@ impl Stack {
             self.ns.name(),
             log,
             env,
+        )
+    }
+
+    /// Starts a daemon process on this stack that reaches PostgreSQL at
+    /// `database_url` (e.g. through a pooler in front of [`Stack::pg`]).
+    pub fn daemon_via(&mut self, database_url: &str) -> DaemonProcess {
+        self.daemons_started += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", self.daemons_started));
+        DaemonProcess::start(
+            &self.config_path,
+            database_url,
+            &self.redis.url(),
+            self.ns.name(),
+            log,
         )
     }
 
