@@ -125,7 +125,7 @@ async fn no_password_appears_in_anything_the_cli_or_the_daemon_prints() {
 
     // The admin page.
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut page = Command::new(daemon_binary())
+    let page = Command::new(daemon_binary())
         .arg("--config")
         .arg(&config)
         .args(["admin", "--addr", &addr])
