@@ -320,36 +320,26 @@ pub fn redact(conn: &str) -> String {
     match parse(conn) {
         Some(Parsed::Url { base, params }) => {
             let base = redact_userinfo(base);
-            let params: Vec<String> = params
-                .iter()
-                .map(|p| {
-                    if p.key == "password" {
-                        "password=***".to_owned()
-                    } else {
-                        p.raw.to_owned()
-                    }
-                })
-                .collect();
+            let params: Vec<&str> = params.iter().map(shown).collect();
             if params.is_empty() {
                 base
             } else {
                 format!("{base}?{}", params.join("&"))
             }
         }
-        Some(Parsed::Words(params)) => params
-            .iter()
-            .map(|p| {
-                if p.key == "password" {
-                    "password=***".to_owned()
-                } else {
-                    p.raw.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(Parsed::Words(params)) => params.iter().map(shown).collect::<Vec<_>>().join(" "),
         // Malformed: nothing safe can be shown of it.
         None if conn.contains("password") => "(a connection string that does not parse)".into(),
         None => conn.to_owned(),
+    }
+}
+
+/// A parameter as a message may show it.
+fn shown<'a>(p: &Param<'a>) -> &'a str {
+    if p.key == "password" {
+        "password=***"
+    } else {
+        p.raw
     }
 }
 

@@ -1332,18 +1332,7 @@ impl Stack {
 
     /// Starts a daemon process on this stack.
     pub fn daemon(&mut self) -> DaemonProcess {
-        self.daemons_started += 1;
-        let log = self
-            .dir
-            .path()
-            .join(format!("daemon-{}.log", self.daemons_started));
-        DaemonProcess::start(
-            &self.config_path,
-            &self.pg.url("postgres"),
-            &self.redis.url(),
-            self.ns.name(),
-            log,
-        )
+        self.daemon_via(&self.pg.url("postgres"))
     }
 
     /// A Redis connection.
