@@ -13,6 +13,7 @@ use crate::telemetry::Telemetry;
 use redis::AsyncCommands;
 use smartcache_core::conn::Conn;
 use std::time::{Duration, Instant, SystemTime};
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 const BEAT_SQL: &str = "INSERT INTO smartcache.canary (id) VALUES ($1) \
@@ -49,17 +50,17 @@ impl Canary {
     /// On a new session: forget the rows of daemons long gone.
     pub(crate) async fn connected(&self, client: &Client) {
         let _ = client
-            .execute(
-                "DELETE FROM smartcache.canary WHERE beat_at < now() - interval '1 day'",
-                &[],
-            )
+            .batch_execute("DELETE FROM smartcache.canary WHERE beat_at < now() - interval '1 day'")
             .await;
     }
 
     /// On a clean stop.
     pub(crate) async fn remove(&self, client: &Client) {
         let _ = client
-            .execute("DELETE FROM smartcache.canary WHERE id = $1", &[&self.id])
+            .query_typed(
+                "DELETE FROM smartcache.canary WHERE id = $1",
+                &[(&self.id, Type::TEXT)],
+            )
             .await;
     }
 
@@ -84,7 +85,11 @@ impl Canary {
         telemetry.set_redis_up(true);
         let progress_before = telemetry.progress();
         let start = Instant::now();
-        if let Err(e) = client.execute(BEAT_SQL, &[&self.id]).await {
+        // Unnamed, one round trip: it also works through transaction pooling.
+        if let Err(e) = client
+            .query_typed(BEAT_SQL, &[(&self.id, Type::TEXT)])
+            .await
+        {
             return Beat::Skipped(crate::pg::chain(&e));
         }
         let mut deadline = start + patience;

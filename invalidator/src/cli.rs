@@ -27,9 +27,18 @@ pub struct GlobalArgs {
     /// Config file [default: smartcache.toml in the working directory, if it exists]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// PostgreSQL connection string [default: postgres://postgres@127.0.0.1:5432/postgres]
-    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL")]
+    /// PostgreSQL connection string, with libpq's sslmode, sslrootcert,
+    /// sslcert, sslkey [env: DATABASE_URL] [default:
+    /// postgres://postgres@127.0.0.1:5432/postgres]
+    // The environment is read in `load_config`, not by clap: a flag must
+    // beat DATABASE_URL_FILE, and clap would print the value (a password)
+    // in --help.
+    #[arg(long, global = true, value_name = "URL")]
     pub database_url: Option<String>,
+    /// File holding the PostgreSQL connection string (a mounted secret)
+    /// [env: DATABASE_URL_FILE]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub database_url_file: Option<PathBuf>,
     /// Redis URL [default: redis://127.0.0.1:6379/0]
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
@@ -49,8 +58,14 @@ pub struct GlobalArgs {
     /// Namespace: first segment of every Redis key [default: cache]
     #[arg(long, global = true, env = "SMARTCACHE_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
-    /// Log format (filter with RUST_LOG, default info)
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format (filter with RUST_LOG, default info); colour only on a terminal
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "SMARTCACHE_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
     pub log_format: LogFormat,
 }
 
@@ -125,8 +140,12 @@ impl GlobalArgs {
         &self,
         metrics_addr: Option<std::net::SocketAddr>,
     ) -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let overrides = Overrides {
             database_url: self.database_url.clone(),
+            database_url_file: self.database_url_file.clone(),
+            database_url_env: env("DATABASE_URL").map(|v| v.to_string_lossy().into_owned()),
+            database_url_file_env: env("DATABASE_URL_FILE").map(PathBuf::from),
             redis_url: self.redis_url.clone(),
             redis_cluster: self.redis_cluster.then_some(true),
             replica_urls: (!self.replica_urls.is_empty()).then(|| self.replica_urls.clone()),
@@ -139,13 +158,8 @@ impl GlobalArgs {
 }
 
 async fn connect_pg(config: &Config) -> anyhow::Result<crate::pg::Session> {
-    let pg_config = crate::pg::config(config)?;
-    crate::pg::connect(&pg_config).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to PostgreSQL ({}): {e}; check database_url and that the server is up",
-            crate::pg::redact(&config.database_url)
-        )
-    })
+    let target = crate::pg::target(config)?;
+    Ok(crate::pg::connect(&target).await?)
 }
 
 /// `install`: prints the plan, applies it unless `dry_run`.

@@ -5,6 +5,20 @@
 //! module only merges the file under them and validates the result. The
 //! checks that need the database (tables and columns exist) live in
 //! [`crate::catalog`].
+//!
+//! # URLs with passwords, from files
+//!
+//! A URL setting `X_url` can instead be given as a file that holds it,
+//! `X_url_file` (flag `--X-url-file`, environment `X_URL_FILE`), as
+//! container platforms mount secrets (`/run/secrets/…`). Each level of
+//! precedence (flag, environment, config file) may give the URL or the
+//! file; the highest level that gives either wins, a level that gives both
+//! is a configuration error, and so is a file that cannot be read or is
+//! empty. The file holds the URL alone; trailing whitespace (the newline
+//! an editor or `echo` adds) is removed. A relative path is relative to the
+//! working directory. See [`resolve_url`]. The value is kept as a
+//! [`SecretUrl`], whose `Debug` and `Display` hide the password, and every
+//! message shows it through [`crate::conninfo::redact`].
 
 use serde::Deserialize;
 use smartcache_core::keys::{Namespace, TableName};
@@ -34,6 +48,7 @@ pub struct ConfigError(pub String);
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     database_url: Option<String>,
+    database_url_file: Option<PathBuf>,
     redis_url: Option<String>,
     redis_cluster: Option<bool>,
     namespace: Option<String>,
@@ -65,8 +80,14 @@ struct FileTable {
 /// "not given", so the file or the default applies.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
-    /// `--database-url` / `DATABASE_URL`.
+    /// `--database-url`.
     pub database_url: Option<String>,
+    /// `--database-url-file`.
+    pub database_url_file: Option<PathBuf>,
+    /// `DATABASE_URL`.
+    pub database_url_env: Option<String>,
+    /// `DATABASE_URL_FILE`.
+    pub database_url_file_env: Option<PathBuf>,
     /// `--redis-url` / `REDIS_URL`.
     pub redis_url: Option<String>,
     /// `--redis-cluster` / `SMARTCACHE_REDIS_CLUSTER`.
@@ -84,8 +105,9 @@ pub struct Overrides {
 /// The validated configuration of the daemon.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// PostgreSQL connection string (URL or key=value form).
-    pub database_url: String,
+    /// PostgreSQL connection string (URL or key=value form), with the
+    /// libpq TLS parameters (see [`crate::conninfo`]).
+    pub database_url: SecretUrl,
     /// Redis URL; with `redis_cluster`, comma-separated seed node URLs.
     pub redis_url: String,
     /// Speak the Redis Cluster protocol.
@@ -121,7 +143,7 @@ pub struct Config {
     pub pg_timeout: Duration,
     /// PostgreSQL replicas the applications read from: a batch's keys are
     /// deleted only once every one has replayed past the batch's commits.
-    pub replica_urls: Vec<String>,
+    pub replica_urls: Vec<SecretUrl>,
     /// Longest a batch waits for a replica; a replica still behind (or
     /// unreachable) then gets the batch's deletions again once it caught up.
     pub replica_wait: Duration,
@@ -239,13 +261,34 @@ impl Config {
             .or(file.replica_urls)
             .unwrap_or_default();
         for url in &replica_urls {
-            url.parse::<tokio_postgres::Config>().map_err(|e| {
-                ConfigError(format!(
-                    "{origin}: setting `replica_urls`: {} does not parse: {e}",
-                    crate::pg::redact(url)
-                ))
-            })?;
+            crate::pg::check_syntax("replica_urls", url)
+                .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
         }
+        let replica_urls = replica_urls.into_iter().map(SecretUrl).collect();
+        let database_url = resolve_url(
+            "database_url",
+            &[
+                UrlLevel {
+                    names: "flags --database-url and --database-url-file",
+                    url: o.database_url.as_deref(),
+                    file: o.database_url_file.as_deref(),
+                },
+                UrlLevel {
+                    names: "environment variables DATABASE_URL and DATABASE_URL_FILE",
+                    url: o.database_url_env.as_deref(),
+                    file: o.database_url_file_env.as_deref(),
+                },
+                UrlLevel {
+                    names: "settings `database_url` and `database_url_file`",
+                    url: file.database_url.as_deref(),
+                    file: file.database_url_file.as_deref(),
+                },
+            ],
+            DEFAULT_DATABASE_URL,
+        )
+        .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        crate::pg::check_syntax("database_url", database_url.expose())
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
         let replica_wait_ms = file
             .replica_wait_ms
             .unwrap_or_else(|| (pg_timeout_ms / 2).min(10_000));
@@ -283,11 +326,7 @@ impl Config {
             tables.push(TableSpec { name, keys });
         }
         Ok(Self {
-            database_url: o
-                .database_url
-                .clone()
-                .or(file.database_url)
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            database_url,
             redis_url: o
                 .redis_url
                 .clone()
@@ -321,6 +360,112 @@ impl Config {
     pub fn origin(&self) -> impl fmt::Display + '_ {
         Origin(self.source.as_deref())
     }
+}
+
+/// A connection string that may hold a password: `Debug` and `Display`
+/// show it with the password hidden, [`SecretUrl::expose`] gives it whole.
+///
+/// ```
+/// use smartcache_invalidator::config::SecretUrl;
+/// let url = SecretUrl::from("postgres://u:s3cret@h/db".to_owned());
+/// assert_eq!(url.to_string(), "postgres://u:***@h/db");
+/// assert!(!format!("{url:?}").contains("s3cret"));
+/// assert_eq!(url.expose(), "postgres://u:s3cret@h/db");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The connection string itself, password included: for connecting,
+    /// never for a message.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::conninfo::redact(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({self})")
+    }
+}
+
+/// One level of precedence of a URL setting (see the module docs): the
+/// URL, or a file holding it, as given there.
+#[derive(Debug, Clone, Copy)]
+pub struct UrlLevel<'a> {
+    /// The flags, variables or settings of this level, for messages.
+    pub names: &'a str,
+    /// The URL, if given.
+    pub url: Option<&'a str>,
+    /// The file holding the URL, if given.
+    pub file: Option<&'a Path>,
+}
+
+/// The value of URL setting `setting` from its `levels`, highest
+/// precedence first, or `default`: the first level that gives the URL or
+/// its file wins; one that gives both, or a file that cannot be read or
+/// is empty, is an error naming what to change. An empty URL or path
+/// counts as not given (`DATABASE_URL=` in a compose file).
+///
+/// ```
+/// use smartcache_invalidator::config::{resolve_url, UrlLevel};
+/// let dir = tempfile::tempdir().unwrap();
+/// let secret = dir.path().join("url");
+/// std::fs::write(&secret, "postgres://u:pw@h/db\n").unwrap();
+/// let flag = UrlLevel { names: "flags", url: None, file: None };
+/// let env = UrlLevel { names: "environment", url: None, file: Some(&secret) };
+/// let file = UrlLevel { names: "config file", url: Some("postgres://other/db"), file: None };
+/// let url = resolve_url("database_url", &[flag, env, file], "postgres://default/db").unwrap();
+/// assert_eq!(url.expose(), "postgres://u:pw@h/db");
+/// ```
+pub fn resolve_url(
+    setting: &str,
+    levels: &[UrlLevel<'_>],
+    default: &str,
+) -> Result<SecretUrl, String> {
+    for level in levels {
+        let url = level.url.filter(|u| !u.is_empty());
+        let file = level.file.filter(|f| !f.as_os_str().is_empty());
+        match (url, file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "setting `{setting}`: both the URL and its file are given by the {}; give one",
+                    level.names
+                ))
+            }
+            (Some(url), None) => return Ok(SecretUrl(url.to_owned())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "setting `{setting}_file`: cannot read {} ({e}); it must be a file holding the URL, readable by this user",
+                        path.display()
+                    )
+                })?;
+                let url = text.trim_end();
+                if url.trim().is_empty() {
+                    return Err(format!(
+                        "setting `{setting}_file`: {} is empty; it must hold the URL",
+                        path.display()
+                    ));
+                }
+                return Ok(SecretUrl(url.to_owned()));
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(SecretUrl(default.to_owned()))
 }
 
 /// The admin token: a secret, so `Debug` does not print it.
@@ -538,7 +683,7 @@ mod tests {
     #[test]
     fn defaults_apply_to_an_empty_file() {
         let c = load("").unwrap();
-        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
         assert_eq!(c.namespace.name(), "cache");
         assert_eq!(c.channel, "smartcache");

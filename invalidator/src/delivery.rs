@@ -9,6 +9,7 @@ use crate::doorbell::Doorbell;
 use crate::mapping::{self, Work};
 use crate::outbox::{self, DEAD_LETTER_SQL};
 use crate::pg;
+use crate::pooling::{self, Mode, Stmt};
 use crate::replicas::Replicas;
 use crate::schema;
 use crate::shutdown::Shutdown;
@@ -19,11 +20,12 @@ use smartcache_core::invalidate::invalidate;
 use smartcache_core::keys::DepId;
 use smartcache_core::markers;
 use std::future::Future;
+use std::sync::atomic::AtomicU8;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -73,6 +75,7 @@ pub async fn run(
             telemetry: daemon.telemetry.clone(),
             stalled: daemon.canary_stalled.clone(),
             backend: daemon.backend.clone(),
+            mode: daemon.mode.clone(),
         },
         stop.clone(),
     ));
@@ -143,7 +146,7 @@ enum BatchError {
 
 struct Daemon {
     config: Arc<Config>,
-    pg_config: tokio_postgres::Config,
+    pg_config: pg::Target,
     redis: Conn,
     telemetry: Arc<Telemetry>,
     /// Rung by the canary when a heartbeat was not invalidated in time.
@@ -154,35 +157,46 @@ struct Daemon {
     generations: Generations,
     /// Replicas the applications read from.
     replicas: Replicas,
+    /// Whether the session is pooled, for the monitor (see [`pooling::UNKNOWN`]).
+    mode: Arc<AtomicU8>,
 }
 
-/// Statements of the hot path, prepared once per connection.
+/// Statements of the hot path, prepared once per connection (unnamed
+/// through transaction pooling, see [`crate::pooling`]).
 struct Statements {
-    claim: Statement,
-    record: Statement,
-    dead_letter: Statement,
-    last_id: Statement,
+    begin: String,
+    claim: Stmt,
+    record: Stmt,
+    dead_letter: Stmt,
+    last_id: Stmt,
 }
 
 impl Statements {
-    async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+    async fn prepare(
+        client: &Client,
+        config: &Config,
+        pooled: bool,
+    ) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
-            claim: client.prepare(&claim::claim_sql()).await?,
-            record: client.prepare(crate::time_travel::RECORD_SQL).await?,
-            dead_letter: client.prepare(DEAD_LETTER_SQL).await?,
-            last_id: client
-                .prepare("SELECT last_value FROM smartcache.outbox_id_seq")
-                .await?,
+            begin: pooling::begin(pooled, &pg::session_settings(config)),
+            claim: Stmt::new(client, &claim::claim_sql(), pooled).await?,
+            record: Stmt::new(client, crate::time_travel::RECORD_SQL, pooled).await?,
+            dead_letter: Stmt::new(client, DEAD_LETTER_SQL, pooled).await?,
+            last_id: Stmt::new(
+                client,
+                "SELECT last_value FROM smartcache.outbox_id_seq",
+                pooled,
+            )
+            .await?,
         })
     }
 }
 
 impl Daemon {
     fn new(config: Config) -> anyhow::Result<Self> {
-        let pg_config = pg::config(&config)?;
+        let pg_config = pg::target(&config)?;
         let redis = crate::redis_ops::connect(&config)?;
-        let replicas = Replicas::new(&config.replica_urls, config.replica_wait)
-            .map_err(|e| ConfigError(format!("setting `replica_urls`: {e}")))?;
+        let replicas = Replicas::new(&config.replica_urls, config.replica_wait)?;
         Ok(Self {
             config: Arc::new(config),
             pg_config,
@@ -192,6 +206,7 @@ impl Daemon {
             backend: Arc::new(AtomicI32::new(0)),
             generations: Generations::new(),
             replicas,
+            mode: Arc::new(AtomicU8::new(pooling::UNKNOWN)),
         })
     }
 
@@ -203,9 +218,21 @@ impl Daemon {
         while !stop.is_set() {
             let session = match pg::connect(&self.pg_config).await {
                 Ok(s) => s,
+                // Nothing but a changed setting helps a first connection
+                // refused for its certificate, TLS or pg_hba.conf: exit (1)
+                // and say so, rather than retry quietly for ever.
+                Err(e) if e.permanent && sessions == 0 => return Err(e.into()),
                 Err(e) => {
-                    warn!(error = %pg::chain(&e), "cannot connect to PostgreSQL; retrying");
-                    self.telemetry.error("postgres", pg::chain(&e));
+                    warn!(error = %e, "cannot connect to PostgreSQL; retrying");
+                    self.telemetry.error("postgres", e.to_string());
+                    backoff.sleep(&mut stop).await;
+                    continue;
+                }
+            };
+            let pooled = match pooling::detect(&session, &self.pg_config).await {
+                Ok(mode) => self.report_mode(mode),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "PostgreSQL session lost while checking for a pooler; retrying");
                     backoff.sleep(&mut stop).await;
                     continue;
                 }
@@ -213,7 +240,7 @@ impl Daemon {
             if !validated {
                 // A connection lost while checking (a server restarting
                 // under us) is retried like any other; a mismatch is not.
-                if let Err(e) = self.validate(&session.client).await {
+                if let Err(e) = self.validate(&session.client, pooled).await {
                     if !lost_connection(&e) {
                         return Err(e);
                     }
@@ -238,7 +265,7 @@ impl Daemon {
                 self.telemetry.reconnects.inc();
             }
             let result = self
-                .session(session, &mut previous, &mut stop, &mut backoff)
+                .session(session, pooled, &mut previous, &mut stop, &mut backoff)
                 .await;
             self.telemetry.set_pg_up(false);
             self.backend.store(0, Ordering::Relaxed);
@@ -255,10 +282,46 @@ impl Daemon {
         Ok(())
     }
 
+    /// Logs and shows what [`pooling::detect`] found when it changes;
+    /// returns whether the session is pooled.
+    fn report_mode(&self, mode: Mode) -> bool {
+        let pooled = matches!(mode, Mode::Pooled(_));
+        let code = if pooled {
+            pooling::POOLED
+        } else {
+            pooling::SESSION
+        };
+        if self.mode.swap(code, Ordering::Relaxed) != code {
+            match &mode {
+                Mode::Session => info!("PostgreSQL session of its own: LISTEN for the doorbell"),
+                Mode::Pooled(reason) => warn!(
+                    reason = %reason,
+                    poll_interval_ms = self.config.poll_interval.as_millis() as u64,
+                    "transaction pooling detected (e.g. PgBouncer pool_mode = transaction): LISTEN cannot work, \
+                     polling the outbox every poll_interval_ms instead; point database_url at session pooling \
+                     or the server for invalidation within milliseconds"
+                ),
+            }
+        }
+        self.telemetry.set_pooled(match mode {
+            Mode::Session => None,
+            Mode::Pooled(reason) => Some(reason),
+        });
+        pooled
+    }
+
     /// Checks, once, that smartcache is installed; how well capture matches
     /// the config is the monitor's job, reported while running.
-    async fn validate(&self, client: &Client) -> anyhow::Result<()> {
-        let installed = schema::inspect(client).await?;
+    async fn validate(&self, client: &Client, pooled: bool) -> anyhow::Result<()> {
+        // One backend for the statements and their prepare/close.
+        if pooled {
+            client.batch_execute("BEGIN").await?;
+        }
+        let installed = schema::inspect(client).await;
+        if pooled {
+            client.batch_execute("COMMIT").await?;
+        }
+        let installed = installed?;
         match installed.version {
             None => Err(ConfigError(
                 "smartcache is not installed in this database; run `smartcache-invalidator install` first"
@@ -279,6 +342,7 @@ impl Daemon {
     async fn session(
         &mut self,
         session: pg::Session,
+        pooled: bool,
         previous: &mut Option<i32>,
         stop: &mut Shutdown,
         backoff: &mut Backoff,
@@ -286,15 +350,24 @@ impl Daemon {
         let pg::Session {
             mut client,
             doorbell: rung,
+            last_notification: _,
             mut driver,
         } = session;
-        let pid = pg::prepare_daemon_session(&client, &self.config, previous.take()).await?;
-        *previous = Some(pid);
+        let pid =
+            pg::prepare_daemon_session(&client, &self.config, previous.take(), pooled).await?;
+        *previous = (!pooled).then_some(pid);
         self.backend.store(pid, Ordering::Relaxed);
         self.telemetry.set_pg_up(true);
-        let st = Statements::prepare(&client).await?;
-        let mut bell = Doorbell::prepare(&client).await?;
-        info!(channel = %self.config.channel, backend = pid, "listening; draining the outbox");
+        let st = Statements::prepare(&client, &self.config, pooled).await?;
+        // Through transaction pooling nobody would hear a ring: writers
+        // are never asked to.
+        let mut bell = if pooled {
+            info!("polling; draining the outbox");
+            None
+        } else {
+            info!(channel = %self.config.channel, backend = pid, "listening; draining the outbox");
+            Some(Doorbell::prepare(&client).await?)
+        };
         backoff.reset();
         let mut cursor = Cursor::default();
         let mut last_rows: Option<Instant> = None;
@@ -304,7 +377,9 @@ impl Daemon {
             let n = self.drain(&mut client, &st, &mut cursor, stop).await?;
             if stop.is_set() {
                 // Nobody listens now: writers should not ring.
-                bell.quiet(&client).await?;
+                if let Some(bell) = bell.as_mut() {
+                    bell.quiet(&client).await?;
+                }
                 return Ok(());
             }
             if n > 0 {
@@ -315,28 +390,38 @@ impl Daemon {
                 warn!(error = %e, "Redis unavailable while applying deletions owed to replicas; retrying");
             }
             if backlog_sampled.elapsed() >= Duration::from_secs(1) {
-                let last: i64 = client.query_one(&st.last_id, &[]).await?.get(0);
+                let last: i64 = st
+                    .last_id
+                    .query(&client, &[])
+                    .await?
+                    .first()
+                    .map_or(0, |r| r.get(0));
                 self.telemetry
                     .backlog
                     .set((last - cursor.position()).max(0));
                 backlog_sampled = Instant::now();
             }
-            if bell.ringing() && n >= BUSY_FROM {
-                bell.quiet(&client).await?;
-            } else if !bell.ringing() && last_rows.is_none_or(|t| t.elapsed() >= HOLD) {
-                // Writers that captured just before this see "quiet" and
-                // commit without ringing: look once more right away.
-                bell.ring(&client).await?;
-                continue;
-            } else if bell.ringing() {
-                bell.renew_if_due(&client).await?;
+            let idle = last_rows.is_none_or(|t| t.elapsed() >= HOLD);
+            if let Some(bell) = bell.as_mut() {
+                if bell.ringing() && n >= BUSY_FROM {
+                    bell.quiet(&client).await?;
+                } else if !bell.ringing() && idle {
+                    // Writers that captured just before this see "quiet" and
+                    // commit without ringing: look once more right away.
+                    bell.ring(&client).await?;
+                    continue;
+                } else if bell.ringing() {
+                    bell.renew_if_due(&client).await?;
+                }
             }
-            let wait = if bell.ringing() {
-                self.config.poll_interval.min(bell.renew_in())
-            } else {
-                let wait = look;
-                look = (look * 2).min(LOOK_MAX);
-                wait
+            let wait = match &bell {
+                Some(bell) if bell.ringing() => self.config.poll_interval.min(bell.renew_in()),
+                None if idle => self.config.poll_interval,
+                _ => {
+                    let wait = look;
+                    look = (look * 2).min(LOOK_MAX);
+                    wait
+                }
             };
             tokio::select! {
                 // Round the loop: the drain sees the stop, the check above ends the session.
@@ -419,8 +504,8 @@ impl Daemon {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&plan.lo, &plan.hi, &plan.cursor, &limit];
         let (begin, rows) = futures_util::future::join(
-            client.batch_execute("BEGIN"),
-            client.query(&st.claim, &params),
+            client.batch_execute(&st.begin),
+            st.claim.query(client, &params),
         )
         .await;
         begin?;
@@ -514,8 +599,9 @@ impl Daemon {
             Ok(v) => v,
             Err(e) => return self.give_back(client, cursor, &ids, e).await,
         };
-        let regressed: Regressed = client
-            .query(&st.record, &[&ns.name(), &generations, &values])
+        let regressed: Regressed = st
+            .record
+            .query(client, &[&ns.name(), &generations, &values])
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
@@ -530,8 +616,8 @@ impl Daemon {
         for d in &dead {
             warn!(outbox_id = d.id, error = %d.error, "unreadable outbox row moved to smartcache.dead_letter");
             self.telemetry.error("dead_letter", &d.error);
-            client
-                .execute(&st.dead_letter, &[&d.id, &d.event, &d.error])
+            st.dead_letter
+                .query(client, &[&d.id, &d.event, &d.error])
                 .await?;
         }
         client.batch_execute("COMMIT").await?;

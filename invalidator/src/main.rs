@@ -45,10 +45,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Colour only for a person at a terminal: a file, a pipe, journald or a
+/// container's log collector gets plain text (or JSON), no escapes.
+/// `NO_COLOR` turns it off on a terminal too.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour && matches!(format, LogFormat::Text))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -18,7 +18,7 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
 use smartcache_core::conn::Conn;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -41,20 +41,25 @@ const STALL_BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// What the monitor shares with the main loop.
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
-    pub(crate) pg_config: tokio_postgres::Config,
+    pub(crate) pg_config: pg::Target,
     pub(crate) redis: Conn,
     pub(crate) telemetry: Arc<Telemetry>,
     /// Rung when the canary finds the main session stuck.
     pub(crate) stalled: Arc<Notify>,
     /// The main session's backend pid (0: none).
     pub(crate) backend: Arc<AtomicI32>,
+    /// Whether the main session found transaction pooling
+    /// ([`crate::pooling::UNKNOWN`] until it looked).
+    pub(crate) mode: Arc<AtomicU8>,
 }
 
 /// Runs until `stop`, then removes this daemon's canary row.
 pub(crate) async fn run(shared: Shared, mut stop: Shutdown) {
-    let mut pg_config = shared.pg_config.clone();
     // Its own name, so operators (and tests) can tell the two sessions apart.
-    pg_config.application_name("smartcache-invalidator canary");
+    let pg_config = shared
+        .pg_config
+        .clone()
+        .named("smartcache-invalidator canary");
     let mut state = State {
         shared,
         canary: canary::Canary::new(),
@@ -77,6 +82,11 @@ pub(crate) async fn run(shared: Shared, mut stop: Shutdown) {
         if session.as_ref().is_some_and(|s| s.driver.is_finished()) {
             session = None;
         }
+        // Statements depend on it: see `tick`.
+        let pooled = match state.shared.mode.load(Ordering::Relaxed) {
+            crate::pooling::UNKNOWN => continue,
+            mode => mode == crate::pooling::POOLED,
+        };
         if session.is_none() {
             match pg::connect(&pg_config).await {
                 Ok(s) => {
@@ -84,13 +94,13 @@ pub(crate) async fn run(shared: Shared, mut stop: Shutdown) {
                     session = Some(s);
                 }
                 Err(e) => {
-                    debug!(error = %pg::chain(&e), "monitor: PostgreSQL unreachable");
+                    debug!(error = %e, "monitor: PostgreSQL unreachable");
                     continue;
                 }
             }
         }
         let client = &session.as_ref().expect("connected above").client;
-        if let Err(e) = state.tick(client).await {
+        if let Err(e) = state.tick(client, pooled).await {
             debug!(error = %pg::chain(&e), "monitor: PostgreSQL query failed; reconnecting");
             session = None;
         }
@@ -116,24 +126,53 @@ struct State {
     reported: Vec<String>,
 }
 
+/// `BEGIN` or `COMMIT` (which rolls a failed transaction back) around
+/// one check, through transaction pooling only.
+async fn pooled_tx(
+    client: &tokio_postgres::Client,
+    pooled: bool,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    if pooled {
+        client.batch_execute(sql).await?;
+    }
+    Ok(())
+}
+
 fn due(last: Option<Instant>, every: Duration) -> bool {
     last.is_none_or(|t| t.elapsed() >= every)
 }
 
 impl State {
-    async fn tick(&mut self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    /// One round of checks. Through transaction pooling (`pooled`) each
+    /// check is one transaction, so that its statements are prepared, run
+    /// and closed on one backend; the canary's statements are unnamed.
+    async fn tick(
+        &mut self,
+        client: &tokio_postgres::Client,
+        pooled: bool,
+    ) -> Result<(), tokio_postgres::Error> {
         if due(self.last_check, CHECK_EVERY) {
-            self.check_capture(client).await?;
+            pooled_tx(client, pooled, "BEGIN").await?;
+            let checked = self.check_capture(client).await;
+            pooled_tx(client, pooled, "COMMIT").await?;
+            checked?;
             self.last_check = Some(Instant::now());
         }
         if due(self.last_travel, TRAVEL_EVERY) {
-            if let Err(e) = self.check_time_travel(client).await {
+            pooled_tx(client, pooled, "BEGIN").await?;
+            let checked = self.check_time_travel(client).await;
+            pooled_tx(client, pooled, "COMMIT").await?;
+            if let Err(e) = checked {
                 debug!(error = %format!("{e:#}"), "monitor: checking for time travel failed; trying again");
             }
             self.last_travel = Some(Instant::now());
         }
         if due(self.last_horizon, HORIZON_EVERY) {
-            self.sample_horizon(client).await?;
+            pooled_tx(client, pooled, "BEGIN").await?;
+            let sampled = self.sample_horizon(client).await;
+            pooled_tx(client, pooled, "COMMIT").await?;
+            sampled?;
             self.last_horizon = Some(Instant::now());
         }
         if let Some(every) = self.shared.config.canary_interval {
@@ -288,11 +327,11 @@ impl State {
             None
         } else {
             client
-                .query_opt(
+                .query_typed_opt(
                     "SELECT state, coalesce(wait_event_type || ':' || wait_event, ''), \
                             extract(epoch FROM now() - state_change)::float8 \
                      FROM pg_stat_activity WHERE pid = $1",
-                    &[&pid],
+                    &[(&pid, tokio_postgres::types::Type::INT4)],
                 )
                 .await
                 .ok()

@@ -11,6 +11,7 @@
 //! [`REDO_MAX`] keys are remembered; beyond, every value of the namespace
 //! is dropped once the replicas caught up).
 
+use crate::config::{ConfigError, SecretUrl};
 use crate::pg;
 use smartcache_core::keys::DepId;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ const LOOK_MAX: Duration = Duration::from_millis(20);
 struct Replica {
     /// The URL without its password, for messages.
     name: String,
-    config: tokio_postgres::Config,
+    target: pg::Target,
     client: Option<Client>,
 }
 
@@ -48,20 +49,20 @@ pub(crate) struct Replicas {
 }
 
 impl Replicas {
-    pub(crate) fn new(urls: &[String], wait: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn new(urls: &[SecretUrl], wait: Duration) -> Result<Self, ConfigError> {
         let replicas = urls
             .iter()
             .map(|url| {
-                let mut config: tokio_postgres::Config = url.parse()?;
-                config.application_name("smartcache-invalidator replica");
-                config.connect_timeout(Duration::from_secs(2));
+                let mut target = pg::Target::parse("replica_urls", url.expose())?
+                    .named("smartcache-invalidator replica");
+                target.config_mut().connect_timeout(Duration::from_secs(2));
                 Ok(Replica {
-                    name: pg::redact(url),
-                    config,
+                    name: target.name().to_owned(),
+                    target,
                     client: None,
                 })
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
             replicas,
             wait,
@@ -179,10 +180,10 @@ impl Replica {
     /// `Some(true)` once replayed past `lsn`; `None` when unreachable.
     async fn replayed(&mut self, lsn: &str) -> Option<bool> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            match pg::connect(&self.config).await {
+            match pg::connect(&self.target).await {
                 Ok(s) => self.client = Some(s.client),
                 Err(e) => {
-                    warn!(replica = %self.name, error = %pg::chain(&e), "replica unreachable");
+                    warn!(replica = %self.name, error = %e, "replica unreachable");
                     self.client = None;
                     return None;
                 }

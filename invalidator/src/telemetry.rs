@@ -77,6 +77,9 @@ pub struct Telemetry {
     pub horizon_seconds: Gauge,
     /// Dead row versions in the outbox.
     pub outbox_dead_rows: Gauge,
+    /// 1 while the session goes through transaction pooling (polling).
+    pub pooled_session: Gauge,
+    pooled: Mutex<Option<String>>,
     pg_up: AtomicBool,
     redis_up: AtomicBool,
     canary_ok: AtomicBool,
@@ -122,6 +125,12 @@ impl Telemetry {
         let horizon_xid_age = Gauge::default();
         let horizon_seconds = Gauge::default();
         let outbox_dead_rows = Gauge::default();
+        let pooled_session = Gauge::default();
+        registry.register(
+            "pooled_session",
+            "1 while the daemon's PostgreSQL session goes through transaction pooling: it polls the outbox instead of listening",
+            pooled_session.clone(),
+        );
         registry.register(
             "capture_problems",
             "Problems with capture found in the catalog (renamed or retyped columns, disabled triggers…); see /healthz",
@@ -216,6 +225,8 @@ impl Telemetry {
             horizon_xid_age,
             horizon_seconds,
             outbox_dead_rows,
+            pooled_session,
+            pooled: Mutex::new(None),
             pg_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(true),
             canary_ok: AtomicBool::new(true),
@@ -250,6 +261,22 @@ impl Telemetry {
     /// Counts `store` going back in time.
     pub fn time_travel(&self, store: &'static str) {
         self.time_travel.get_or_create(&Store { store }).inc();
+    }
+
+    /// Records why the session is pooled (`None`: a session of its own).
+    pub fn set_pooled(&self, reason: Option<String>) {
+        self.pooled_session.set(i64::from(reason.is_some()));
+        *self.pooled.lock().expect("not poisoned") = reason;
+    }
+
+    /// Facts for `/healthz` that do not make the daemon unhealthy.
+    pub fn notes(&self) -> Vec<String> {
+        self.pooled
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|r| format!("note: transaction pooling ({r}): polling every poll_interval_ms instead of LISTEN"))
+            .collect()
     }
 
     /// Replaces the list of capture problems.
@@ -363,12 +390,13 @@ pub async fn serve(
         let t = telemetry.clone();
         async move {
             let problems = t.problems();
+            let notes: String = t.notes().iter().map(|n| format!("{n}\n")).collect();
             if problems.is_empty() {
-                (StatusCode::OK, "ok\n".to_owned()).into_response()
+                (StatusCode::OK, format!("ok\n{notes}")).into_response()
             } else {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("unhealthy\n{}\n", problems.join("\n")),
+                    format!("unhealthy\n{}\n{notes}", problems.join("\n")),
                 )
                     .into_response()
             }

@@ -411,3 +411,175 @@ async fn install_by_a_role_without_the_privileges_names_what_it_lacks_and_change
         .batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
         .await;
 }
+
+/// `smartcache-invalidator --config CFG ARGS…` with `env` set and the
+/// environment's URLs otherwise removed.
+fn run_env(cfg: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("DATABASE_URL_FILE")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn database_url_file_is_read_like_a_mounted_secret() {
+    let case = Case::new("url_file", SETUP).await;
+    let secret = case.dir.path().join("database_url");
+    std::fs::write(&secret, format!("{}\n", case.db.url)).unwrap();
+    let secret = secret.to_str().unwrap();
+    // The file names an unusable database, the secret the right one.
+    let bad = db::with_database(&case.db.url, "no_such_database_xyz");
+    let in_file = case.dir.path().join("in_file.toml");
+    std::fs::write(
+        &in_file,
+        format!(
+            "database_url_file = {secret:?}\nredis_url = {:?}\n",
+            redis_url()
+        ),
+    )
+    .unwrap();
+    let plain = case.config("");
+    for (cfg, args, env) in [
+        (&in_file, vec!["install"], vec![]),
+        (
+            &plain,
+            vec!["--database-url-file", secret, "install"],
+            vec![],
+        ),
+        (&plain, vec!["install"], vec![("DATABASE_URL_FILE", secret)]),
+        // A level above beats the file's database_url_file.
+        (
+            &in_file,
+            vec!["install"],
+            vec![("DATABASE_URL", case.db.url.as_str())],
+        ),
+        // The flag beats the environment, URL or file.
+        (
+            &plain,
+            vec!["--database-url-file", secret, "install"],
+            vec![("DATABASE_URL", bad.as_str())],
+        ),
+    ] {
+        let out = run_env(cfg, &args, &env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} {env:?}: {}",
+            text(&out)
+        );
+    }
+    let out = run_env(&in_file, &["install"], &[("DATABASE_URL", bad.as_str())]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the environment beats the file: {}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn database_url_and_its_file_at_the_same_level_or_an_unreadable_file_are_refused() {
+    let case = Case::new("url_file_bad", SETUP).await;
+    let secret = case.dir.path().join("database_url");
+    std::fs::write(&secret, &case.db.url).unwrap();
+    let secret = secret.to_str().unwrap();
+    let missing = case.dir.path().join("absent").display().to_string();
+    let empty = case.dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.to_str().unwrap();
+    let both_in_file = case.config(&format!("database_url_file = {secret:?}\n"));
+    let plain = case.dir.path().join("plain.toml");
+    std::fs::write(&plain, format!("redis_url = {:?}\n", redis_url())).unwrap();
+    for (cfg, args, env, wants) in [
+        (
+            &both_in_file,
+            vec!["check"],
+            vec![],
+            "settings `database_url` and `database_url_file`",
+        ),
+        (
+            &plain,
+            vec![
+                "--database-url",
+                &case.db.url,
+                "--database-url-file",
+                secret,
+                "check",
+            ],
+            vec![],
+            "flags --database-url and --database-url-file",
+        ),
+        (
+            &plain,
+            vec!["check"],
+            vec![
+                ("DATABASE_URL", case.db.url.as_str()),
+                ("DATABASE_URL_FILE", secret),
+            ],
+            "environment variables DATABASE_URL and DATABASE_URL_FILE",
+        ),
+        (
+            &plain,
+            vec!["--database-url-file", &missing, "install"],
+            vec![],
+            "cannot read",
+        ),
+        (
+            &plain,
+            vec!["--database-url-file", empty, "run"],
+            vec![],
+            "is empty",
+        ),
+    ] {
+        let out = run_env(cfg, &args, &env);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert!(
+            all.contains(wants) && all.contains("database_url"),
+            "{args:?}: {all}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_sslmode_is_a_configuration_error_for_every_command() {
+    let case = Case::new("sslmode_bad", SETUP).await;
+    let cfg = case.config("");
+    let url = format!(
+        "{}?sslmode=verify_full",
+        case.db.url.replace("postgres@", "postgres:s3cret@")
+    );
+    for args in [
+        vec!["check"],
+        vec!["install"],
+        vec!["run"],
+        vec!["keys"],
+        vec!["clear", "--all"],
+    ] {
+        let out = run_env(&cfg, &args, &[("DATABASE_URL", url.as_str())]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert!(
+            all.contains("sslmode=verify_full") && all.contains("verify-full"),
+            "{all}"
+        );
+        assert!(!all.contains("s3cret"), "the password is hidden: {all}");
+    }
+}
+
+#[tokio::test]
+async fn help_never_prints_the_database_url() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://u:s3cret@h/db")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("--database-url-file"), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret"), "{}", text(&out));
+}

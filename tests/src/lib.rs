@@ -6,6 +6,8 @@
 
 pub mod ca;
 pub mod db;
+pub mod pg_tls;
+pub mod pgbouncer;
 pub mod servers;
 
 use db::TestDb;

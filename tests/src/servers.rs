@@ -45,7 +45,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn running_as_root() -> bool {
+/// Whether this process is root (servers then run as `postgres`).
+pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
@@ -259,6 +260,15 @@ pub struct Postgres {
 impl Postgres {
     /// Creates and starts the cluster.
     pub async fn start() -> Self {
+        Self::start_configured(|_| {}).await
+    }
+
+    /// Like [`Postgres::start`], with `configure` run on the data directory
+    /// after `initdb` and before the first start (e.g. to write
+    /// `postgresql.conf` lines and `pg_hba.conf`, see
+    /// [`Postgres::configure`]). The harness itself connects over the
+    /// Unix socket, which `local … trust` in `pg_hba.conf` must allow.
+    pub async fn start_configured(configure: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("smartcache-pg-")
             .tempdir()
@@ -284,8 +294,41 @@ impl Postgres {
         blocking(move || c.initdb())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        configure(&pg.cluster.dir.join("data"));
         pg.start_again().await;
         pg
+    }
+
+    /// Appends `conf` to `postgresql.conf` in `data` and, if given,
+    /// replaces `pg_hba.conf` with `hba`; files the server reads are
+    /// handed to the `postgres` user (we may be root).
+    pub fn configure(data: &Path, conf: &str, hba: Option<&str>) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(&mut f, format!("\n{conf}\n").as_bytes())
+            .expect("write postgresql.conf");
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
+    }
+
+    /// Copies `file` into `data` as `name`, readable by its owner only
+    /// and owned by the server's user, as PostgreSQL wants its key files.
+    pub fn install_private(data: &Path, file: &Path, name: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let to = data.join(name);
+        std::fs::copy(file, &to).expect("copy into the data directory");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(&to)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown {}", to.display());
+        }
     }
 
     /// Starts the stopped (or killed) server again on the same port and
@@ -361,9 +404,15 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.cluster.port)
     }
 
-    /// Connects to database `postgres`.
+    /// Connects to database `postgres`, over the Unix socket: it works
+    /// whatever `pg_hba.conf` asks of TCP connections (TLS, certificates).
     pub async fn try_connect(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), NoTls).await?;
+        let socket = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.cluster.dir.display(),
+            self.cluster.port
+        );
+        let (client, conn) = tokio_postgres::connect(&socket, NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
     }
@@ -1264,8 +1313,9 @@ impl Stack {
         )
     }
 
-    /// Starts a daemon process on this stack.
-    pub fn daemon(&mut self) -> DaemonProcess {
+    /// Starts a daemon process on this stack that reaches PostgreSQL at
+    /// `database_url` (e.g. through a pooler in front of [`Stack::pg`]).
+    pub fn daemon_via(&mut self, database_url: &str) -> DaemonProcess {
         self.daemons_started += 1;
         let log = self
             .dir
@@ -1273,11 +1323,16 @@ impl Stack {
             .join(format!("daemon-{}.log", self.daemons_started));
         DaemonProcess::start(
             &self.config_path,
-            &self.pg.url("postgres"),
+            database_url,
             &self.redis.url(),
             self.ns.name(),
             log,
         )
+    }
+
+    /// Starts a daemon process on this stack.
+    pub fn daemon(&mut self) -> DaemonProcess {
+        self.daemon_via(&self.pg.url("postgres"))
     }
 
     /// A Redis connection.

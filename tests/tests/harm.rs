@@ -131,7 +131,7 @@ fn check(config: &Config) -> (i32, String) {
     let out = std::process::Command::new(smartcache_tests::servers::daemon_binary())
         .arg("--config")
         .arg(&path)
-        .args(["--database-url", &config.database_url])
+        .args(["--database-url", config.database_url.expose()])
         .args(["--redis-url", &config.redis_url])
         .args(["--namespace", config.namespace.name()])
         .arg("check")
@@ -199,7 +199,7 @@ async fn the_daemon_runs_as_a_least_privilege_role() {
     let installer = config(&env, &settings, TABLES);
     env.install(&installer).await;
     let mut daemon_config = installer.clone();
-    daemon_config.database_url = role.url(&env);
+    daemon_config.database_url = role.url(&env).into();
     let addr = daemon_config.metrics_addr.unwrap().to_string();
     let daemon = env.start_daemon(&daemon_config);
     env.put(&["product:3", "category:3"]).await;
