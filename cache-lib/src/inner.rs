@@ -151,22 +151,24 @@ impl Inner {
                     return None;
                 }
                 let ticket = tier.local().ticket(key);
-                match self
-                    .bounded("GET", self.timeout, tracked_get(con, &vkey))
-                    .await
-                {
-                    Ok((bytes, pttl)) => {
+                match tokio::time::timeout(self.timeout, tracked_get(con, &vkey)).await {
+                    Ok(Ok((bytes, pttl))) => {
                         if let Some(bytes) = &bytes {
                             tier.local().fill(key, bytes, pttl, ticket);
                         }
                         return bytes.map(Got::Redis);
                     }
-                    // The slot moved: read through the cluster connection,
-                    // which follows the redirection, and track anew.
-                    Err(Error::Redis { source, .. }) if source.redirect_node().is_some() => {
-                        tier.redirected();
-                    }
-                    Err(e) => {
+                    // A redirection (the slot moved) or a tracking
+                    // connection that just closed: read through the main
+                    // connection, which follows redirections and
+                    // reconnects, and have tracking rebuilt.
+                    Ok(Err(_)) => tier.redirected(),
+                    Err(_) => {
+                        self.breaker.failure();
+                        let e = Error::Timeout {
+                            op: "GET",
+                            timeout: self.timeout,
+                        };
                         self.warn_limited(&e, "Redis call failed; serving uncached");
                         return None;
                     }

@@ -47,7 +47,9 @@ struct Shared {
     local: Arc<Local>,
     prefix: String,
     router: RwLock<Option<Arc<Router>>>,
-    rebuild: Notify,
+    /// Rings when tracking must be rebuilt at once (also from a closing
+    /// connection's reader, which must not hold `Shared` itself).
+    rebuild: Arc<Notify>,
 }
 
 /// The local tier with its tracking connections; the supervisor stops when
@@ -76,7 +78,7 @@ impl Tracking {
             local: Arc::new(local),
             prefix: prefix.to_owned(),
             router: RwLock::new(None),
-            rebuild: Notify::new(),
+            rebuild: Arc::new(Notify::new()),
         });
         let task = tokio::spawn(supervise(
             Arc::clone(&shared),
@@ -103,7 +105,8 @@ impl Tracking {
         router.nodes.get(i).cloned()
     }
 
-    /// A tracked `GET` was redirected: the slot map changed.
+    /// A tracked `GET` failed (redirected: the slot map changed; or the
+    /// connection closed): rebuild tracking now.
     pub(crate) fn redirected(&self) {
         self.shared.rebuild.notify_one();
     }
@@ -179,10 +182,12 @@ async fn watch(shared: &Shared, router: &Router, max_lag: Duration) -> &'static 
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_topology = Instant::now() + TOPOLOGY_EVERY;
     loop {
-        tokio::select! {
-            _ = beat.tick() => {}
-            _ = shared.rebuild.notified() => return "a tracked read was redirected",
-        }
+        // A ring (a connection closed, a read was redirected) checks at
+        // once; it may also be left over from connections already gone.
+        let rung = tokio::select! {
+            _ = beat.tick() => false,
+            _ = shared.rebuild.notified() => true,
+        };
         let epoch = shared.local.epoch();
         let sent = shared.local.now_ms();
         let pings = try_join_all(router.nodes.iter().map(|con| {
@@ -194,7 +199,7 @@ async fn watch(shared: &Shared, router: &Router, max_lag: Duration) -> &'static 
             Ok(Err(_)) => return "a tracking connection failed",
             Err(_) => return "a tracking connection lags",
         }
-        if router.slots.is_some() && Instant::now() >= next_topology {
+        if router.slots.is_some() && (rung || Instant::now() >= next_topology) {
             next_topology = Instant::now() + TOPOLOGY_EVERY;
             let mut con = router.nodes[0].clone();
             match tokio::time::timeout(max_lag, cluster_slots(&mut con)).await {
@@ -250,8 +255,11 @@ async fn open(
     let client = node_client(url, options, addr)?;
     let local = Arc::clone(&shared.local);
     let prefix = shared.prefix.clone();
+    let rebuild = Arc::clone(&shared.rebuild);
     let sink = move |push: PushInfo| -> Result<(), Infallible> {
-        on_push(&local, &prefix, push);
+        if on_push(&local, &prefix, push) {
+            rebuild.notify_one();
+        }
         Ok(())
     };
     let config = AsyncConnectionConfig::new()
@@ -277,8 +285,9 @@ async fn open(
     Ok(con)
 }
 
-/// Applied by the connection's reader as each push arrives.
-fn on_push(local: &Local, prefix: &str, push: PushInfo) {
+/// Applied by the connection's reader as each push arrives; true if the
+/// connection closed.
+fn on_push(local: &Local, prefix: &str, push: PushInfo) -> bool {
     match push.kind {
         PushKind::Invalidate => match push.data.first() {
             Some(Value::Array(keys)) => {
@@ -296,9 +305,13 @@ fn on_push(local: &Local, prefix: &str, push: PushInfo) {
             // A null key list: the database was flushed.
             _ => local.flush("Redis flushed the database"),
         },
-        PushKind::Disconnection => local.flush("a tracking connection closed"),
+        PushKind::Disconnection => {
+            local.flush("a tracking connection closed");
+            return true;
+        }
         _ => {}
     }
+    false
 }
 
 /// The cluster's slot ranges with their primaries, sorted, from the first
