@@ -149,7 +149,11 @@ async fn a_reader_whose_tracking_connection_is_cut_never_serves_a_value_changed_
         let (ns, reader, cut) = (&ns, &reader, &cut);
         async move {
             let v = reader.get::<i64>("k").await.unwrap();
-            assert_eq!(v, Some(2), "served the value changed while tracking was cut");
+            assert_eq!(
+                v,
+                Some(2),
+                "served the value changed while tracking was cut"
+            );
             let now = trackers(&mut raw, ns).await;
             (now.len() == 1 && now != *cut).then_some(())
         }
@@ -196,7 +200,12 @@ async fn a_flushall_flushes_the_local_tier() {
     // Another program flushes this throwaway server.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
     wait_for("the local copy to go", WAIT, || async {
-        reader.get::<i64>("k").await.unwrap().is_none().then_some(())
+        reader
+            .get::<i64>("k")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
 }
