@@ -435,6 +435,24 @@ impl Cache {
         self.inner.tier.as_ref().map(|t| t.local().stats())
     }
 
+    /// Whether a read of `key` would be served from the local tier now,
+    /// without a Redis round trip (always false when the tier is off).
+    /// Reads nothing from Redis and fills nothing: for tests, benchmarks
+    /// and monitoring.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let _ = cache.get_bytes("product:1").await?; // may take a copy
+    /// println!("held locally: {}", cache.holds_locally("product:1"));
+    /// # Ok(()) }
+    /// ```
+    pub fn holds_locally(&self, key: &str) -> bool {
+        self.inner
+            .tier
+            .as_ref()
+            .is_some_and(|t| t.local().holds(key))
+    }
+
     /// Options for one entry: dependencies, TTL; then `get_or_compute`,
     /// `fetch` (which also says whether it was a hit) or `set`.
     ///

@@ -15,7 +15,7 @@
 //!   invalidation Redis queued before it, so a copy served at `t` reflects
 //!   every change Redis applied before `t - max_lag`.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,9 +130,7 @@ impl Local {
     }
 
     fn stripe(&self, key: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        h.finish() as usize % STRIPES
+        self.hasher.hash_one(key) as usize % STRIPES
     }
 
     /// The copy of `key`, if one may be served now.
@@ -148,6 +146,15 @@ impl Local {
         }
         self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(copy.bytes)
+    }
+
+    /// Whether [`Local::get`] would serve `key` now, without counting a hit.
+    pub(crate) fn holds(&self, key: &str) -> bool {
+        let now = self.now_ms();
+        now < self.fresh_until.load(SeqCst)
+            && self.map.get(key).is_some_and(|c| {
+                c.epoch == self.epoch.load(SeqCst) && (c.expires_ms == 0 || now < c.expires_ms)
+            })
     }
 
     /// Snapshot to take before sending the `GET` whose reply may fill `key`.
