@@ -14,7 +14,7 @@
 
 use smartcache::{Cache, Dep};
 use smartcache_tests::servers::{wait_for, RedisCluster, Rng, Stack, LIBRARY_PREFIX, WAIT};
-use smartcache_tests::Env;
+use smartcache_tests::{Daemon, Env};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,16 +140,7 @@ async fn no_stale_entry_survives_concurrent_writes_and_reads() {
 /// on one node, its row's dependency set most likely on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stale_entry_survives_concurrent_writes_and_reads_on_a_redis_cluster() {
-    let cluster = RedisCluster::start().await;
-    let seeds = cluster.urls().join(",");
-    let setup = format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, val bigint NOT NULL);
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, {ROWS}) g;"
-    );
-    let mut env = Env::on_redis("cl_consistency", &setup, &seeds, true).await;
-    let config = env.config("[[tables]]\nname = \"items\"\nkeys = [\"item:{id}\"]\n");
-    env.install(&config).await;
-    let daemon = env.start_daemon(&config);
+    let (_cluster, _, env, daemon) = on_a_cluster("cl_consistency").await;
     let mut caches = Vec::new();
     for _ in 0..READERS {
         caches.push(env.cache().await);
@@ -157,14 +148,7 @@ async fn no_stale_entry_survives_concurrent_writes_and_reads_on_a_redis_cluster(
     read_while_writing(&env.db.url, caches, soak_secs()).await;
     env.wait_drained().await;
 
-    let db: HashMap<i64, i64> = env
-        .pg
-        .query("SELECT id, val FROM items", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let db = rows(&env).await;
     let cache = env.cache().await;
     let mut cached = 0;
     for (id, val) in &db {
@@ -220,32 +204,41 @@ async fn no_stale_copy_survives_in_the_local_tiers() {
 /// primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stale_copy_survives_in_the_local_tiers_on_a_redis_cluster() {
-    let cluster = RedisCluster::start().await;
-    let seeds = cluster.urls().join(",");
-    let setup = format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, val bigint NOT NULL);
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, {ROWS}) g;"
-    );
-    let mut env = Env::on_redis("cl_local_consistency", &setup, &seeds, true).await;
-    let config = env.config("[[tables]]\nname = \"items\"\nkeys = [\"item:{id}\"]\n");
-    env.install(&config).await;
-    let daemon = env.start_daemon(&config);
+    let (_cluster, seeds, env, daemon) = on_a_cluster("cl_local_consistency").await;
     let mut caches = Vec::new();
     for _ in 0..READERS {
         caches.push(local_cache(&seeds, env.ns.name(), true).await);
     }
     read_while_writing(&env.db.url, caches.clone(), soak_secs()).await;
     env.wait_drained().await;
-    let db: HashMap<i64, i64> = env
-        .pg
+    let db = rows(&env).await;
+    local_views_agree(&caches, &db).await;
+    daemon.stop().await;
+}
+
+/// A 3-primary cluster, a database with `items` and a daemon watching it.
+async fn on_a_cluster(tag: &str) -> (RedisCluster, String, Env, Daemon) {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.urls().join(",");
+    let setup = format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, val bigint NOT NULL);
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, {ROWS}) g;"
+    );
+    let mut env = Env::on_redis(tag, &setup, &seeds, true).await;
+    let config = env.config("[[tables]]\nname = \"items\"\nkeys = [\"item:{id}\"]\n");
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    (cluster, seeds, env, daemon)
+}
+
+async fn rows(env: &Env) -> HashMap<i64, i64> {
+    env.pg
         .query("SELECT id, val FROM items", &[])
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    local_views_agree(&caches, &db).await;
-    daemon.stop().await;
+        .collect()
 }
 
 async fn local_cache(url: &str, ns: &str, cluster: bool) -> Cache {
