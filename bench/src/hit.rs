@@ -35,6 +35,9 @@ enum Variant {
     LibJson,
     AxumRaw,
     AxumLayer,
+    LocalBytes,
+    LocalJson,
+    AxumLocal,
 }
 
 impl Variant {
@@ -46,6 +49,9 @@ impl Variant {
             Variant::LibJson => "`get_or_compute::<Product>` hit",
             Variant::AxumRaw => "axum handler doing a raw GET",
             Variant::AxumLayer => "axum `CacheLayer` hit",
+            Variant::LocalBytes => "`get_or_compute_bytes` local hit",
+            Variant::LocalJson => "`get_or_compute::<Product>` local hit",
+            Variant::AxumLocal => "axum `CacheLayer` local hit",
         }
     }
 }
@@ -55,6 +61,13 @@ const PAIRS: [(Variant, Variant); 3] = [
     (Variant::RawBytes, Variant::LibBytes),
     (Variant::RawJson, Variant::LibJson),
     (Variant::AxumRaw, Variant::AxumLayer),
+];
+
+/// Pairs: (baseline, smartcache with the local tier on).
+const LOCAL_PAIRS: [(Variant, Variant); 3] = [
+    (Variant::RawBytes, Variant::LocalBytes),
+    (Variant::RawJson, Variant::LocalJson),
+    (Variant::AxumRaw, Variant::AxumLocal),
 ];
 
 /// The baseline's connection: the redis crate's, without smartcache.
@@ -76,8 +89,10 @@ impl Raw {
 struct Ctx {
     raw: Raw,
     cache: Cache,
+    local: Cache,
     raw_app: Router,
     layer_app: Router,
+    local_app: Router,
     value_key: String,
 }
 
@@ -93,9 +108,13 @@ impl Ctx {
                 let p: Product = serde_json::from_slice(&b).expect("decode");
                 std::hint::black_box(p);
             }
-            Variant::LibBytes => {
-                let b = self
-                    .cache
+            Variant::LibBytes | Variant::LocalBytes => {
+                let cache = if v == Variant::LibBytes {
+                    &self.cache
+                } else {
+                    &self.local
+                };
+                let b = cache
                     .get_or_compute_bytes::<Error, _, _>("hit", [], || async {
                         unreachable!("a miss in the hit benchmark")
                     })
@@ -103,9 +122,13 @@ impl Ctx {
                     .expect("hit");
                 std::hint::black_box(b);
             }
-            Variant::LibJson => {
-                let p: Product = self
-                    .cache
+            Variant::LibJson | Variant::LocalJson => {
+                let cache = if v == Variant::LibJson {
+                    &self.cache
+                } else {
+                    &self.local
+                };
+                let p: Product = cache
                     .get_or_compute::<Product, Error, _, _>("hit", [], || async {
                         unreachable!("a miss in the hit benchmark")
                     })
@@ -113,15 +136,15 @@ impl Ctx {
                     .expect("hit");
                 std::hint::black_box(p);
             }
-            Variant::AxumRaw | Variant::AxumLayer => {
-                let (app, path) = if v == Variant::AxumRaw {
-                    (&self.raw_app, "/raw")
-                } else {
-                    (&self.layer_app, "/p")
+            Variant::AxumRaw | Variant::AxumLayer | Variant::AxumLocal => {
+                let (app, path) = match v {
+                    Variant::AxumRaw => (&self.raw_app, "/raw"),
+                    Variant::AxumLayer => (&self.layer_app, "/p"),
+                    _ => (&self.local_app, "/p"),
                 };
                 let req = Request::get(path).body(Body::empty()).expect("request");
                 let resp = app.clone().oneshot(req).await.expect("infallible");
-                if v == Variant::AxumLayer {
+                if v != Variant::AxumRaw {
                     assert_eq!(resp.headers()[X_CACHE], "hit");
                 }
                 let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
@@ -131,6 +154,35 @@ impl Ctx {
             }
         }
     }
+}
+
+fn fmt(s: &[Sample]) -> String {
+    format!(
+        "{} / {} / {}",
+        med_fmt(s.iter().map(|s| s.p50).collect(), 1),
+        med_fmt(s.iter().map(|s| s.p99).collect(), 1),
+        med_fmt(s.iter().map(|s| s.ops_per_s).collect(), 0)
+    )
+}
+
+/// An app serving `body` at `/p` behind a `CacheLayer` on `cache`, its
+/// entry filled.
+async fn product_app(body: &[u8], cache: &Cache) -> anyhow::Result<Router> {
+    let served = body.to_vec();
+    let app = Router::new()
+        .route(
+            "/p",
+            get(move || {
+                let b = served.clone();
+                async move { ([("content-type", "application/json")], b) }
+            }),
+        )
+        .route_layer(CacheLayer::new(cache.clone()));
+    let _ = app
+        .clone()
+        .oneshot(Request::get("/p").body(Body::empty())?)
+        .await?;
+    Ok(app)
 }
 
 struct Sample {
@@ -209,26 +261,24 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
             }
         }),
     );
-    let served = body.clone();
-    let layer_app = Router::new()
-        .route(
-            "/p",
-            get(move || {
-                let b = served.clone();
-                async move { ([("content-type", "application/json")], b) }
-            }),
-        )
-        .route_layer(CacheLayer::new(cache.clone()));
-    // The first request fills the layer's entry.
-    let _ = layer_app
-        .clone()
-        .oneshot(Request::get("/p").body(Body::empty())?)
+    let local = Cache::builder(&args.redis_url)
+        .namespace(NS)
+        .cluster(args.redis_cluster)
+        .local(64 << 20, 100_000)
+        .build()
         .await?;
+    while !local.local_stats().is_some_and(|s| s.serving) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let layer_app = product_app(&body, &cache).await?;
+    let local_app = product_app(&body, &local).await?;
     let ctx = Arc::new(Ctx {
         raw,
         cache,
+        local,
         raw_app,
         layer_app,
+        local_app,
         value_key,
     });
 
@@ -250,27 +300,26 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
          p50 ratio | p99 ratio | throughput ratio | goal met |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut local_rows = Vec::new();
     for tasks in [1usize, 64] {
         let ops = if tasks == 1 { single_ops } else { multi_ops };
-        for (base, lib) in PAIRS {
+        for ((base, lib), (_, local)) in PAIRS.into_iter().zip(LOCAL_PAIRS) {
             let mut b = Vec::new();
             let mut l = Vec::new();
+            let mut c = Vec::new();
             for _ in 0..args.runs {
                 b.push(measure(&ctx, base, tasks, ops).await);
                 l.push(measure(&ctx, lib, tasks, ops).await);
+                c.push(measure(&ctx, local, tasks, ops).await);
             }
-            let ratio = |f: fn(&Sample) -> f64| {
-                median(b.iter().zip(&l).map(|(b, l)| f(l) / f(b)).collect())
+            let ratio = |x: &[Sample], f: fn(&Sample) -> f64| {
+                median(b.iter().zip(x).map(|(b, x)| f(x) / f(b)).collect())
             };
-            let (r50, r99, rt) = (ratio(|s| s.p50), ratio(|s| s.p99), ratio(|s| s.ops_per_s));
-            let fmt = |s: &[Sample]| {
-                format!(
-                    "{} / {} / {}",
-                    med_fmt(s.iter().map(|s| s.p50).collect(), 1),
-                    med_fmt(s.iter().map(|s| s.p99).collect(), 1),
-                    med_fmt(s.iter().map(|s| s.ops_per_s).collect(), 0)
-                )
-            };
+            let (r50, r99, rt) = (
+                ratio(&l, |s| s.p50),
+                ratio(&l, |s| s.p99),
+                ratio(&l, |s| s.ops_per_s),
+            );
             println!(
                 "| {tasks} | {} | {} | {} | {} | {r50:.2}× | {r99:.2}× | {rt:.2}× | {} |",
                 base.name(),
@@ -279,8 +328,38 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
                 fmt(&l),
                 met(r50 <= 1.10 && r99 <= 1.10 && rt >= 0.90)
             );
+            let speedup = 1.0 / ratio(&c, |s| s.p50);
+            let gain = ratio(&c, |s| s.ops_per_s);
+            let goal = if tasks == 1 {
+                speedup >= 20.0
+            } else {
+                speedup >= 20.0 && gain >= 10.0
+            };
+            local_rows.push(format!(
+                "| {tasks} | {} | {} | {} | {} | {speedup:.0}× | {gain:.1}× | {} |",
+                base.name(),
+                local.name(),
+                fmt(&b),
+                fmt(&c),
+                met(goal)
+            ));
         }
     }
+    println!(
+        "\nWith the local tier on (`CacheBuilder::local(64 MiB, 100,000)`), measured in the \
+         same runs, interleaved with the two above; goal: a local hit ≥ 20× faster than the \
+         baseline at p50, and ≥ 10× its throughput at 64 tasks.\n"
+    );
+    println!(
+        "| tasks | baseline | smartcache, local tier | baseline p50 / p99 / ops/s | \
+         local p50 / p99 / ops/s | p50 speed-up | throughput gain | goal met |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in local_rows {
+        println!("{row}");
+    }
+    let hits = ctx.local.local_stats().map_or(0, |s| s.hits);
+    println!("\n(local hits served: {hits}; the local variants never went to Redis after warm-up)");
     println!();
     Ok(())
 }

@@ -12,6 +12,7 @@ mod daemon;
 mod hit;
 mod horizon;
 mod latency;
+mod local;
 mod plot;
 mod rest;
 mod stats;
@@ -62,11 +63,11 @@ struct Args {
     /// Outbox rows in the horizon section's backlog.
     #[arg(long, default_value_t = 1_000_000)]
     backlog: i64,
-    /// Sections to run (hit, latency, rest, throughput, horizon).
+    /// Sections to run (hit, latency, local, rest, throughput, horizon).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "hit,latency,rest,throughput,horizon"
+        default_value = "hit,latency,local,rest,throughput,horizon"
     )]
     only: Vec<String>,
     /// Where the commit → delete latency CDF is drawn.
@@ -146,6 +147,9 @@ async fn run(args: &Args, db_url: &str) -> anyhow::Result<()> {
         }
         if sections("latency") {
             latency::run(args, db_url).await?;
+        }
+        if sections("local") {
+            local::run(args, db_url).await?;
         }
         if sections("rest") {
             rest::run(args, db_url, &mut daemon).await?;

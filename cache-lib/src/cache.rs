@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{AsyncCommands, RedisError};
+use redis::RedisError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use smartcache_core::conn::{self, Conn};
@@ -18,7 +18,9 @@ use crate::dep::Dep;
 use crate::entry::Entry;
 use crate::error::{error_chain, redact_url, Error};
 use crate::flight::Flights;
-use crate::inner::Inner;
+use crate::inner::{Got, Inner};
+use crate::local::{Bound, Local, LocalStats};
+use crate::tracking::Tracking;
 
 /// Keys described per management call (each with its own timeout).
 const BATCH: usize = 500;
@@ -76,6 +78,8 @@ pub struct CacheBuilder {
     breaker_cooldown: Duration,
     log_interval: Duration,
     cluster: bool,
+    local: Option<Bound>,
+    local_max_lag: Duration,
 }
 
 impl CacheBuilder {
@@ -93,6 +97,8 @@ impl CacheBuilder {
             breaker_cooldown: Duration::from_secs(2),
             log_interval: Duration::from_secs(10),
             cluster: false,
+            local: None,
+            local_max_lag: Duration::from_millis(250),
         }
     }
 
@@ -212,14 +218,54 @@ impl CacheBuilder {
         self
     }
 
-    fn settings(&self) -> Result<(Conn, Namespace, String), Error> {
-        let ns = Namespace::new(&self.namespace)?;
-        let url = redact_url(&self.url);
+    /// Keep copies of values in this process, served without a Redis round
+    /// trip while Redis client tracking vouches for them: at most
+    /// `max_bytes` (keys, values and a fixed overhead per copy) and
+    /// `max_entries` copies. Default off; a zero bound keeps it off. See
+    /// the crate docs, "The local tier".
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/").local(64 << 20, 100_000);
+    /// ```
+    pub fn local(mut self, max_bytes: u64, max_entries: u64) -> Self {
+        self.local = (max_bytes > 0 && max_entries > 0).then_some(Bound {
+            max_bytes,
+            max_entries,
+        });
+        self
+    }
+
+    /// The local tier serves a copy only while its tracking connections
+    /// answered a heartbeat sent less than this long ago (heartbeats go
+    /// every quarter of it); later, it is flushed and reads go to Redis
+    /// until tracking is re-established. This bounds how long a copy can
+    /// outlive its change when invalidations stop arriving without the
+    /// connection closing (a network partition). Default 250 ms, at least
+    /// 10 ms.
+    ///
+    /// ```
+    /// let b = smartcache::Cache::builder("redis://127.0.0.1/")
+    ///     .local(64 << 20, 100_000)
+    ///     .local_max_lag(std::time::Duration::from_millis(100));
+    /// ```
+    pub fn local_max_lag(mut self, lag: Duration) -> Self {
+        self.local_max_lag = lag.max(Duration::from_millis(10));
+        self
+    }
+
+    fn options(&self) -> conn::Options {
         let mut options = conn::Options::default();
         options.cluster = self.cluster;
         options.connect_timeout = self.connect_timeout;
         options.response_timeout = self.admin_timeout;
         options.max_delay = Duration::from_secs(1);
+        options
+    }
+
+    fn settings(&self) -> Result<(Conn, Namespace, String), Error> {
+        let ns = Namespace::new(&self.namespace)?;
+        let url = redact_url(&self.url);
+        let options = self.options();
         let con = Conn::open(&self.url, &options).map_err(|source| Error::InvalidUrl {
             url: url.clone(),
             source,
@@ -231,7 +277,6 @@ impl CacheBuilder {
         Cache {
             inner: Arc::new(Inner {
                 con,
-                ns,
                 url,
                 lease_ttl: self.lease_ttl,
                 lease_wait: self.lease_wait.unwrap_or(self.lease_ttl),
@@ -241,6 +286,16 @@ impl CacheBuilder {
                 breaker: Breaker::new(self.breaker_cooldown),
                 log: LogLimiter::new(self.log_interval),
                 flights: Flights::default(),
+                tier: self.local.map(|bound| {
+                    Tracking::start(
+                        Local::new(bound),
+                        ns.prefix(),
+                        &self.url,
+                        &self.options(),
+                        self.local_max_lag,
+                    )
+                }),
+                ns,
             }),
         }
     }
@@ -363,6 +418,41 @@ impl Cache {
             .await
     }
 
+    /// What the local tier holds and has done; `None` when it is off
+    /// ([`CacheBuilder::local`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), smartcache::Error> {
+    /// let cache = smartcache::Cache::builder("redis://127.0.0.1:6379/0")
+    ///     .local(16 << 20, 10_000)
+    ///     .build()
+    ///     .await?;
+    /// let stats = cache.local_stats().expect("the local tier is on");
+    /// assert!(stats.bytes <= 16 << 20);
+    /// # Ok(()) }
+    /// ```
+    pub fn local_stats(&self) -> Option<LocalStats> {
+        self.inner.tier.as_ref().map(|t| t.local().stats())
+    }
+
+    /// Whether a read of `key` would be served from the local tier now,
+    /// without a Redis round trip (always false when the tier is off).
+    /// Reads nothing from Redis and fills nothing: for tests, benchmarks
+    /// and monitoring.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {
+    /// let _ = cache.get_bytes("product:1").await?; // may take a copy
+    /// println!("held locally: {}", cache.holds_locally("product:1"));
+    /// # Ok(()) }
+    /// ```
+    pub fn holds_locally(&self, key: &str) -> bool {
+        self.inner
+            .tier
+            .as_ref()
+            .is_some_and(|t| t.local().holds(key))
+    }
+
     /// Options for one entry: dependencies, TTL; then `get_or_compute`,
     /// `fetch` (which also says whether it was a hit) or `set`.
     ///
@@ -481,13 +571,7 @@ impl Cache {
     /// ```
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         check_cache_key(key)?;
-        let mut con = self.inner.con.clone();
-        let vkey = self.inner.ns.value_key(key);
-        Ok(self
-            .inner
-            .try_redis("GET", con.get::<_, Option<Vec<u8>>>(&vkey))
-            .await
-            .flatten())
+        Ok(self.inner.read(key).await.map(Got::into_vec))
     }
 
     /// Stores `value` (as JSON) under `key`, registered under `deps`, with
@@ -544,8 +628,9 @@ impl Cache {
                 "clear",
                 invalidate(&mut con, &self.inner.ns, &[key.to_owned()], &[]),
             )
-            .await?;
-        Ok(n > 0)
+            .await;
+        self.inner.forget(key);
+        Ok(n? > 0)
     }
 
     /// Deletes every entry registered as depending on `table` (`table` or
@@ -571,9 +656,12 @@ impl Cache {
             .await?;
         let mut deps = vec![table.table_dep()];
         deps.extend(sets.iter().filter_map(|k| ns.dep_id_of(k)));
-        self.inner
+        let n = self
+            .inner
             .admin("clear_table", invalidate(&mut con, ns, &[], &deps))
-            .await
+            .await;
+        self.inner.forget_all();
+        n
     }
 
     /// Deletes everything in the namespace (values, leases, dependency
@@ -597,7 +685,9 @@ impl Cache {
             .iter()
             .filter(|k| ns.cache_key_of(k).is_some())
             .count() as u64;
-        self.inner.admin("UNLINK", unlink(&mut con, found)).await?;
+        let unlinked = self.inner.admin("UNLINK", unlink(&mut con, found)).await;
+        self.inner.forget_all();
+        unlinked?;
         Ok(values)
     }
 

@@ -4,7 +4,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -303,13 +302,15 @@ impl<'c> Entry<'c> {
         let inner = &self.inner;
         let mut con = inner.con.clone();
         let ttl = self.ttl.unwrap_or(inner.default_ttl);
-        Ok(inner
+        let stored = inner
             .try_redis(
                 "set",
                 store(&mut con, &inner.ns, &self.key, value, ttl, &deps),
             )
             .await
-            .is_some())
+            .is_some();
+        inner.forget(&self.key);
+        Ok(stored)
     }
 
     async fn fetch_with<T, E, F, Fut, C>(self, codec: C, compute: F) -> Result<Fetched<T>, E>
@@ -324,16 +325,11 @@ impl<'c> Entry<'c> {
             .map_err(|e| E::from(e.into()))?;
         let inner = &self.inner;
 
-        // The hit path: one GET, nothing else (dependency ids are only
-        // needed, and checked, when the entry is filled).
-        let mut con = inner.con.clone();
-        let vkey = inner.ns.value_key(&self.key);
-        let cached = inner
-            .try_redis("GET", con.get::<_, Option<Vec<u8>>>(&vkey))
-            .await
-            .flatten();
-        if let Some(bytes) = cached {
-            match codec.decode(&bytes) {
+        // The hit path: the local tier's copy or one GET, nothing else
+        // (dependency ids are only needed, and checked, when the entry is
+        // filled).
+        if let Some(bytes) = inner.read(&self.key).await {
+            match codec.decode(bytes.as_slice()) {
                 Ok(value) => return Ok(fetched(value, CacheStatus::Hit)),
                 Err(e) => self.drop_undecodable(&e).await,
             }
@@ -427,10 +423,11 @@ impl<'c> Entry<'c> {
                         lease.release().await;
                         return Ok(((value, None), CacheStatus::Uncached));
                     };
-                    let status = if lease
+                    let filled = lease
                         .fill(&bytes, self.ttl.unwrap_or(inner.default_ttl))
-                        .await
-                    {
+                        .await;
+                    inner.forget(&self.key);
+                    let status = if filled {
                         CacheStatus::Computed
                     } else {
                         CacheStatus::Uncached
@@ -470,6 +467,7 @@ impl<'c> Entry<'c> {
                 invalidate(&mut con, &inner.ns, std::slice::from_ref(&self.key), &[]),
             )
             .await;
+        inner.forget(&self.key);
     }
 }
 

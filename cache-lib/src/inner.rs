@@ -2,9 +2,10 @@
 //! paths and management calls talk to Redis through it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{RedisError, RedisResult};
+use redis::{AsyncCommands, RedisError, RedisResult};
 use smartcache_core::conn::Conn;
 use smartcache_core::keys::{check_cache_key, check_cluster_key, InvalidName, Namespace};
 use tracing::{info, warn};
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 use crate::breaker::{Breaker, LogLimiter};
 use crate::error::{error_chain, Error};
 use crate::flight::Flights;
+use crate::tracking::{tracked_get, Tracking};
 
 pub(crate) struct Inner {
     pub(crate) con: Conn,
@@ -25,6 +27,32 @@ pub(crate) struct Inner {
     pub(crate) breaker: Breaker,
     pub(crate) log: LogLimiter,
     pub(crate) flights: Flights,
+    /// The local tier, if turned on.
+    pub(crate) tier: Option<Tracking>,
+}
+
+/// A value read on a request path.
+pub(crate) enum Got {
+    /// A copy from the local tier.
+    Local(Arc<[u8]>),
+    /// The reply of a `GET`.
+    Redis(Vec<u8>),
+}
+
+impl Got {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Got::Local(b) => b,
+            Got::Redis(b) => b,
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Got::Local(b) => b.to_vec(),
+            Got::Redis(b) => b,
+        }
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -104,6 +132,68 @@ impl Inner {
                 self.warn_limited(&e, "Redis call failed; serving uncached");
                 None
             }
+        }
+    }
+
+    /// The value of `key` on a request path: the local tier's copy, else
+    /// one `GET` (on the tracking connection when the local tier is on, so
+    /// the reply can be kept). `None` on a miss or when Redis is unavailable.
+    pub(crate) async fn read(&self, key: &str) -> Option<Got> {
+        if let Some(tier) = &self.tier {
+            if let Some(bytes) = tier.local().get(key) {
+                return Some(Got::Local(bytes));
+            }
+        }
+        let vkey = self.ns.value_key(key);
+        if let Some(tier) = &self.tier {
+            if let Some(con) = tier.route(&vkey) {
+                if !self.breaker.allow() {
+                    return None;
+                }
+                let ticket = tier.local().ticket(key);
+                match tokio::time::timeout(self.timeout, tracked_get(con, &vkey)).await {
+                    Ok(Ok((bytes, pttl))) => {
+                        if let Some(bytes) = &bytes {
+                            tier.local().fill(key, bytes, pttl, ticket);
+                        }
+                        return bytes.map(Got::Redis);
+                    }
+                    // A redirection (the slot moved) or a tracking
+                    // connection that just closed: read through the main
+                    // connection, which follows redirections and
+                    // reconnects, and have tracking rebuilt.
+                    Ok(Err(_)) => tier.redirected(),
+                    Err(_) => {
+                        self.breaker.failure();
+                        let e = Error::Timeout {
+                            op: "GET",
+                            timeout: self.timeout,
+                        };
+                        self.warn_limited(&e, "Redis call failed; serving uncached");
+                        return None;
+                    }
+                }
+            }
+        }
+        let mut con = self.con.clone();
+        self.try_redis("GET", con.get::<_, Option<Vec<u8>>>(&vkey))
+            .await
+            .flatten()
+            .map(Got::Redis)
+    }
+
+    /// This process changed `key` in Redis: its own later reads must not
+    /// see the copy from before, even before Redis's invalidation arrives.
+    pub(crate) fn forget(&self, key: &str) {
+        if let Some(tier) = &self.tier {
+            tier.local().invalidate(key);
+        }
+    }
+
+    /// This process cleared an unknown set of keys.
+    pub(crate) fn forget_all(&self) {
+        if let Some(tier) = &self.tier {
+            tier.local().flush("cleared by this process");
         }
     }
 

@@ -11,6 +11,8 @@ mod error;
 mod flight;
 mod inner;
 mod lease;
+mod local;
+mod tracking;
 
 #[cfg(feature = "axum")]
 pub mod axum;
@@ -19,5 +21,6 @@ pub use cache::{Cache, CacheBuilder};
 pub use dep::Dep;
 pub use entry::{CacheStatus, Entry, Fetched};
 pub use error::Error;
+pub use local::LocalStats;
 pub use smartcache_core::describe::KeyInfo;
 pub use smartcache_core::keys::{DepId, InvalidName, Namespace};

@@ -433,6 +433,52 @@ impl Conn {
     }
 }
 
+/// A client for one node, speaking RESP3: the server of `url`, or with
+/// [`Options::cluster`] the node at `addr`, reached with the credentials,
+/// database and TLS mode of the first seed URL. Every connection
+/// smartcache opens to one chosen node is built here (the library's
+/// tracking connections), so settings that apply to [`Conn::open`] apply
+/// here too.
+///
+/// ```
+/// use smartcache_core::conn::{node_client, Options};
+/// let client = node_client("redis://:pw@127.0.0.1:6379/2", &Options::default(), None).unwrap();
+/// assert_eq!(client.get_connection_info().redis_settings().db(), 2);
+/// ```
+pub fn node_client(
+    url: &str,
+    options: &Options,
+    addr: Option<(&str, u16)>,
+) -> RedisResult<redis::Client> {
+    let seed = if options.cluster {
+        url.split(',').map(str::trim).next().unwrap_or(url)
+    } else {
+        url
+    };
+    let mut info = redis::IntoConnectionInfo::into_connection_info(seed)?;
+    if let Some((host, port)) = addr {
+        let at = match info.addr().clone() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure,
+                tls_params,
+            },
+            _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        info = info.set_addr(at);
+    }
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 /// The sum of integer replies (e.g. of `UNLINK` or `EXISTS`).
 pub(crate) fn sum_ints(replies: Vec<Value>) -> RedisResult<u64> {
     replies

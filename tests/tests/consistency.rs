@@ -14,9 +14,9 @@
 
 use smartcache::{Cache, Dep};
 use smartcache_tests::servers::{wait_for, RedisCluster, Rng, Stack, LIBRARY_PREFIX, WAIT};
-use smartcache_tests::Env;
+use smartcache_tests::{Daemon, Env};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
@@ -140,16 +140,7 @@ async fn no_stale_entry_survives_concurrent_writes_and_reads() {
 /// on one node, its row's dependency set most likely on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stale_entry_survives_concurrent_writes_and_reads_on_a_redis_cluster() {
-    let cluster = RedisCluster::start().await;
-    let seeds = cluster.urls().join(",");
-    let setup = format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, val bigint NOT NULL);
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, {ROWS}) g;"
-    );
-    let mut env = Env::on_redis("cl_consistency", &setup, &seeds, true).await;
-    let config = env.config("[[tables]]\nname = \"items\"\nkeys = [\"item:{id}\"]\n");
-    env.install(&config).await;
-    let daemon = env.start_daemon(&config);
+    let (_cluster, _, env, daemon) = on_a_cluster("cl_consistency").await;
     let mut caches = Vec::new();
     for _ in 0..READERS {
         caches.push(env.cache().await);
@@ -157,14 +148,7 @@ async fn no_stale_entry_survives_concurrent_writes_and_reads_on_a_redis_cluster(
     read_while_writing(&env.db.url, caches, soak_secs()).await;
     env.wait_drained().await;
 
-    let db: HashMap<i64, i64> = env
-        .pg
-        .query("SELECT id, val FROM items", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let db = rows(&env).await;
     let cache = env.cache().await;
     let mut cached = 0;
     for (id, val) in &db {
@@ -183,6 +167,131 @@ async fn no_stale_entry_survives_concurrent_writes_and_reads_on_a_redis_cluster(
         "the readers cached nothing: the check proves nothing"
     );
     daemon.stop().await;
+}
+
+/// Bounds of the readers' local tiers: room for every row.
+const LOCAL_BYTES: u64 = 1 << 20;
+const LOCAL_ENTRIES: u64 = 10_000;
+
+/// The single-server checker with each reader's local tier on: after the
+/// daemon drained, every reader's view (its local copies first) equals the
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_copy_survives_in_the_local_tiers() {
+    let mut stack = Stack::start(ROWS, "").await;
+    let mut daemon = stack.daemon();
+    wait_for("the daemon's session", WAIT, || async {
+        (stack.pg.daemon_sessions().await.0 > 0).then_some(())
+    })
+    .await;
+    let mut caches = Vec::new();
+    for _ in 0..READERS {
+        caches.push(local_cache(&stack.redis.url(), stack.ns.name(), false).await);
+    }
+    read_while_writing(&stack.pg.url("postgres"), caches.clone(), soak_secs()).await;
+    stack.wait_drained().await;
+    let verdict = stack.verify([]).await;
+    assert!(
+        verdict.cached > 0,
+        "nothing cached: the check proves nothing"
+    );
+    let db: HashMap<i64, i64> = stack.rows().await.into_iter().collect();
+    local_views_agree(&caches, &db).await;
+    daemon.terminate().await;
+}
+
+/// The same on a 3-primary Redis Cluster: one tracking connection per
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_copy_survives_in_the_local_tiers_on_a_redis_cluster() {
+    let (_cluster, seeds, env, daemon) = on_a_cluster("cl_local_consistency").await;
+    let mut caches = Vec::new();
+    for _ in 0..READERS {
+        caches.push(local_cache(&seeds, env.ns.name(), true).await);
+    }
+    read_while_writing(&env.db.url, caches.clone(), soak_secs()).await;
+    env.wait_drained().await;
+    let db = rows(&env).await;
+    local_views_agree(&caches, &db).await;
+    daemon.stop().await;
+}
+
+/// A 3-primary cluster, a database with `items` and a daemon watching it.
+async fn on_a_cluster(tag: &str) -> (RedisCluster, String, Env, Daemon) {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.urls().join(",");
+    let setup = format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, val bigint NOT NULL);
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, {ROWS}) g;"
+    );
+    let mut env = Env::on_redis(tag, &setup, &seeds, true).await;
+    let config = env.config("[[tables]]\nname = \"items\"\nkeys = [\"item:{id}\"]\n");
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    (cluster, seeds, env, daemon)
+}
+
+async fn rows(env: &Env) -> HashMap<i64, i64> {
+    env.pg
+        .query("SELECT id, val FROM items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn local_cache(url: &str, ns: &str, cluster: bool) -> Cache {
+    let cache = Cache::builder(url)
+        .namespace(ns)
+        .cluster(cluster)
+        .local(LOCAL_BYTES, LOCAL_ENTRIES)
+        .build()
+        .await
+        .expect("library cache");
+    wait_for("the local tier to serve", WAIT, || async {
+        cache.local_stats().unwrap().serving.then_some(())
+    })
+    .await;
+    cache
+}
+
+/// Every reader's view of every row equals the database once the
+/// invalidations in flight have arrived (they take microseconds; the
+/// patience is for a loaded machine, and a lost one never arrives).
+async fn local_views_agree(caches: &[Cache], db: &HashMap<i64, i64>) {
+    let (held, hits) = caches.iter().fold((0, 0), |(e, h), c| {
+        let s = c.local_stats().unwrap();
+        (e + s.entries, h + s.hits)
+    });
+    assert!(
+        held > 0 && hits > 0,
+        "the local tiers held {held} copies and served {hits} hits: the check proves nothing"
+    );
+    let first = AtomicU64::new(u64::MAX);
+    wait_for(
+        "every local tier to agree with the database",
+        WAIT,
+        || async {
+            let mut stale = 0;
+            for cache in caches {
+                for (id, val) in db {
+                    let key = format!("{LIBRARY_PREFIX}{id}");
+                    if let Some(v) = cache.get::<i64>(&key).await.unwrap() {
+                        stale += u64::from(v != *val);
+                    }
+                }
+            }
+            let _ = first.compare_exchange(u64::MAX, stale, Ordering::Relaxed, Ordering::Relaxed);
+            (stale == 0).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "{held} local copies, {hits} local hits; {} stale copies at the first look after \
+         the daemon drained, 0 after",
+        first.load(Ordering::Relaxed)
+    );
 }
 
 /// Updates 1 to 3 random rows per transaction (in key order), recording

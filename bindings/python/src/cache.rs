@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDelta;
+use pyo3::types::{PyDelta, PyDict};
 use smartcache::Fetched;
 
 use crate::dep::Dep;
@@ -150,6 +150,10 @@ async fn compute_async(compute: Py<PyAny>) -> Result<Json, Failure> {
     Ok(Python::attach(|py| dumps(py, value.bind(py)))?)
 }
 
+/// The local tier's bounds when only the other one is given.
+const LOCAL_MAX_BYTES: u64 = 64 << 20;
+const LOCAL_MAX_ENTRIES: u64 = 100_000;
+
 type FetchResult = Result<Fetched<Json>, Failure>;
 
 fn fetched(py: Python<'_>, f: FetchResult) -> PyResult<(Py<PyAny>, &'static str)> {
@@ -214,6 +218,9 @@ impl Cache {
         connect_timeout = None,
         breaker_cooldown = None,
         clear_on_start = false,
+        local_max_bytes = None,
+        local_max_entries = None,
+        local_max_lag = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -229,6 +236,9 @@ impl Cache {
         connect_timeout: Option<&Bound<'_, PyAny>>,
         breaker_cooldown: Option<&Bound<'_, PyAny>>,
         clear_on_start: bool,
+        local_max_bytes: Option<u64>,
+        local_max_entries: Option<u64>,
+        local_max_lag: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut b = smartcache::Cache::builder(url)
             .namespace(namespace)
@@ -249,6 +259,15 @@ impl Cache {
         }
         if let Some(d) = durations("breaker_cooldown", breaker_cooldown)? {
             b = b.breaker_cooldown(d);
+        }
+        if local_max_bytes.is_some() || local_max_entries.is_some() {
+            b = b.local(
+                local_max_bytes.unwrap_or(LOCAL_MAX_BYTES),
+                local_max_entries.unwrap_or(LOCAL_MAX_ENTRIES),
+            );
+        }
+        if let Some(d) = durations("local_max_lag", local_max_lag)? {
+            b = b.local_max_lag(d);
         }
         let built = blocking(py, async move {
             if lazy {
@@ -486,6 +505,24 @@ impl Cache {
             }
         })?;
         Ok((keys.into_iter().map(KeyInfo::from).collect(), more))
+    }
+
+    /// What the local tier holds and has done, as a dict (``entries``,
+    /// ``bytes``, ``hits``, ``fills``, ``invalidations``, ``flushes``,
+    /// ``serving``); ``None`` when it is off.
+    fn local_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(s) = self.inner.local_stats() else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("entries", s.entries)?;
+        d.set_item("bytes", s.bytes)?;
+        d.set_item("hits", s.hits)?;
+        d.set_item("fills", s.fills)?;
+        d.set_item("invalidations", s.invalidations)?;
+        d.set_item("flushes", s.flushes)?;
+        d.set_item("serving", s.serving)?;
+        Ok(Some(d))
     }
 
     /// Checks that Redis answers; raises ``RedisUnavailable`` if not.

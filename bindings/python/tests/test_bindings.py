@@ -252,3 +252,21 @@ def test_the_sync_api_refuses_a_coroutine(cache):
 
     with pytest.raises(TypeError, match="aget_or_compute"):
         cache.get_or_compute("k", [], compute)
+
+
+def test_the_local_tier_serves_hits_and_learns_of_another_process_clear(namespace, other_process):
+    from .conftest import wait_until
+
+    local = Cache(REDIS_URL, namespace=namespace, cluster=CLUSTER, local_max_bytes=1 << 20)
+    assert Cache(REDIS_URL, namespace=namespace, cluster=CLUSTER).local_stats() is None
+    wait_until(lambda: local.local_stats()["serving"], what="the local tier to serve")
+    other_process.set("k", {"v": 1}, [])
+    assert local.get("k") == {"v": 1}
+    wait_until(
+        lambda: local.get("k") == {"v": 1} and local.local_stats()["hits"] > 0,
+        what="a local hit",
+    )
+    stats = local.local_stats()
+    assert stats["entries"] == 1 and 0 < stats["bytes"] <= 1 << 20
+    other_process.clear("k")
+    wait_until(lambda: local.get("k") is None, what="the local copy to go")

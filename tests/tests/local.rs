@@ -1,0 +1,274 @@
+//! The local tier (`CacheBuilder::local`): copies served from the process
+//! only while Redis client tracking vouches for them. Each test has a
+//! reader `Cache` with the local tier on and changes the value as another
+//! process would (another `Cache`, or a plain Redis connection).
+
+use redis::AsyncCommands;
+use smartcache::Cache;
+use smartcache_core::conn::Conn;
+use smartcache_core::keys::Namespace;
+use smartcache_tests::servers::{wait_for, Redis, RedisCluster, WAIT};
+use smartcache_tests::{redis_conn, redis_url};
+
+fn namespace(tag: &str) -> Namespace {
+    Namespace::new(&format!(
+        "t_local_{tag}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_007
+    ))
+    .unwrap()
+}
+
+async fn reader(url: &str, ns: &Namespace, cluster: bool, bytes: u64, entries: u64) -> Cache {
+    let cache = Cache::builder(url)
+        .namespace(ns.name())
+        .cluster(cluster)
+        .local(bytes, entries)
+        .build()
+        .await
+        .expect("connect the library to Redis");
+    wait_serving(&cache).await;
+    cache
+}
+
+async fn wait_serving(cache: &Cache) {
+    wait_for("the local tier to serve", WAIT, || async {
+        cache.local_stats().unwrap().serving.then_some(())
+    })
+    .await;
+}
+
+async fn other(url: &str, ns: &Namespace, cluster: bool) -> Cache {
+    Cache::builder(url)
+        .namespace(ns.name())
+        .cluster(cluster)
+        .build()
+        .await
+        .expect("connect the library to Redis")
+}
+
+/// Reads `key` until a read is served locally; returns the value.
+async fn read_locally(cache: &Cache, key: &str) -> i64 {
+    let before = cache.local_stats().unwrap().hits;
+    wait_for("a local hit", WAIT, || async {
+        let v = cache.get::<i64>(key).await.unwrap();
+        (cache.local_stats().unwrap().hits > before).then_some(v)
+    })
+    .await
+    .expect("the key is cached")
+}
+
+/// The ids of the tracking connections of namespace `ns` (single server).
+async fn trackers(con: &mut Conn, ns: &Namespace) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(con)
+        .await
+        .unwrap();
+    let name = format!("name=smartcache-tracking.{}", ns.name());
+    list.lines()
+        .filter(|l| l.split(' ').any(|f| f == name))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_or_delete_by_another_process_reaches_the_local_tier() {
+    let url = redis_url();
+    let ns = namespace("clear");
+    let reader = reader(&url, &ns, false, 1 << 20, 1000).await;
+    let writer = other(&url, &ns, false).await;
+    let mut raw = redis_conn(&url, false);
+
+    for k in ["a", "b", "c"] {
+        writer.set(k, &1, []).await.unwrap();
+        assert_eq!(read_locally(&reader, k).await, 1);
+    }
+
+    writer.clear("a").await.unwrap();
+    let _: () = raw.unlink(ns.value_key("b")).await.unwrap();
+    writer.clear_all().await.unwrap();
+    for k in ["a", "b", "c"] {
+        wait_for("the local copy to go", WAIT, || async {
+            reader.get::<i64>(k).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    assert!(reader.local_stats().unwrap().invalidations >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_set_by_another_process_replaces_the_local_copy() {
+    let url = redis_url();
+    let ns = namespace("set");
+    let reader = reader(&url, &ns, false, 1 << 20, 1000).await;
+    let writer = other(&url, &ns, false).await;
+    writer.set("k", &1, []).await.unwrap();
+    assert_eq!(read_locally(&reader, "k").await, 1);
+    writer.set("k", &2, []).await.unwrap();
+    wait_for("the new value", WAIT, || async {
+        (reader.get::<i64>("k").await.unwrap() == Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(read_locally(&reader, "k").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_tracking_connection_is_cut_never_serves_a_value_changed_meanwhile() {
+    let url = redis_url();
+    let ns = namespace("cut");
+    let reader = reader(&url, &ns, false, 1 << 20, 1000).await;
+    let mut raw = redis_conn(&url, false);
+    let _: () = raw.set(ns.value_key("k"), "1").await.unwrap();
+    assert_eq!(read_locally(&reader, "k").await, 1);
+
+    let cut = trackers(&mut raw, &ns).await;
+    assert_eq!(cut.len(), 1, "one tracking connection");
+    let flushes = reader.local_stats().unwrap().flushes;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&cut[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    wait_for("the reader to notice", WAIT, || async {
+        (reader.local_stats().unwrap().flushes > flushes).then_some(())
+    })
+    .await;
+    // Changed while no tracking connection would report it.
+    let _: () = raw.set(ns.value_key("k"), "2").await.unwrap();
+
+    wait_for("a new tracking connection", WAIT, || {
+        let mut raw = raw.clone();
+        let (ns, reader, cut) = (&ns, &reader, &cut);
+        async move {
+            let v = reader.get::<i64>("k").await.unwrap();
+            assert_eq!(
+                v,
+                Some(2),
+                "served the value changed while tracking was cut"
+            );
+            let now = trackers(&mut raw, ns).await;
+            (now.len() == 1 && now != *cut).then_some(())
+        }
+    })
+    .await;
+    wait_serving(&reader).await;
+    assert_eq!(read_locally(&reader, "k").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_flushes_the_local_tier() {
+    let mut redis = Redis::start().await;
+    let url = redis.url();
+    let ns = namespace("restart");
+    let reader = reader(&url, &ns, false, 1 << 20, 1000).await;
+    let mut raw = redis_conn(&url, false);
+    let _: () = raw.set(ns.value_key("k"), "1").await.unwrap();
+    assert_eq!(read_locally(&reader, "k").await, 1);
+
+    let flushes = reader.local_stats().unwrap().flushes;
+    redis.kill9();
+    redis.start_again().await;
+    wait_for("the reader to notice", WAIT, || async {
+        (reader.local_stats().unwrap().flushes > flushes).then_some(())
+    })
+    .await;
+    wait_serving(&reader).await;
+    assert_eq!(
+        reader.get::<i64>("k").await.unwrap(),
+        None,
+        "served a value the restarted Redis does not have"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_flushes_the_local_tier() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let ns = namespace("flushall");
+    let reader = reader(&url, &ns, false, 1 << 20, 1000).await;
+    let mut raw = redis_conn(&url, false);
+    let _: () = raw.set(ns.value_key("k"), "1").await.unwrap();
+    assert_eq!(read_locally(&reader, "k").await, 1);
+    // Another program flushes this throwaway server.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    wait_for("the local copy to go", WAIT, || async {
+        reader
+            .get::<i64>("k")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_tier_stays_within_its_bounds() {
+    let url = redis_url();
+    let ns = namespace("bound");
+    let (max_bytes, max_entries) = (64 * 1024, 50);
+    let reader = reader(&url, &ns, false, max_bytes, max_entries).await;
+    let writer = other(&url, &ns, false).await;
+    let big = "x".repeat(4000);
+    for i in 0..200 {
+        writer.set(&format!("small:{i}"), &i, []).await.unwrap();
+        writer.set(&format!("big:{i}"), &big, []).await.unwrap();
+    }
+    for round in 0..3 {
+        for i in 0..200 {
+            assert_eq!(
+                reader.get::<i64>(&format!("small:{i}")).await.unwrap(),
+                Some(i)
+            );
+        }
+        let s = reader.local_stats().unwrap();
+        assert!(s.entries <= max_entries, "round {round}: {s:?}");
+        assert!(s.bytes <= max_bytes, "round {round}: {s:?}");
+        for i in 0..200 {
+            let v = reader.get::<String>(&format!("big:{i}")).await.unwrap();
+            assert_eq!(v.as_deref(), Some(big.as_str()));
+        }
+        let s = reader.local_stats().unwrap();
+        assert!(s.entries <= max_entries, "round {round}: {s:?}");
+        assert!(s.bytes <= max_bytes, "round {round}: {s:?}");
+    }
+    let s = reader.local_stats().unwrap();
+    assert!(
+        s.fills > max_entries,
+        "fewer fills than the bound: the check proves nothing ({s:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_reaches_the_local_tier_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.urls().join(",");
+    let ns = namespace("cluster");
+    let reader = reader(&seeds, &ns, true, 1 << 20, 1000).await;
+    let writer = other(&seeds, &ns, true).await;
+    // Enough keys that every primary holds some.
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        writer.set(k, &1, []).await.unwrap();
+        assert_eq!(read_locally(&reader, k).await, 1);
+    }
+    for k in &keys {
+        writer.clear(k).await.unwrap();
+    }
+    for k in &keys {
+        wait_for("the local copy to go", WAIT, || async {
+            reader.get::<i64>(k).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    let s = reader.local_stats().unwrap();
+    assert!(s.invalidations >= keys.len() as u64, "{s:?}");
+}
