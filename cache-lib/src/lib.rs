@@ -21,3 +21,4 @@ pub use entry::{CacheStatus, Entry, Fetched};
 pub use error::Error;
 pub use smartcache_core::describe::KeyInfo;
 pub use smartcache_core::keys::{DepId, InvalidName, Namespace};
+pub use smartcache_core::tls::{Tls, TlsFileError};

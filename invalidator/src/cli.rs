@@ -36,6 +36,35 @@ pub struct GlobalArgs {
     /// Redis is a cluster; --redis-url may then list seed nodes separated by commas
     #[arg(long, global = true, env = "SMARTCACHE_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// File holding the Redis URL (with its password), instead of --redis-url;
+    /// a trailing newline is ignored
+    #[arg(long, global = true, env = "REDIS_URL_FILE", value_name = "PATH")]
+    pub redis_url_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the Redis server's certificate, for
+    /// rediss:// [default: the system's roots]
+    #[arg(
+        long,
+        global = true,
+        env = "SMARTCACHE_REDIS_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for Redis servers that require one (mTLS)
+    #[arg(
+        long,
+        global = true,
+        env = "SMARTCACHE_REDIS_CLIENT_CERT_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --redis-client-cert-file
+    #[arg(
+        long,
+        global = true,
+        env = "SMARTCACHE_REDIS_CLIENT_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_client_key_file: Option<PathBuf>,
     /// PostgreSQL replica the applications read from (repeat for several);
     /// keys are deleted only once each has replayed the change
     #[arg(
@@ -125,10 +154,22 @@ impl GlobalArgs {
         &self,
         metrics_addr: Option<std::net::SocketAddr>,
     ) -> Result<Config, ConfigError> {
+        let (redis_url, redis_url_file) = crate::config::pick_level(
+            ("--redis-url", "REDIS_URL", self.redis_url.clone()),
+            (
+                "--redis-url-file",
+                "REDIS_URL_FILE",
+                self.redis_url_file.clone(),
+            ),
+        )?;
         let overrides = Overrides {
             database_url: self.database_url.clone(),
-            redis_url: self.redis_url.clone(),
+            redis_url,
             redis_cluster: self.redis_cluster.then_some(true),
+            redis_url_file,
+            redis_ca_file: self.redis_ca_file.clone(),
+            redis_client_cert_file: self.redis_client_cert_file.clone(),
+            redis_client_key_file: self.redis_client_key_file.clone(),
             replica_urls: (!self.replica_urls.is_empty()).then(|| self.replica_urls.clone()),
             namespace: self.namespace.clone(),
             metrics_addr,
@@ -247,13 +288,21 @@ async fn redis_problems(config: &Config) -> anyhow::Result<(String, Vec<String>)
 }
 
 /// The library's view of the configured namespace, for management calls.
+/// A connection failure says why, naming the setting to change.
 pub(crate) async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {
+    crate::redis_ops::connect_now(config).await?;
     smartcache::Cache::builder(&config.redis_url)
         .namespace(config.namespace.name())
         .cluster(config.redis_cluster)
+        .tls(config.redis_tls.clone())
         .build()
         .await
-        .map_err(anyhow::Error::new)
+        .map_err(|e| match e {
+            smartcache::Error::InvalidUrl { .. } => {
+                anyhow::Error::new(ConfigError(format!("setting `redis_url`: {e}")))
+            }
+            e => anyhow::Error::new(e),
+        })
 }
 
 /// `keys [PATTERN]`: one line per entry, size and dependencies.

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 use smartcache_core::keys::{Namespace, TableName};
+use smartcache_core::tls::Tls;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,6 +37,10 @@ struct FileConfig {
     database_url: Option<String>,
     redis_url: Option<String>,
     redis_cluster: Option<bool>,
+    redis_url_file: Option<PathBuf>,
+    redis_ca_file: Option<PathBuf>,
+    redis_client_cert_file: Option<PathBuf>,
+    redis_client_key_file: Option<PathBuf>,
     namespace: Option<String>,
     channel: Option<String>,
     batch_size: Option<usize>,
@@ -71,6 +76,16 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `--redis-cluster` / `SMARTCACHE_REDIS_CLUSTER`.
     pub redis_cluster: Option<bool>,
+    /// `--redis-url-file` / `REDIS_URL_FILE`: the URL (with its password)
+    /// read from this file. At most one of it and `redis_url` is set here
+    /// (see [`pick_level`]).
+    pub redis_url_file: Option<PathBuf>,
+    /// `--redis-ca-file` / `SMARTCACHE_REDIS_CA_FILE`.
+    pub redis_ca_file: Option<PathBuf>,
+    /// `--redis-client-cert-file` / `SMARTCACHE_REDIS_CLIENT_CERT_FILE`.
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// `--redis-client-key-file` / `SMARTCACHE_REDIS_CLIENT_KEY_FILE`.
+    pub redis_client_key_file: Option<PathBuf>,
     /// `--namespace` / `SMARTCACHE_NAMESPACE`.
     pub namespace: Option<String>,
     /// `--replica-url` (repeated) / `SMARTCACHE_REPLICA_URLS` (commas).
@@ -90,6 +105,9 @@ pub struct Config {
     pub redis_url: String,
     /// Speak the Redis Cluster protocol.
     pub redis_cluster: bool,
+    /// CA and client certificate for `rediss://` (`redis_ca_file`,
+    /// `redis_client_cert_file`, `redis_client_key_file`), read at load.
+    pub redis_tls: Tls,
     /// Namespace of every Redis key we touch.
     pub namespace: Namespace,
     /// NOTIFY channel of the doorbell.
@@ -179,6 +197,7 @@ impl Config {
         o: &Overrides,
     ) -> Result<Self, ConfigError> {
         let origin = Origin(source.as_deref());
+        let (redis_url, redis_tls) = redis_settings(&origin, o, &file)?;
         let namespace_name = o
             .namespace
             .clone()
@@ -288,12 +307,9 @@ impl Config {
                 .clone()
                 .or(file.database_url)
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
-            redis_url: o
-                .redis_url
-                .clone()
-                .or(file.redis_url)
-                .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            redis_url,
             redis_cluster,
+            redis_tls,
             namespace,
             channel,
             batch_size,
@@ -320,6 +336,126 @@ impl Config {
     /// Names the config's origin in messages.
     pub fn origin(&self) -> impl fmt::Display + '_ {
         Origin(self.source.as_deref())
+    }
+}
+
+/// `redis_url` (or `redis_url_file`) and the TLS files, flag > environment
+/// > file > default; the files are read here, so a missing or unreadable
+/// one is a configuration error.
+fn redis_settings(
+    origin: &Origin<'_>,
+    o: &Overrides,
+    file: &FileConfig,
+) -> Result<(String, Tls), ConfigError> {
+    if file.redis_url.is_some() && file.redis_url_file.is_some() {
+        return Err(ConfigError(format!(
+            "{origin}: both `redis_url` and `redis_url_file` are set; keep one"
+        )));
+    }
+    let url_file = o.redis_url_file.as_ref().or(file
+        .redis_url_file
+        .as_ref()
+        .filter(|_| o.redis_url.is_none()));
+    let url = match (o.redis_url.as_ref(), url_file) {
+        (Some(url), _) => url.clone(),
+        (None, Some(path)) => read_secret(path).map_err(|e| {
+            ConfigError(format!(
+                "{origin}: setting `redis_url_file` (--redis-url-file, REDIS_URL_FILE): {e}"
+            ))
+        })?,
+        (None, None) => file
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+    };
+    let ca = o.redis_ca_file.as_ref().or(file.redis_ca_file.as_ref());
+    let cert = o
+        .redis_client_cert_file
+        .as_ref()
+        .or(file.redis_client_cert_file.as_ref());
+    let key = o
+        .redis_client_key_file
+        .as_ref()
+        .or(file.redis_client_key_file.as_ref());
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError(format!(
+                "{origin}: a client certificate needs its key: set both `redis_client_cert_file` \
+                 and `redis_client_key_file` (or neither)"
+            )))
+        }
+    };
+    let tls = Tls::from_files(ca.map(PathBuf::as_path), client).map_err(|e| {
+        let setting = match e.file {
+            smartcache_core::tls::TlsFile::Ca => "redis_ca_file",
+            smartcache_core::tls::TlsFile::ClientCert => "redis_client_cert_file",
+            _ => "redis_client_key_file",
+        };
+        ConfigError(format!("{origin}: setting `{setting}`: {e}"))
+    })?;
+    let tls_url = url.split(',').all(|u| u.trim().starts_with("rediss"));
+    if !tls.is_empty() && !tls_url {
+        return Err(ConfigError(format!(
+            "{origin}: `redis_ca_file` or a client certificate is set but `redis_url` ({}) does \
+             not use TLS: write it as rediss:// (rediss+sentinel:// for Sentinel)",
+            smartcache_core::diagnose::redact(&url)
+        )));
+    }
+    Ok((url, tls))
+}
+
+/// A secret file's content without its trailing newline, as container
+/// platforms and `echo` write them.
+fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.trim().is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(value.to_owned())
+}
+
+/// Of a setting `X` and its `X_file`, given as flags or in the environment
+/// (clap reads both into one value each), the one of the higher level:
+/// a flag beats the environment. A value counts as the environment's when
+/// it equals that variable. Both at one level is a configuration error
+/// naming both.
+///
+/// ```
+/// use smartcache_invalidator::config::pick_level;
+/// let (url, file) = pick_level(
+///     ("--redis-url", "SMARTCACHE_DOC_UNSET_A", Some("redis://h/0".to_owned())),
+///     ("--redis-url-file", "SMARTCACHE_DOC_UNSET_B", None),
+/// )
+/// .unwrap();
+/// assert_eq!(url.as_deref(), Some("redis://h/0"));
+/// assert!(file.is_none());
+/// ```
+pub fn pick_level<A: AsRef<std::ffi::OsStr>, B: AsRef<std::ffi::OsStr>>(
+    value: (&str, &str, Option<A>),
+    file: (&str, &str, Option<B>),
+) -> Result<(Option<A>, Option<B>), ConfigError> {
+    let from_env = |env: &str, v: &std::ffi::OsStr| std::env::var_os(env).is_some_and(|e| e == v);
+    match (value.2, file.2) {
+        (Some(v), Some(f)) => {
+            let (v_env, f_env) = (from_env(value.1, v.as_ref()), from_env(file.1, f.as_ref()));
+            match (v_env, f_env) {
+                (false, true) => Ok((Some(v), None)),
+                (true, false) => Ok((None, Some(f))),
+                (true, true) => Err(ConfigError(format!(
+                    "both {} and {} are set in the environment; keep one",
+                    value.1, file.1
+                ))),
+                (false, false) => Err(ConfigError(format!(
+                    "both {} and {} are given; keep one",
+                    value.0, file.0
+                ))),
+            }
+        }
+        (v, f) => Ok((v, f)),
     }
 }
 

@@ -229,7 +229,8 @@ impl Daemon {
                         }
                     }
                     Err(e) => {
-                        warn!(error = %e, "Redis unreachable at start; retrying as changes arrive")
+                        let cause = crate::redis_ops::explain_failure(&self.config, &e).await;
+                        warn!(error = %e, %cause, "Redis unreachable at start; retrying as changes arrive")
                     }
                 }
             }
@@ -386,7 +387,13 @@ impl Daemon {
                     }
                 }
                 Err(BatchError::Redis(e)) => {
-                    warn!(error = %e, "Redis unavailable; outbox rows kept, retrying");
+                    let cause = smartcache_core::diagnose::cause(
+                        &e,
+                        self.config.redis_url.starts_with("rediss"),
+                        &crate::redis_ops::options(&self.config),
+                        &smartcache_core::diagnose::Settings::CONFIG,
+                    );
+                    warn!(error = %e, cause = cause.as_deref().unwrap_or("-"), "Redis unavailable; outbox rows kept, retrying");
                     self.telemetry.set_redis_up(false);
                     self.telemetry.error("redis", &e);
                     backoff.sleep(stop).await;

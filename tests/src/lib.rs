@@ -6,6 +6,7 @@
 
 pub mod ca;
 pub mod db;
+pub mod redis_tls;
 pub mod servers;
 
 use db::TestDb;

@@ -721,7 +721,7 @@ const CLUSTER_SLOTS: i64 = 16384;
 /// A free port P on 127.0.0.1 for a cluster node: its cluster bus port
 /// P + 10000 must be free too (so P < 55536), and neither may clash with
 /// the ports or bus ports in `taken`.
-fn free_cluster_port(taken: &[u16]) -> u16 {
+pub fn free_cluster_port(taken: &[u16]) -> u16 {
     for _ in 0..1000 {
         let port = free_port();
         let Some(bus) = port.checked_add(10000) else {
