@@ -256,6 +256,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     problems.extend(drift.into_iter().map(|d| {
         format!("{d}: run `smartcache-invalidator install` to bring the installed objects in line with the config")
     }));
+    let mut redis_config_error = false;
     match redis_problems(config).await {
         Ok((policy, found)) => {
             let kind = if config.redis_cluster {
@@ -266,7 +267,12 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
             println!("redis: connected to the {kind} (maxmemory-policy {policy})");
             problems.extend(found);
         }
-        Err(e) => problems.push(format!("redis: {e:#}")),
+        // A Redis connection problem is named with its cause and the
+        // setting to change, never as drift of the installed objects.
+        Err(e) => {
+            redis_config_error = e.downcast_ref::<ConfigError>().is_some();
+            problems.push(format!("redis: {e:#}"));
+        }
     }
     if problems.is_empty() {
         println!("ok");
@@ -276,7 +282,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         println!("problem: {p}");
     }
     let summary = format!("check found {} problem(s), listed above", problems.len());
-    if mismatch {
+    if mismatch || redis_config_error {
         return Err(ConfigError(summary).into());
     }
     anyhow::bail!(summary)

@@ -46,6 +46,10 @@ pub struct Env {
     /// The Redis URL and whether it is a cluster, as the config gets them.
     pub redis_url: String,
     pub redis_cluster: bool,
+    /// How to connect (cluster, TLS), and the config file lines that say
+    /// the same to the daemon (e.g. `redis_ca_file = …`).
+    pub redis_options: Options,
+    pub redis_settings: String,
 }
 
 /// A connection to `url` (a cluster's seed nodes when `cluster`).
@@ -63,11 +67,26 @@ impl Env {
 
     /// Like [`Env::new`], against the Redis (or cluster) at `url`.
     pub async fn on_redis(tag: &str, setup_sql: &str, url: &str, cluster: bool) -> Self {
+        let mut options = Options::default();
+        options.cluster = cluster;
+        Self::on_redis_with(tag, setup_sql, url, options, "").await
+    }
+
+    /// Like [`Env::on_redis`], connecting with `options` (cluster, TLS);
+    /// `settings` are the config file lines saying the same to the daemon.
+    pub async fn on_redis_with(
+        tag: &str,
+        setup_sql: &str,
+        url: &str,
+        options: Options,
+        settings: &str,
+    ) -> Self {
+        let cluster = options.cluster;
         let db = TestDb::create(tag).await;
         let pg = db.connect().await;
         pg.batch_execute(setup_sql).await.expect("setup SQL");
         let ns = Namespace::new(&format!("t_{}", db::unique_name(tag))).unwrap();
-        let mut redis = redis_conn(url, cluster);
+        let mut redis = Conn::open(url, &options).expect("valid Redis URL");
         let _: () = redis::cmd("PING")
             .query_async(&mut redis)
             .await
@@ -79,6 +98,8 @@ impl Env {
             redis,
             redis_url: url.to_owned(),
             redis_cluster: cluster,
+            redis_options: options,
+            redis_settings: settings.to_owned(),
         }
     }
 
@@ -87,6 +108,7 @@ impl Env {
         smartcache::Cache::builder(&self.redis_url)
             .namespace(self.ns.name())
             .cluster(self.redis_cluster)
+            .tls(self.redis_options.tls.clone())
             .build()
             .await
             .expect("connect the library to Redis")
@@ -96,11 +118,12 @@ impl Env {
     /// `[[tables]]` part) and a short poll interval.
     pub fn config(&self, tables_toml: &str) -> Config {
         let text = format!(
-            "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{tables_toml}",
+            "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{}{tables_toml}",
             self.db.url,
             self.redis_url,
             self.redis_cluster,
-            self.ns.name()
+            self.ns.name(),
+            self.redis_settings
         );
         Config::from_toml(&text, Path::new("test.toml"), &Overrides::default())
             .expect("valid test config")
@@ -196,9 +219,11 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         let ns = self.ns.clone();
-        let (url, cluster) = (self.redis_url.clone(), self.redis_cluster);
+        let (url, options) = (self.redis_url.clone(), self.redis_options.clone());
         db::block_on_side(async move {
-            let mut con = redis_conn(&url, cluster);
+            let Ok(mut con) = Conn::open(&url, &options) else {
+                return;
+            };
             if let Ok(keys) = con.scan_all(&ns.match_all()).await {
                 for key in keys {
                     let _: Result<(), _> = con.unlink(key).await;

@@ -25,10 +25,20 @@ impl Certs {
     /// A new CA named `name`, a server certificate for 127.0.0.1 and
     /// localhost, and a client certificate.
     pub fn new(name: &str) -> Self {
+        Self::for_server_names(name, &["127.0.0.1", "localhost"])
+    }
+
+    /// Like [`Certs::new`], the server certificate valid for `names` only.
+    pub fn for_server_names(name: &str, names: &[&str]) -> Self {
         let ca = Ca::new(name);
-        let server = ca.issue("redis-server", "localhost", &["127.0.0.1", "localhost"]);
+        let server = ca.issue("redis-server", names[0], names);
         let client = ca.issue("redis-client", "smartcache", &[]);
         Self { ca, server, client }
+    }
+
+    /// TLS settings trusting this CA, without a client certificate.
+    pub fn ca_only(&self) -> Tls {
+        Tls::from_files(Some(self.ca.cert()), None).expect("test CA")
     }
 
     /// TLS settings trusting this CA, presenting the client certificate.
@@ -138,8 +148,6 @@ impl TlsRedis {
         };
         let mut options = Options::default();
         options.tls = certs.tls();
-        // With a password the PING is refused (NOAUTH), which still shows
-        // the server is up and speaks TLS.
         let url = redis.url();
         wait_for("the TLS Redis to answer", WAIT, || {
             let (url, options) = (url.clone(), options.clone());
@@ -187,7 +195,11 @@ async fn refuses_auth(url: &str, options: &Options) -> bool {
     )
     .await
     {
-        Ok(Err(e)) => e.to_string().contains("NOAUTH"),
+        // Refused for a password, or for the host name (a certificate for
+        // another name): either way it is up and speaks TLS.
+        Ok(Err(e)) => ["NOAUTH", "NotValidForName", "not valid for name"]
+            .iter()
+            .any(|w| e.to_string().contains(w)),
         _ => false,
     }
 }

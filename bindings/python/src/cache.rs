@@ -18,9 +18,14 @@ use crate::wait::wait;
 /// background threads.
 ///
 /// ``url`` is ``redis://[user:password@]host[:port][/db]`` (with
-/// ``cluster=True``, seed nodes separated by commas). ``namespace`` must
-/// match the invalidator's. Durations are seconds (``float``) or
-/// ``timedelta``.
+/// ``cluster=True``, seed nodes separated by commas; ``rediss://`` for
+/// TLS; ``redis+sentinel://host:port,host:port/service[/db]`` for the
+/// primary that Redis Sentinel names). ``namespace`` must match the
+/// invalidator's. Durations are seconds (``float``) or ``timedelta``.
+///
+/// With ``rediss://``, ``ca_file`` is a PEM file of the CA to trust
+/// instead of the system's roots, and ``client_cert_file`` with
+/// ``client_key_file`` a client certificate for servers that require one.
 ///
 /// By default the constructor checks that Redis answers and raises
 /// ``RedisUnavailable`` if not; with ``lazy=True`` it never waits for
@@ -214,6 +219,9 @@ impl Cache {
         connect_timeout = None,
         breaker_cooldown = None,
         clear_on_start = false,
+        ca_file = None,
+        client_cert_file = None,
+        client_key_file = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -229,6 +237,9 @@ impl Cache {
         connect_timeout: Option<&Bound<'_, PyAny>>,
         breaker_cooldown: Option<&Bound<'_, PyAny>>,
         clear_on_start: bool,
+        ca_file: Option<std::path::PathBuf>,
+        client_cert_file: Option<std::path::PathBuf>,
+        client_key_file: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let mut b = smartcache::Cache::builder(url)
             .namespace(namespace)
@@ -249,6 +260,18 @@ impl Cache {
         }
         if let Some(d) = durations("breaker_cooldown", breaker_cooldown)? {
             b = b.breaker_cooldown(d);
+        }
+        if let Some(ca) = ca_file {
+            b = b.ca_file(ca);
+        }
+        match (client_cert_file, client_key_file) {
+            (Some(cert), Some(key)) => b = b.client_cert(cert, key),
+            (None, None) => {}
+            _ => {
+                return Err(PyValueError::new_err(
+                    "client_cert_file and client_key_file go together: give both or neither",
+                ))
+            }
         }
         let built = blocking(py, async move {
             if lazy {

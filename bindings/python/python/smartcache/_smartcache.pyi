@@ -52,6 +52,9 @@ class Cache:
         connect_timeout: Optional[Seconds] = None,
         breaker_cooldown: Optional[Seconds] = None,
         clear_on_start: bool = False,
+        ca_file: Optional[str] = None,
+        client_cert_file: Optional[str] = None,
+        client_key_file: Optional[str] = None,
     ) -> None: ...
     @property
     def namespace(self) -> str: ...
