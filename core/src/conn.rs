@@ -212,6 +212,25 @@ impl Conn {
         )?)))
     }
 
+    /// A number that changes when requests may have started to reach
+    /// another server: each new connection to a Sentinel service's primary
+    /// (a failover moves it). Constant for a single server, whose
+    /// reconnections reach the same address, and for a cluster. Work that
+    /// must land on one server (deletions and the generation increment
+    /// that vouches for them) compares it before and after.
+    ///
+    /// ```
+    /// use smartcache_core::conn::{Conn, Options};
+    /// let con = Conn::open("redis://127.0.0.1:6379/0", &Options::default()).unwrap();
+    /// assert_eq!(con.epoch(), 0);
+    /// ```
+    pub fn epoch(&self) -> u64 {
+        match &self.0 {
+            Kind::Sentinel(s) => s.epoch(),
+            _ => 0,
+        }
+    }
+
     /// Whether this is a cluster connection.
     ///
     /// ```

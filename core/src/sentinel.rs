@@ -7,7 +7,10 @@
 //! failover is a replica that refuses writes and serves reads that may
 //! lag. So here a connection that failed in a way that may mean the primary
 //! moved (an I/O error, a timeout, `READONLY`) is dropped, and the next
-//! request asks the sentinels again.
+//! request asks the sentinels again. As with the single server's connection
+//! manager over RESP2, the request that finds the connection closed fails
+//! (the library computes it uncached, the daemon retries its batch); the
+//! next one reaches the new primary.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,14 +117,24 @@ impl SentinelUrl {
     }
 }
 
+/// How often the sentinels are asked whether the primary moved.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
 /// The connection to a service's current primary.
 pub(crate) struct Sentinel {
     client: tokio::sync::Mutex<SentinelClient>,
-    /// The open connection and its generation, so a failure seen on an old
-    /// connection does not drop a newer one.
-    current: Mutex<(u64, Option<MultiplexedConnection>)>,
+    current: Mutex<Current>,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
+}
+
+/// The open connection, the primary it reaches, and its generation, so a
+/// failure seen on an old connection does not drop a newer one.
+#[derive(Default)]
+struct Current {
+    generation: u64,
+    con: Option<(MultiplexedConnection, String)>,
+    watching: bool,
 }
 
 impl Sentinel {
@@ -167,49 +180,117 @@ impl Sentinel {
             .set_response_timeout(Some(response_timeout));
         Ok(Self {
             client: tokio::sync::Mutex::new(builder.build()?),
-            current: Mutex::new((0, None)),
+            current: Mutex::new(Current::default()),
             config,
             connect_timeout,
         })
     }
 
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().expect("not poisoned")
+    }
+
+    /// The primary the sentinels name now (checked with `ROLE`), as a
+    /// client and its address.
+    async fn named(&self, client: &mut SentinelClient) -> RedisResult<(redis::Client, String)> {
+        let named = tokio::time::timeout(self.connect_timeout * 3, client.async_get_client())
+            .await
+            .map_err(|_| {
+                RedisError::from((
+                    ErrorKind::Io,
+                    "timed out asking the sentinels for the primary",
+                ))
+            })??;
+        let addr = named.get_connection_info().addr().to_string();
+        Ok((named, addr))
+    }
+
     /// The connection to the primary, asking the sentinels for it when
     /// there is none; with the generation to report a failure under.
     pub(crate) async fn get(self: &Arc<Self>) -> RedisResult<(u64, MultiplexedConnection)> {
-        if let (generation, Some(con)) = &*self.current.lock().expect("not poisoned") {
+        if let Current {
+            generation,
+            con: Some((con, _)),
+            ..
+        } = &*self.current()
+        {
             return Ok((*generation, con.clone()));
         }
         let mut client = self.client.lock().await;
-        if let (generation, Some(con)) = &*self.current.lock().expect("not poisoned") {
-            return Ok((*generation, con.clone()));
-        }
-        // Sentinels, then the primary they name: each may hang.
+        let generation = {
+            let current = self.current();
+            if let Some((con, _)) = &current.con {
+                return Ok((current.generation, con.clone()));
+            }
+            current.generation + 1
+        };
+        let (named, addr) = self.named(&mut client).await?;
         let con = tokio::time::timeout(
             self.connect_timeout * 3,
-            client.get_async_connection_with_config(&self.config),
+            named.get_multiplexed_async_connection_with_config(&self.config),
         )
         .await
-        .map_err(|_| {
-            RedisError::from((
-                ErrorKind::Io,
-                "timed out asking the sentinels for the primary and connecting to it",
-            ))
-        })??;
-        let mut current = self.current.lock().expect("not poisoned");
-        current.0 += 1;
-        current.1 = Some(con.clone());
-        Ok((current.0, con))
+        .map_err(|_| RedisError::from((ErrorKind::Io, "timed out connecting to the primary")))??;
+        let mut current = self.current();
+        current.generation = generation;
+        current.con = Some((con.clone(), addr));
+        if !std::mem::replace(&mut current.watching, true) {
+            tokio::spawn(watch(Arc::downgrade(self)));
+        }
+        Ok((generation, con))
+    }
+
+    /// The generation of the current (or last) connection.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.current().generation
+    }
+
+    fn forget(&self, generation: u64) {
+        let mut current = self.current();
+        if current.generation == generation {
+            current.con = None;
+        }
     }
 
     /// Forgets the connection of `generation` when `e` may mean the primary
     /// moved, so the next request asks the sentinels again.
     pub(crate) fn failed(&self, generation: u64, e: &RedisError) {
-        if !primary_may_have_moved(e) {
-            return;
+        if primary_may_have_moved(e) {
+            self.forget(generation);
         }
-        let mut current = self.current.lock().expect("not poisoned");
-        if current.0 == generation {
-            current.1 = None;
+    }
+}
+
+/// Every [`WATCH_EVERY`], while the connection lives, asks the sentinels
+/// which server is the primary and forgets the open connection when it
+/// reaches another one. After a failover the old primary may accept writes
+/// until the sentinels reconfigure it; what the daemon deletes there is
+/// lost, and what the library reads there misses the daemon's deletions
+/// on the new primary. This bounds that to about a second.
+async fn watch(me: std::sync::Weak<Sentinel>) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(me) = me.upgrade() else {
+            return;
+        };
+        let (generation, addr) = match &*me.current() {
+            Current {
+                generation,
+                con: Some((_, addr)),
+                ..
+            } => (*generation, addr.clone()),
+            _ => continue,
+        };
+        let named = {
+            let mut client = me.client.lock().await;
+            me.named(&mut client).await
+        };
+        if let Ok((_, now)) = named {
+            if now != addr {
+                me.forget(generation);
+            }
         }
     }
 }

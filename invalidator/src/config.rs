@@ -339,9 +339,9 @@ impl Config {
     }
 }
 
-/// `redis_url` (or `redis_url_file`) and the TLS files, flag > environment
-/// > file > default; the files are read here, so a missing or unreadable
-/// one is a configuration error.
+/// `redis_url` (or `redis_url_file`) and the TLS files, each by flag, then
+/// environment, then file, then default; the files are read here, so a
+/// missing or unreadable one is a configuration error.
 fn redis_settings(
     origin: &Origin<'_>,
     o: &Overrides,

@@ -447,6 +447,10 @@ impl Daemon {
             cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
             return Ok((0, false));
         }
+        // The deletions and the generation increment that vouches for them
+        // must reach one server; a Sentinel failover may move the
+        // connection between them (see `Conn::epoch`).
+        let epoch = self.redis.epoch();
         // Replicas first: a fill that reads one after our deletion must see
         // these changes.
         let mut owed = None;
@@ -518,7 +522,14 @@ impl Daemon {
             Err(e) => return self.give_back(client, cursor, &ids, e).await,
         };
         let values = match markers::bump_generations(&mut self.redis, &generations).await {
-            Ok(v) => v,
+            Ok(v) if self.redis.epoch() == epoch => v,
+            Ok(_) => {
+                let moved = redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the Redis primary changed during the batch (a failover); applying it again",
+                ));
+                return self.give_back(client, cursor, &ids, moved).await;
+            }
             Err(e) => return self.give_back(client, cursor, &ids, e).await,
         };
         let regressed: Regressed = client

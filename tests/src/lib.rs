@@ -7,6 +7,7 @@
 pub mod ca;
 pub mod db;
 pub mod redis_tls;
+pub mod sentinel;
 pub mod servers;
 
 use db::TestDb;
