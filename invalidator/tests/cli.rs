@@ -411,3 +411,80 @@ async fn install_by_a_role_without_the_privileges_names_what_it_lacks_and_change
         .batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
         .await;
 }
+
+#[tokio::test]
+async fn unusable_redis_tls_files_are_configuration_errors_naming_the_setting() {
+    let case = Case::new("redis_tls_files", SETUP).await;
+    let junk = case.dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let junk = junk.to_str().unwrap().to_owned();
+    let tls_url = "rediss://127.0.0.1:6380/0";
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec![
+                "--redis-url",
+                tls_url,
+                "--redis-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            &["redis_ca_file", "/nonexistent/ca.pem", "cannot read"],
+        ),
+        (
+            vec!["--redis-url", tls_url, "--redis-ca-file", &junk],
+            &["redis_ca_file", "junk.pem", "PEM"],
+        ),
+        (
+            vec!["--redis-url", tls_url, "--redis-client-cert-file", &junk],
+            &["redis_client_cert_file", "redis_client_key_file"],
+        ),
+        (
+            vec!["--redis-ca-file", &junk],
+            &["redis_ca_file", "junk.pem"],
+        ),
+    ];
+    let cfg = case.config("");
+    for (args, needles) in cases {
+        for command in ["check", "keys", "clear", "run"] {
+            let mut full = args.clone();
+            full.push(command);
+            if command == "clear" {
+                full.push("--all");
+            }
+            let out = case.run(&cfg, &full);
+            assert_eq!(out.status.code(), Some(2), "{full:?}: {}", text(&out));
+            for n in needles {
+                assert!(
+                    text(&out).contains(n),
+                    "{full:?} lacks {n:?}: {}",
+                    text(&out)
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_ca_file_with_a_plain_redis_url_is_refused_naming_rediss() {
+    let case = Case::new("redis_ca_plain", SETUP).await;
+    let ca = case.dir.path().join("ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=t", "-keyout"])
+        .arg(case.dir.path().join("ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let cfg = case.config(&format!("redis_ca_file = {:?}\n", ca.to_str().unwrap()));
+    let out = case.run(&cfg, &["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("rediss://"), "{}", text(&out));
+}

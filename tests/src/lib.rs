@@ -118,16 +118,24 @@ impl Env {
     /// A config for this database and namespace with `tables_toml` (the
     /// `[[tables]]` part) and a short poll interval.
     pub fn config(&self, tables_toml: &str) -> Config {
-        let text = format!(
+        Config::from_toml(
+            &self.config_text(tables_toml),
+            Path::new("test.toml"),
+            &Overrides::default(),
+        )
+        .expect("valid test config")
+    }
+
+    /// The text of [`Env::config`].
+    pub fn config_text(&self, tables_toml: &str) -> String {
+        format!(
             "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{}{tables_toml}",
             self.db.url,
             self.redis_url,
             self.redis_cluster,
             self.ns.name(),
             self.redis_settings
-        );
-        Config::from_toml(&text, Path::new("test.toml"), &Overrides::default())
-            .expect("valid test config")
+        )
     }
 
     /// What `smartcache-invalidator install` does.
@@ -232,6 +240,36 @@ impl Drop for Env {
             }
         });
     }
+}
+
+/// `smartcache-invalidator --config CONFIG`, the binary `cargo test
+/// --workspace` built, with none of the environment's settings.
+pub fn cli(config: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(servers::daemon_binary());
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "REDIS_URL_FILE",
+        "SMARTCACHE_NAMESPACE",
+        "SMARTCACHE_REDIS_CLUSTER",
+        "SMARTCACHE_REDIS_CA_FILE",
+        "SMARTCACHE_REDIS_CLIENT_CERT_FILE",
+        "SMARTCACHE_REDIS_CLIENT_KEY_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config").arg(config);
+    cmd
+}
+
+/// Exit status, stdout and stderr of a finished command, for assertions.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A response read by [`http_get`].

@@ -9,7 +9,7 @@ use smartcache::{Cache, Dep, Error};
 use smartcache_core::conn::Options;
 use smartcache_tests::redis_tls::{Certs, TlsRedis, TlsRedisCluster};
 use smartcache_tests::servers::Redis;
-use smartcache_tests::Env;
+use smartcache_tests::{cli, output_text, Env};
 
 const SETUP: &str = "
     CREATE TABLE products (id bigint PRIMARY KEY, price int NOT NULL);
@@ -216,4 +216,164 @@ async fn an_unreadable_or_non_pem_file_fails_the_build() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::TlsFile { .. }), "{e:?}");
+}
+
+/// Writes the config of `env` (its TLS lines included) and installs.
+async fn config_file(env: &mut Env, dir: &std::path::Path) -> std::path::PathBuf {
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let path = dir.join("smartcache.toml");
+    std::fs::write(&path, env.config_text(TABLES)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn every_command_honours_the_tls_settings_from_the_file_flags_and_environment() {
+    let certs = Certs::new("cli mtls ca");
+    let redis = TlsRedis::start(&certs, true, &[]).await;
+    let mut env = Env::on_redis_with(
+        "tls_cli",
+        SETUP,
+        &redis.url(),
+        options(certs.tls(), false),
+        &certs.config_lines(true),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&mut env, dir.path()).await;
+    env.put(&["product:1", "product:2", "other"]).await;
+    let run = |args: &[&str]| {
+        let out = cli(&file).args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&["check"]).contains("redis: connected"));
+    assert!(run(&["keys"]).contains("3 keys"));
+    run(&["clear", "product:1"]);
+    run(&["clear", "--table", "products"]);
+    assert!(!env.cached("product:2").await && env.cached("other").await);
+
+    // The same settings as flags, then as environment variables.
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(
+        &bare,
+        env.config_text(TABLES)
+            .replace(&certs.config_lines(true), ""),
+    )
+    .unwrap();
+    let ca = certs.ca.cert().to_str().unwrap();
+    let (cert, key) = (
+        certs.client.cert.to_str().unwrap(),
+        certs.client.key.to_str().unwrap(),
+    );
+    let out = cli(&bare)
+        .args(["--redis-ca-file", ca, "--redis-client-cert-file", cert])
+        .args(["--redis-client-key-file", key, "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let out = cli(&bare)
+        .env("SMARTCACHE_REDIS_CA_FILE", ca)
+        .env("SMARTCACHE_REDIS_CLIENT_CERT_FILE", cert)
+        .env("SMARTCACHE_REDIS_CLIENT_KEY_FILE", key)
+        .args(["clear", "--all"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(!env.cached("other").await);
+}
+
+/// `check` on the config of `env` with `settings` in place of its TLS
+/// lines: exit 1, the Redis problem named with `needles`, and no advice to
+/// run `install` (the installed objects match).
+async fn check_names(
+    env: &mut Env,
+    dir: &std::path::Path,
+    url: &str,
+    settings: &str,
+    needles: &[&str],
+) {
+    let text = env
+        .config_text(TABLES)
+        .replace(&env.redis_settings, settings)
+        .replace(
+            &format!("redis_url = {:?}", env.redis_url),
+            &format!("redis_url = {url:?}"),
+        );
+    let path = dir.join("check.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = cli(&path).arg("check").output().unwrap();
+    let shown = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    let problem = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("problem:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(problem.lines().count(), 1, "one problem line: {shown}");
+    for needle in needles {
+        assert!(problem.contains(needle), "lacks {needle:?}: {shown}");
+    }
+    assert!(
+        !shown.contains("install"),
+        "no install advice for a Redis problem: {shown}"
+    );
+}
+
+#[tokio::test]
+async fn check_names_each_redis_connection_problem_and_the_setting_to_change() {
+    let certs = Certs::new("check ca");
+    let other = Certs::new("check other ca");
+    let mtls = TlsRedis::start(&certs, true, &[]).await;
+    let plain = Redis::start().await;
+    let mut env = Env::on_redis_with(
+        "tls_check",
+        SETUP,
+        &mtls.url(),
+        options(certs.tls(), false),
+        &certs.config_lines(true),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    config_file(&mut env, dir.path()).await;
+    let url = mtls.url();
+    check_names(
+        &mut env,
+        dir.path(),
+        &url,
+        &other.config_lines(true),
+        &["redis_ca_file", "not signed"],
+    )
+    .await;
+    check_names(
+        &mut env,
+        dir.path(),
+        &url,
+        &certs.config_lines(false),
+        &["client certificate", "redis_client_cert_file"],
+    )
+    .await;
+    let plain_to_tls = format!("redis://127.0.0.1:{}/0", mtls.port());
+    check_names(
+        &mut env,
+        dir.path(),
+        &plain_to_tls,
+        "",
+        &["requires TLS", "redis_url", "rediss://"],
+    )
+    .await;
+    let tls_to_plain = plain.url().replace("redis://", "rediss://");
+    check_names(
+        &mut env,
+        dir.path(),
+        &tls_to_plain,
+        &certs.config_lines(false),
+        &["does not speak TLS", "redis_url"],
+    )
+    .await;
 }
