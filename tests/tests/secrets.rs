@@ -195,7 +195,7 @@ async fn the_password_is_in_no_log_metrics_health_or_admin_page() {
     );
     // The daemon of `DaemonProcess` gets the URL as a flag; the same with
     // metrics on, from the file, as a second daemon.
-    let mut second = cli(&fx.config)
+    let second = cli(&fx.config)
         .args(["--redis-url-file", fx.url_file.to_str().unwrap()])
         .args(["--namespace", fx.env.ns.name(), "--log-format", "json"])
         .args(["run", "--metrics-addr", &metrics])
@@ -223,7 +223,7 @@ async fn the_password_is_in_no_log_metrics_health_or_admin_page() {
     assert_no_password("/metrics and /healthz", &served);
 
     let admin = format!("127.0.0.1:{}", free_port());
-    let mut admin_process = cli(&fx.config)
+    let admin_process = cli(&fx.config)
         .args(["--redis-url-file", fx.url_file.to_str().unwrap()])
         .args(["--namespace", fx.env.ns.name(), "admin", "--addr", &admin])
         .stderr(std::process::Stdio::piped())
@@ -251,7 +251,7 @@ async fn the_password_is_in_no_log_metrics_health_or_admin_page() {
 
     daemon.terminate().await;
     assert_no_password("the daemon's log", &daemon.log());
-    for mut child in [second, admin_process] {
+    for child in [second, admin_process] {
         smartcache_tests::servers::signal(child.id(), "-TERM");
         let out = child.wait_with_output().unwrap();
         assert_no_password("a process's output", &output_text(&out));
