@@ -47,6 +47,10 @@ async fn writes_around(
         sentinels.primary_port().await,
         Some(sentinels.replica.port())
     );
+    println!(
+        "the daemon found Redis gone back in time: {}",
+        daemon.log().contains("went back in time")
+    );
 
     // The same library handle caches through the new primary: the call
     // that finds its connection closed is computed uncached, later ones
