@@ -221,8 +221,10 @@ impl Conn {
     ///
     /// ```
     /// use smartcache_core::conn::{Conn, Options};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let con = Conn::open("redis://127.0.0.1:6379/0", &Options::default()).unwrap();
     /// assert_eq!(con.epoch(), 0);
+    /// # });
     /// ```
     pub fn epoch(&self) -> u64 {
         match &self.0 {

@@ -428,7 +428,7 @@ fn read_secret(path: &Path) -> Result<String, String> {
 /// use smartcache_invalidator::config::pick_level;
 /// let (url, file) = pick_level(
 ///     ("--redis-url", "SMARTCACHE_DOC_UNSET_A", Some("redis://h/0".to_owned())),
-///     ("--redis-url-file", "SMARTCACHE_DOC_UNSET_B", None),
+///     ("--redis-url-file", "SMARTCACHE_DOC_UNSET_B", None::<std::path::PathBuf>),
 /// )
 /// .unwrap();
 /// assert_eq!(url.as_deref(), Some("redis://h/0"));
