@@ -50,45 +50,37 @@ impl Settings {
     };
 }
 
-/// The rustls error somewhere in `e`'s chain: behind the redis crate's
-/// shared error and the I/O error that carries it.
+/// `e` and its sources, each seen through the redis crate's shared
+/// wrapper (an `Arc` around the I/O error).
+fn chain(e: &RedisError) -> impl Iterator<Item = &(dyn StdError + 'static)> {
+    let first: &(dyn StdError + 'static) = e;
+    std::iter::successors(Some(first), |err: &&(dyn StdError + 'static)| {
+        (*err).source()
+    })
+    .map(
+        |err| match err.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
+            Some(arc) => &**arc as &(dyn StdError + 'static),
+            None => err,
+        },
+    )
+}
+
+/// The rustls error somewhere in `e`'s chain, behind the I/O error that
+/// carries it.
 fn rustls_error(e: &RedisError) -> Option<rustls::Error> {
-    let mut next: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = next {
-        let inner: &(dyn StdError + 'static) =
-            match err.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
-                Some(arc) => &**arc,
-                None => err,
-            };
-        if let Some(r) = inner.downcast_ref::<rustls::Error>() {
-            return Some(r.clone());
-        }
-        if let Some(r) = inner
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            return Some(r.clone());
-        }
-        next = err.source();
-    }
-    None
+    chain(e).find_map(|err| {
+        err.downcast_ref::<rustls::Error>()
+            .or_else(|| {
+                err.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+            })
+            .cloned()
+    })
 }
 
 fn io_kind(e: &RedisError) -> Option<std::io::ErrorKind> {
-    let mut next: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = next {
-        let inner: &(dyn StdError + 'static) =
-            match err.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
-                Some(arc) => &**arc,
-                None => err,
-            };
-        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        next = err.source();
-    }
-    None
+    chain(e).find_map(|err| err.downcast_ref::<std::io::Error>().map(|io| io.kind()))
 }
 
 /// The whole chain's text, for the cases found only by their words.

@@ -5,6 +5,10 @@
 #[allow(dead_code, unreachable_pub)]
 mod db;
 
+#[path = "../../tests/src/ca.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod ca;
+
 use db::TestDb;
 use std::io::Write;
 use std::process::Output;
@@ -466,23 +470,8 @@ async fn unusable_redis_tls_files_are_configuration_errors_naming_the_setting() 
 #[tokio::test]
 async fn a_ca_file_with_a_plain_redis_url_is_refused_naming_rediss() {
     let case = Case::new("redis_ca_plain", SETUP).await;
-    let ca = case.dir.path().join("ca.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=t", "-keyout"])
-        .arg(case.dir.path().join("ca.key"))
-        .arg("-out")
-        .arg(&ca)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made));
+    let ca = ca::Ca::new("plain url test");
+    let ca = ca.cert().to_owned();
     let cfg = case.config(&format!("redis_ca_file = {:?}\n", ca.to_str().unwrap()));
     let out = case.run(&cfg, &["check"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
