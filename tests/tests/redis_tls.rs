@@ -8,7 +8,7 @@
 use smartcache::{Cache, Dep, Error};
 use smartcache_core::conn::Options;
 use smartcache_tests::redis_tls::{Certs, TlsRedis, TlsRedisCluster};
-use smartcache_tests::servers::Redis;
+use smartcache_tests::servers::{wait_for, Redis, WAIT};
 use smartcache_tests::{cli, output_text, Env};
 
 const SETUP: &str = "
@@ -257,6 +257,25 @@ async fn every_command_honours_the_tls_settings_from_the_file_flags_and_environm
     run(&["clear", "product:1"]);
     run(&["clear", "--table", "products"]);
     assert!(!env.cached("product:2").await && env.cached("other").await);
+
+    let addr = format!("127.0.0.1:{}", smartcache_tests::free_port());
+    let mut admin = cli(&file)
+        .args(["admin", "--addr", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let page = wait_for("the admin page over TLS", WAIT, || {
+        let addr = addr.clone();
+        async move { smartcache_tests::http_get(&addr, "/").await.ok() }
+    })
+    .await;
+    let _ = admin.kill();
+    let _ = admin.wait();
+    assert!(
+        page.status == 200 && page.body.contains("other"),
+        "{page:?}"
+    );
 
     // The same settings as flags, then as environment variables.
     let bare = dir.path().join("bare.toml");
