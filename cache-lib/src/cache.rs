@@ -9,8 +9,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use smartcache_core::conn::{self, Conn};
 use smartcache_core::describe::{describe, KeyInfo};
+use smartcache_core::diagnose::{explain, Settings};
 use smartcache_core::invalidate::{invalidate, unlink};
 use smartcache_core::keys::{check_cache_key, Namespace, TableName, DEFAULT_NAMESPACE};
+use smartcache_core::tls::{Tls, TlsFile};
+use std::path::PathBuf;
 use tracing::{info, warn};
 
 use crate::breaker::{Breaker, LogLimiter};
@@ -80,6 +83,9 @@ pub struct CacheBuilder {
     cluster: bool,
     local: Option<Bound>,
     local_max_lag: Duration,
+    tls: Tls,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl CacheBuilder {
@@ -99,7 +105,64 @@ impl CacheBuilder {
             cluster: false,
             local: None,
             local_max_lag: Duration::from_millis(250),
+            tls: Tls::default(),
+            ca_file: None,
+            client_cert: None,
         }
+    }
+
+    /// Trust the CA certificate(s) in this PEM file instead of the
+    /// system's roots on a `rediss://` URL: the CA of a managed service or
+    /// a private one. The file is read when the cache is built; one that
+    /// cannot be read, or holds no certificate, fails the build with
+    /// [`Error::TlsFile`]. Without it, `rediss://` trusts the system's
+    /// roots (`/etc/ssl/certs` on Debian).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), smartcache::Error> {
+    /// let cache = smartcache::Cache::builder("rediss://:token@redis.internal:6380/0")
+    ///     .ca_file("/etc/smartcache/redis-ca.pem")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain) and its private key (PEM)
+    /// to servers that require one (`tls-auth-clients yes`, mutual TLS).
+    /// Read when the cache is built, like [`CacheBuilder::ca_file`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), smartcache::Error> {
+    /// let cache = smartcache::Cache::builder("rediss://redis.internal:6380/0")
+    ///     .ca_file("/etc/smartcache/ca.pem")
+    ///     .client_cert("/etc/smartcache/client.crt", "/etc/smartcache/client.key")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// TLS settings already read ([`Tls::from_files`]), e.g. shared with
+    /// other connections of the program. [`CacheBuilder::ca_file`] and
+    /// [`CacheBuilder::client_cert`], when given, are used instead.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use smartcache::Tls;
+    /// let tls = Tls::from_files(Some("/etc/smartcache/ca.pem".as_ref()), None)?;
+    /// let b = smartcache::Cache::builder("rediss://redis.internal:6380/0").tls(tls);
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Talk to a Redis Cluster: the URL is then one or more seed nodes
@@ -253,27 +316,51 @@ impl CacheBuilder {
         self
     }
 
-    fn options(&self) -> conn::Options {
+    fn options(&self) -> Result<conn::Options, Error> {
         let mut options = conn::Options::default();
         options.cluster = self.cluster;
+        options.tls = self.tls_settings()?;
         options.connect_timeout = self.connect_timeout;
         options.response_timeout = self.admin_timeout;
         options.max_delay = Duration::from_secs(1);
-        options
+        Ok(options)
     }
 
-    fn settings(&self) -> Result<(Conn, Namespace, String), Error> {
+    fn settings(&self) -> Result<(Conn, Namespace, String, conn::Options), Error> {
         let ns = Namespace::new(&self.namespace)?;
         let url = redact_url(&self.url);
-        let options = self.options();
-        let con = Conn::open(&self.url, &options).map_err(|source| Error::InvalidUrl {
+        let options = self.options()?;
+        let invalid = |source| Error::InvalidUrl {
             url: url.clone(),
             source,
-        })?;
-        Ok((con, ns, url))
+        };
+        let con = Conn::open(&self.url, &options).map_err(invalid)?;
+        if self.local.is_some() {
+            // The local tier's tracking connections are opened later, in
+            // the background: refuse now what they could never reach.
+            conn::node_client(&self.url, &options, None).map_err(invalid)?;
+        }
+        Ok((con, ns, url, options))
     }
 
-    fn finish(&self, con: Conn, ns: Namespace, url: String) -> Cache {
+    fn tls_settings(&self) -> Result<Tls, Error> {
+        if self.ca_file.is_none() && self.client_cert.is_none() {
+            return Ok(self.tls.clone());
+        }
+        let client = self
+            .client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        Tls::from_files(self.ca_file.as_deref(), client).map_err(|source| Error::TlsFile {
+            setting: match source.file {
+                TlsFile::Ca => "CacheBuilder::ca_file",
+                _ => "CacheBuilder::client_cert",
+            },
+            source,
+        })
+    }
+
+    fn finish(&self, con: Conn, ns: Namespace, url: String, options: &conn::Options) -> Cache {
         Cache {
             inner: Arc::new(Inner {
                 con,
@@ -291,7 +378,7 @@ impl CacheBuilder {
                         Local::new(bound),
                         ns.prefix(),
                         &self.url,
-                        &self.options(),
+                        options,
                         self.local_max_lag,
                     )
                 }),
@@ -314,21 +401,23 @@ impl CacheBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn build(self) -> Result<Cache, Error> {
-        let (con, ns, url) = self.settings()?;
+        let (con, ns, url, options) = self.settings()?;
         let mut probe = con.clone();
         let ping_cmd = redis::cmd("PING");
         let ping = ping_cmd.query_async::<()>(&mut probe);
-        match tokio::time::timeout(self.connect_timeout * 3, ping).await {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(Error::Connect { url, source }),
-            Err(_) => {
-                return Err(Error::Connect {
-                    url,
-                    source: RedisError::from((redis::ErrorKind::Io, "connection timed out")),
-                })
-            }
+        let source = match tokio::time::timeout(self.connect_timeout * 3, ping).await {
+            Ok(Ok(())) => None,
+            Ok(Err(source)) => Some(source),
+            Err(_) => Some(RedisError::from((
+                redis::ErrorKind::Io,
+                "connection timed out",
+            ))),
+        };
+        if let Some(source) = source {
+            let cause = explain(&source, &self.url, &options, &Settings::BUILDER).await;
+            return Err(Error::Connect { url, cause, source });
         }
-        let cache = self.finish(con, ns, url);
+        let cache = self.finish(con, ns, url, &options);
         if self.clear_on_start {
             let n = cache.clear_all().await?;
             info!(
@@ -350,8 +439,8 @@ impl CacheBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn build_lazy(self) -> Result<Cache, Error> {
-        let (con, ns, url) = self.settings()?;
-        let cache = self.finish(con, ns, url);
+        let (con, ns, url, options) = self.settings()?;
+        let cache = self.finish(con, ns, url, &options);
         if self.clear_on_start {
             match cache.clear_all().await {
                 Ok(n) => info!(

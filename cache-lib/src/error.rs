@@ -40,16 +40,30 @@ pub enum Error {
     },
 
     /// Redis could not be reached when building a [`Cache`](crate::Cache).
-    #[error(
-        "could not connect to Redis at {url}; check that it is running and that the URL \
-         (REDIS_URL) is right"
-    )]
+    #[error("could not connect to Redis at {url}: {cause}")]
     Connect {
         /// The URL, with any password removed.
         url: String,
+        /// Why, and what to change: an untrusted CA, a certificate for
+        /// another host name, TLS to a plain port or plain text to a TLS
+        /// port, a missing client certificate, a refused password, nothing
+        /// listening.
+        cause: String,
         /// What the connection attempt said.
         #[source]
         source: redis::RedisError,
+    },
+
+    /// A TLS file given to [`CacheBuilder::ca_file`](crate::CacheBuilder::ca_file) or
+    /// [`CacheBuilder::client_cert`](crate::CacheBuilder::client_cert) cannot be
+    /// read or holds no PEM certificate or key.
+    #[error("{setting}: {source}")]
+    TlsFile {
+        /// The builder method whose file it is.
+        setting: &'static str,
+        /// Which file, and what is wrong with it.
+        #[source]
+        source: smartcache_core::tls::TlsFileError,
     },
 
     /// A Redis command failed.
@@ -126,12 +140,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Removes the password from a Redis URL before it goes into a message.
 pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
+    smartcache_core::diagnose::redact(url)
 }
 
 #[cfg(test)]
@@ -140,7 +149,8 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:secret@h:1/0"), "redis://***@h:1/0");
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
     }
 }

@@ -24,3 +24,4 @@ pub use error::Error;
 pub use local::LocalStats;
 pub use smartcache_core::describe::KeyInfo;
 pub use smartcache_core::keys::{DepId, InvalidName, Namespace};
+pub use smartcache_core::tls::{Tls, TlsFileError};

@@ -1,7 +1,8 @@
-//! One connection handle for a single Redis server or a Redis Cluster.
+//! One connection handle for a single Redis server, a Redis Cluster, or the
+//! primary of a service that Redis Sentinel watches.
 //!
-//! Both kinds reconnect by themselves and can be created while Redis is
-//! down. On a cluster, commands and scripts are routed by their first key;
+//! Every kind reconnects by itself and can be created while Redis is
+//! down; `rediss://` URLs speak TLS (see [`crate::tls`]). On a cluster, commands and scripts are routed by their first key;
 //! smartcache's scripts only ever touch keys of one slot (see
 //! [`crate::keys`]), and whatever spans the keyspace (`SCAN`) visits every
 //! primary.
@@ -19,6 +20,8 @@ use redis::{Cmd, RedisFuture, RedisResult, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
 use crate::keys::{EntryKeys, Slot};
+use crate::sentinel::{is_sentinel_url, Sentinel};
+use crate::tls::{install_crypto_provider, Tls};
 
 /// How to reach Redis; see [`Conn::open`].
 ///
@@ -42,6 +45,9 @@ pub struct Options {
     pub retries: usize,
     /// Longest pause between reconnection attempts.
     pub max_delay: Duration,
+    /// CA and client certificate for `rediss://` URLs; empty: the system's
+    /// roots and no client certificate.
+    pub tls: Tls,
 }
 
 impl Default for Options {
@@ -52,6 +58,7 @@ impl Default for Options {
             response_timeout: Duration::from_secs(30),
             retries: 1,
             max_delay: Duration::from_millis(500),
+            tls: Tls::default(),
         }
     }
 }
@@ -73,6 +80,7 @@ pub struct Conn(Kind);
 enum Kind {
     Single(ConnectionManager),
     Cluster(Cluster),
+    Sentinel(Arc<Sentinel>),
 }
 
 /// A cluster connection made on first use, so the handle can be created
@@ -95,10 +103,10 @@ impl Cluster {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.is_cluster() {
-            "Conn(cluster)"
-        } else {
-            "Conn(single)"
+        f.write_str(match self.0 {
+            Kind::Single(_) => "Conn(single)",
+            Kind::Cluster(_) => "Conn(cluster)",
+            Kind::Sentinel(_) => "Conn(sentinel)",
         })
     }
 }
@@ -114,10 +122,15 @@ const SCAN_COUNT: usize = 1000;
 pub(crate) const CHUNK: usize = 512;
 
 impl Conn {
-    /// A handle on the Redis at `url` (`redis://[user:password@]host[:port][/db]`),
-    /// or, with [`Options::cluster`], on the cluster reachable through the
-    /// comma-separated seed URLs. Does no I/O: only a URL that does not
-    /// parse is an error.
+    /// A handle on the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
+    /// `rediss://` for TLS), or, with [`Options::cluster`], on the cluster
+    /// reachable through the comma-separated seed URLs, or on the primary
+    /// of a service watched by Redis Sentinel
+    /// (`redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]`,
+    /// `rediss+sentinel://` for TLS to the sentinels and the servers; the
+    /// password is the servers', sentinels are asked without one). Does no
+    /// I/O: only a URL that does not parse, or TLS certificates given for a
+    /// URL without TLS, is an error.
     ///
     /// ```
     /// use smartcache_core::conn::{Conn, Options};
@@ -125,33 +138,69 @@ impl Conn {
     /// options.cluster = true;
     /// let con = Conn::open("redis://127.0.0.1:7000,redis://127.0.0.1:7001", &options).unwrap();
     /// assert!(con.is_cluster());
+    /// let con = Conn::open("redis+sentinel://127.0.0.1:26379/mymaster", &Options::default()).unwrap();
+    /// assert!(!con.is_cluster());
     /// ```
     pub fn open(url: &str, options: &Options) -> RedisResult<Self> {
+        let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+        let tls = urls.iter().filter(|u| u.starts_with("rediss")).count();
+        if tls > 0 {
+            install_crypto_provider();
+        }
+        if is_sentinel_url(url) {
+            if options.cluster {
+                return Err(config_error(
+                    "a Sentinel URL with cluster mode on",
+                    "Sentinel serves one primary; turn cluster mode off (redis_cluster = false)",
+                ));
+            }
+            if !url.starts_with("rediss") && !options.tls.is_empty() {
+                return Err(tls_without_tls());
+            }
+            return Ok(Self(Kind::Sentinel(Arc::new(Sentinel::open(
+                url,
+                &options.tls,
+                options.connect_timeout,
+                options.response_timeout,
+            )?))));
+        }
+        if tls == 0 && !options.tls.is_empty() {
+            return Err(tls_without_tls());
+        }
         if options.cluster {
-            let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
-            let client = ClusterClientBuilder::new(seeds)
+            if tls != 0 && tls != urls.len() {
+                return Err(config_error(
+                    "seed URLs mixing redis:// and rediss://",
+                    "a cluster speaks TLS on every node or on none; write every seed as rediss:// or every one as redis://",
+                ));
+            }
+            let mut builder = ClusterClientBuilder::new(urls)
                 .connection_timeout(options.connect_timeout)
                 .response_timeout(options.response_timeout)
                 // A redirection (MOVED, ASK) after a failover or a
                 // restart counts as a retry.
                 .retries(options.retries.max(CLUSTER_RETRIES) as u32)
-                .max_retry_wait(options.max_delay.as_millis() as u64)
-                .build()?;
+                .max_retry_wait(options.max_delay.as_millis() as u64);
+            if !options.tls.is_empty() {
+                builder = builder.certs(options.tls.certificates());
+            }
             return Ok(Self(Kind::Cluster(Cluster {
-                client: Arc::new(client),
+                client: Arc::new(builder.build()?),
                 con: Arc::new(OnceCell::new()),
             })));
         }
-        if url.contains(',') {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
+        if urls.len() > 1 {
+            return Err(config_error(
                 "several URLs given for a single Redis server",
                 "for a Redis Cluster turn cluster mode on (redis_cluster = true, \
-                 --redis-cluster, or CacheBuilder::cluster(true))"
-                    .to_owned(),
-            )));
+                 --redis-cluster, or CacheBuilder::cluster(true))",
+            ));
         }
-        let client = redis::Client::open(url)?;
+        let client = if options.tls.is_empty() {
+            redis::Client::open(url)?
+        } else {
+            redis::Client::build_with_tls(url, options.tls.certificates())?
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -161,6 +210,27 @@ impl Conn {
         Ok(Self(Kind::Single(ConnectionManager::new_lazy_with_config(
             client, config,
         )?)))
+    }
+
+    /// A number that changes when requests may have started to reach
+    /// another server: each new connection to a Sentinel service's primary
+    /// (a failover moves it). Constant for a single server, whose
+    /// reconnections reach the same address, and for a cluster. Work that
+    /// must land on one server (deletions and the generation increment
+    /// that vouches for them) compares it before and after.
+    ///
+    /// ```
+    /// use smartcache_core::conn::{Conn, Options};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let con = Conn::open("redis://127.0.0.1:6379/0", &Options::default()).unwrap();
+    /// assert_eq!(con.epoch(), 0);
+    /// # });
+    /// ```
+    pub fn epoch(&self) -> u64 {
+        match &self.0 {
+            Kind::Sentinel(s) => s.epoch(),
+            _ => 0,
+        }
     }
 
     /// Whether this is a cluster connection.
@@ -310,7 +380,7 @@ impl Conn {
     /// The primaries: `None` for the one server, else their addresses.
     async fn nodes(&self) -> RedisResult<Vec<Option<(String, u16)>>> {
         Ok(match &self.0 {
-            Kind::Single(_) => vec![None],
+            Kind::Single(_) | Kind::Sentinel(_) => vec![None],
             Kind::Cluster(c) => primaries(&mut c.get().await?)
                 .await?
                 .into_iter()
@@ -378,7 +448,7 @@ impl Conn {
     pub(crate) async fn run_all(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
         match &self.0 {
             _ if cmds.is_empty() => Ok(Vec::new()),
-            Kind::Single(_) => {
+            Kind::Single(_) | Kind::Sentinel(_) => {
                 let mut pipe = redis::pipe();
                 for cmd in cmds {
                     pipe.add_command(cmd);
@@ -405,7 +475,7 @@ impl Conn {
     ) -> RedisResult<Vec<Value>> {
         match &self.0 {
             _ if calls.is_empty() => Ok(Vec::new()),
-            Kind::Single(_) => {
+            Kind::Single(_) | Kind::Sentinel(_) => {
                 let mut pipe = redis::pipe();
                 for inv in calls {
                     pipe.invoke_script(inv);
@@ -450,6 +520,12 @@ pub fn node_client(
     options: &Options,
     addr: Option<(&str, u16)>,
 ) -> RedisResult<redis::Client> {
+    if is_sentinel_url(url) {
+        return Err(config_error(
+            "a connection to one chosen node of a Sentinel service",
+            "the local tier follows a single server or a cluster; turn it off with Sentinel",
+        ));
+    }
     let seed = if options.cluster {
         url.split(',').map(str::trim).next().unwrap_or(url)
     } else {
@@ -476,7 +552,24 @@ pub fn node_client(
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
+    let info = info.set_redis_settings(settings);
+    if options.tls.is_empty() {
+        redis::Client::open(info)
+    } else {
+        install_crypto_provider();
+        redis::Client::build_with_tls(info, options.tls.certificates())
+    }
+}
+
+fn config_error(what: &'static str, fix: &str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, what, fix.to_owned()))
+}
+
+fn tls_without_tls() -> redis::RedisError {
+    config_error(
+        "TLS certificates given for a URL without TLS",
+        "write the URL as rediss:// (or rediss+sentinel://) to connect with TLS, or drop the CA and client certificate settings",
+    )
 }
 
 /// The sum of integer replies (e.g. of `UNLINK` or `EXISTS`).
@@ -522,6 +615,14 @@ impl ConnectionLike for Conn {
                 let mut con = c.get().await?;
                 con.req_packed_command(cmd).await
             }),
+            Kind::Sentinel(s) => Box::pin(async move {
+                let (generation, mut con) = s.get().await?;
+                let reply = con.req_packed_command(cmd).await;
+                if let Err(e) = &reply {
+                    s.failed(generation, e);
+                }
+                reply
+            }),
         }
     }
 
@@ -537,13 +638,21 @@ impl ConnectionLike for Conn {
                 let mut con = c.get().await?;
                 con.req_packed_commands(pipeline, offset, count).await
             }),
+            Kind::Sentinel(s) => Box::pin(async move {
+                let (generation, mut con) = s.get().await?;
+                let reply = con.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &reply {
+                    s.failed(generation, e);
+                }
+                reply
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match &self.0 {
             Kind::Single(con) => con.get_db(),
-            Kind::Cluster(_) => 0,
+            Kind::Cluster(_) | Kind::Sentinel(_) => 0,
         }
     }
 }

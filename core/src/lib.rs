@@ -4,9 +4,12 @@
 
 pub mod conn;
 pub mod describe;
+pub mod diagnose;
 pub mod fill;
 pub mod invalidate;
 pub mod keys;
 pub mod markers;
 mod scripts;
+mod sentinel;
 pub mod sweep;
+pub mod tls;

@@ -39,12 +39,42 @@ pub struct GlobalArgs {
     /// [env: DATABASE_URL_FILE]
     #[arg(long, global = true, value_name = "PATH")]
     pub database_url_file: Option<PathBuf>,
-    /// Redis URL [default: redis://127.0.0.1:6379/0]
-    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
+    /// Redis URL [env: REDIS_URL] [default: redis://127.0.0.1:6379/0]
+    // Read from the environment in `load_config`, like DATABASE_URL.
+    #[arg(long, global = true, value_name = "URL")]
     pub redis_url: Option<String>,
     /// Redis is a cluster; --redis-url may then list seed nodes separated by commas
     #[arg(long, global = true, env = "SMARTCACHE_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// File holding the Redis URL (with its password), instead of --redis-url;
+    /// a trailing newline is ignored [env: REDIS_URL_FILE]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub redis_url_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the Redis server's certificate, for
+    /// rediss:// [default: the system's roots]
+    #[arg(
+        long,
+        global = true,
+        env = "SMARTCACHE_REDIS_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for Redis servers that require one (mTLS)
+    #[arg(
+        long,
+        global = true,
+        env = "SMARTCACHE_REDIS_CLIENT_CERT_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --redis-client-cert-file
+    #[arg(
+        long,
+        global = true,
+        env = "SMARTCACHE_REDIS_CLIENT_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_client_key_file: Option<PathBuf>,
     /// PostgreSQL replica the applications read from (repeat for several);
     /// keys are deleted only once each has replayed the change
     #[arg(
@@ -141,13 +171,20 @@ impl GlobalArgs {
         metrics_addr: Option<std::net::SocketAddr>,
     ) -> Result<Config, ConfigError> {
         let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let text = |name: &str| env(name).map(|v| v.to_string_lossy().into_owned());
         let overrides = Overrides {
             database_url: self.database_url.clone(),
             database_url_file: self.database_url_file.clone(),
-            database_url_env: env("DATABASE_URL").map(|v| v.to_string_lossy().into_owned()),
+            database_url_env: text("DATABASE_URL"),
             database_url_file_env: env("DATABASE_URL_FILE").map(PathBuf::from),
             redis_url: self.redis_url.clone(),
+            redis_url_env: text("REDIS_URL"),
+            redis_url_file_env: env("REDIS_URL_FILE").map(PathBuf::from),
             redis_cluster: self.redis_cluster.then_some(true),
+            redis_url_file: self.redis_url_file.clone(),
+            redis_ca_file: self.redis_ca_file.clone(),
+            redis_client_cert_file: self.redis_client_cert_file.clone(),
+            redis_client_key_file: self.redis_client_key_file.clone(),
             replica_urls: (!self.replica_urls.is_empty()).then(|| self.replica_urls.clone()),
             namespace: self.namespace.clone(),
             metrics_addr,
@@ -229,6 +266,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     problems.extend(drift.into_iter().map(|d| {
         format!("{d}: run `smartcache-invalidator install` to bring the installed objects in line with the config")
     }));
+    let mut redis_config_error = false;
     match redis_problems(config).await {
         Ok((policy, found)) => {
             let kind = if config.redis_cluster {
@@ -239,7 +277,12 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
             println!("redis: connected to the {kind} (maxmemory-policy {policy})");
             problems.extend(found);
         }
-        Err(e) => problems.push(format!("redis: {e:#}")),
+        // A Redis connection problem is named with its cause and the
+        // setting to change, never as drift of the installed objects.
+        Err(e) => {
+            redis_config_error = e.downcast_ref::<ConfigError>().is_some();
+            problems.push(format!("redis: {e:#}"));
+        }
     }
     if problems.is_empty() {
         println!("ok");
@@ -249,7 +292,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         println!("problem: {p}");
     }
     let summary = format!("check found {} problem(s), listed above", problems.len());
-    if mismatch {
+    if mismatch || redis_config_error {
         return Err(ConfigError(summary).into());
     }
     anyhow::bail!(summary)
@@ -261,13 +304,21 @@ async fn redis_problems(config: &Config) -> anyhow::Result<(String, Vec<String>)
 }
 
 /// The library's view of the configured namespace, for management calls.
+/// A connection failure says why, naming the setting to change.
 pub(crate) async fn cache(config: &Config) -> anyhow::Result<smartcache::Cache> {
+    crate::redis_ops::connect_now(config).await?;
     smartcache::Cache::builder(&config.redis_url)
         .namespace(config.namespace.name())
         .cluster(config.redis_cluster)
+        .tls(config.redis_tls.clone())
         .build()
         .await
-        .map_err(anyhow::Error::new)
+        .map_err(|e| match e {
+            smartcache::Error::InvalidUrl { .. } => {
+                anyhow::Error::new(ConfigError(format!("setting `redis_url`: {e}")))
+            }
+            e => anyhow::Error::new(e),
+        })
 }
 
 /// `keys [PATTERN]`: one line per entry, size and dependencies.

@@ -22,6 +22,7 @@
 
 use serde::Deserialize;
 use smartcache_core::keys::{Namespace, TableName};
+use smartcache_core::tls::Tls;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,6 +52,10 @@ struct FileConfig {
     database_url_file: Option<PathBuf>,
     redis_url: Option<String>,
     redis_cluster: Option<bool>,
+    redis_url_file: Option<PathBuf>,
+    redis_ca_file: Option<PathBuf>,
+    redis_client_cert_file: Option<PathBuf>,
+    redis_client_key_file: Option<PathBuf>,
     namespace: Option<String>,
     channel: Option<String>,
     batch_size: Option<usize>,
@@ -88,10 +93,22 @@ pub struct Overrides {
     pub database_url_env: Option<String>,
     /// `DATABASE_URL_FILE`.
     pub database_url_file_env: Option<PathBuf>,
-    /// `--redis-url` / `REDIS_URL`.
+    /// `--redis-url`.
     pub redis_url: Option<String>,
+    /// `REDIS_URL`.
+    pub redis_url_env: Option<String>,
+    /// `REDIS_URL_FILE`.
+    pub redis_url_file_env: Option<PathBuf>,
     /// `--redis-cluster` / `SMARTCACHE_REDIS_CLUSTER`.
     pub redis_cluster: Option<bool>,
+    /// `--redis-url-file`: the URL (with its password) read from this file.
+    pub redis_url_file: Option<PathBuf>,
+    /// `--redis-ca-file` / `SMARTCACHE_REDIS_CA_FILE`.
+    pub redis_ca_file: Option<PathBuf>,
+    /// `--redis-client-cert-file` / `SMARTCACHE_REDIS_CLIENT_CERT_FILE`.
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// `--redis-client-key-file` / `SMARTCACHE_REDIS_CLIENT_KEY_FILE`.
+    pub redis_client_key_file: Option<PathBuf>,
     /// `--namespace` / `SMARTCACHE_NAMESPACE`.
     pub namespace: Option<String>,
     /// `--replica-url` (repeated) / `SMARTCACHE_REPLICA_URLS` (commas).
@@ -112,6 +129,9 @@ pub struct Config {
     pub redis_url: String,
     /// Speak the Redis Cluster protocol.
     pub redis_cluster: bool,
+    /// CA and client certificate for `rediss://` (`redis_ca_file`,
+    /// `redis_client_cert_file`, `redis_client_key_file`), read at load.
+    pub redis_tls: Tls,
     /// Namespace of every Redis key we touch.
     pub namespace: Namespace,
     /// NOTIFY channel of the doorbell.
@@ -201,6 +221,7 @@ impl Config {
         o: &Overrides,
     ) -> Result<Self, ConfigError> {
         let origin = Origin(source.as_deref());
+        let (redis_url, redis_tls) = redis_settings(&origin, o, &file)?;
         let namespace_name = o
             .namespace
             .clone()
@@ -327,12 +348,9 @@ impl Config {
         }
         Ok(Self {
             database_url,
-            redis_url: o
-                .redis_url
-                .clone()
-                .or(file.redis_url)
-                .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            redis_url,
             redis_cluster,
+            redis_tls,
             namespace,
             channel,
             batch_size,
@@ -466,6 +484,76 @@ pub fn resolve_url(
         }
     }
     Ok(SecretUrl(default.to_owned()))
+}
+
+/// `redis_url` (or `redis_url_file`) and the TLS files, each by flag, then
+/// environment, then file, then default; the files are read here, so a
+/// missing or unreadable one is a configuration error.
+fn redis_settings(
+    origin: &Origin<'_>,
+    o: &Overrides,
+    file: &FileConfig,
+) -> Result<(String, Tls), ConfigError> {
+    let url = resolve_url(
+        "redis_url",
+        &[
+            UrlLevel {
+                names: "flags --redis-url and --redis-url-file",
+                url: o.redis_url.as_deref(),
+                file: o.redis_url_file.as_deref(),
+            },
+            UrlLevel {
+                names: "environment variables REDIS_URL and REDIS_URL_FILE",
+                url: o.redis_url_env.as_deref(),
+                file: o.redis_url_file_env.as_deref(),
+            },
+            UrlLevel {
+                names: "settings `redis_url` and `redis_url_file`",
+                url: file.redis_url.as_deref(),
+                file: file.redis_url_file.as_deref(),
+            },
+        ],
+        DEFAULT_REDIS_URL,
+    )
+    .map_err(|e| ConfigError(format!("{origin}: {e}")))?
+    .expose()
+    .to_owned();
+    let ca = o.redis_ca_file.as_ref().or(file.redis_ca_file.as_ref());
+    let cert = o
+        .redis_client_cert_file
+        .as_ref()
+        .or(file.redis_client_cert_file.as_ref());
+    let key = o
+        .redis_client_key_file
+        .as_ref()
+        .or(file.redis_client_key_file.as_ref());
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError(format!(
+                "{origin}: a client certificate needs its key: set both `redis_client_cert_file` \
+                 and `redis_client_key_file` (or neither)"
+            )))
+        }
+    };
+    let tls = Tls::from_files(ca.map(PathBuf::as_path), client).map_err(|e| {
+        let setting = match e.file {
+            smartcache_core::tls::TlsFile::Ca => "redis_ca_file",
+            smartcache_core::tls::TlsFile::ClientCert => "redis_client_cert_file",
+            _ => "redis_client_key_file",
+        };
+        ConfigError(format!("{origin}: setting `{setting}`: {e}"))
+    })?;
+    let tls_url = url.split(',').all(|u| u.trim().starts_with("rediss"));
+    if !tls.is_empty() && !tls_url {
+        return Err(ConfigError(format!(
+            "{origin}: `redis_ca_file` or a client certificate is set but `redis_url` ({}) does \
+             not use TLS: write it as rediss:// (rediss+sentinel:// for Sentinel)",
+            smartcache_core::diagnose::redact(&url)
+        )));
+    }
+    Ok((url, tls))
 }
 
 /// The admin token: a secret, so `Debug` does not print it.

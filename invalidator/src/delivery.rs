@@ -256,7 +256,8 @@ impl Daemon {
                         }
                     }
                     Err(e) => {
-                        warn!(error = %e, "Redis unreachable at start; retrying as changes arrive")
+                        let cause = crate::redis_ops::explain_failure(&self.config, &e).await;
+                        warn!(error = %e, %cause, "Redis unreachable at start; retrying as changes arrive")
                     }
                 }
             }
@@ -471,7 +472,13 @@ impl Daemon {
                     }
                 }
                 Err(BatchError::Redis(e)) => {
-                    warn!(error = %e, "Redis unavailable; outbox rows kept, retrying");
+                    let cause = smartcache_core::diagnose::cause(
+                        &e,
+                        self.config.redis_url.starts_with("rediss"),
+                        &crate::redis_ops::options(&self.config),
+                        &smartcache_core::diagnose::Settings::CONFIG,
+                    );
+                    warn!(error = %e, cause = cause.as_deref().unwrap_or("-"), "Redis unavailable; outbox rows kept, retrying");
                     self.telemetry.set_redis_up(false);
                     self.telemetry.error("redis", &e);
                     backoff.sleep(stop).await;
@@ -525,6 +532,10 @@ impl Daemon {
             cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
             return Ok((0, false));
         }
+        // The deletions and the generation increment that vouches for them
+        // must reach one server; a Sentinel failover may move the
+        // connection between them (see `Conn::epoch`).
+        let epoch = self.redis.epoch();
         // Replicas first: a fill that reads one after our deletion must see
         // these changes.
         let mut owed = None;
@@ -596,7 +607,14 @@ impl Daemon {
             Err(e) => return self.give_back(client, cursor, &ids, e).await,
         };
         let values = match markers::bump_generations(&mut self.redis, &generations).await {
-            Ok(v) => v,
+            Ok(v) if self.redis.epoch() == epoch => v,
+            Ok(_) => {
+                let moved = redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the Redis primary changed during the batch (a failover); applying it again",
+                ));
+                return self.give_back(client, cursor, &ids, moved).await;
+            }
             Err(e) => return self.give_back(client, cursor, &ids, e).await,
         };
         let regressed: Regressed = st

@@ -2,28 +2,53 @@
 
 use crate::config::{Config, ConfigError};
 use smartcache_core::conn::{Conn, Options};
+use smartcache_core::diagnose::{explain, redact, Settings};
 use std::time::Duration;
 
-/// A lazily connecting, self-reconnecting connection (to one server or a
-/// cluster, per `redis_cluster`): the daemon starts while Redis is down and
-/// backs off on its own schedule.
-pub fn connect(config: &Config) -> Result<Conn, ConfigError> {
+/// The connection settings of `config`: cluster mode and TLS.
+pub fn options(config: &Config) -> Options {
     let mut options = Options::default();
     options.cluster = config.redis_cluster;
-    Conn::open(&config.redis_url, &options)
-        .map_err(|e| ConfigError(format!("{}: setting `redis_url`: {e}", config.origin())))
+    options.tls = config.redis_tls.clone();
+    options
+}
+
+/// A lazily connecting, self-reconnecting connection (to one server, a
+/// cluster per `redis_cluster`, or a Sentinel service): the daemon starts
+/// while Redis is down and backs off on its own schedule.
+pub fn connect(config: &Config) -> Result<Conn, ConfigError> {
+    Conn::open(&config.redis_url, &options(config)).map_err(|e| {
+        ConfigError(format!(
+            "{}: setting `redis_url` ({}): {e}",
+            config.origin(),
+            redact(&config.redis_url)
+        ))
+    })
 }
 
 /// A connection for a command-line or admin call, checked now: an
-/// unreachable Redis is an error naming the URL, after at most 5 s.
+/// unreachable Redis is an error naming the (password-less) URL and the
+/// cause, after at most 5 s.
 pub async fn connect_now(config: &Config) -> anyhow::Result<Conn> {
     let mut con = connect(config)?;
     let ping = redis::cmd("PING");
-    tokio::time::timeout(Duration::from_secs(5), ping.query_async::<()>(&mut con))
+    let url = redact(&config.redis_url);
+    let e = match tokio::time::timeout(Duration::from_secs(5), ping.query_async::<()>(&mut con))
         .await
-        .map_err(|_| anyhow::anyhow!("timed out connecting to {}", config.redis_url))?
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", config.redis_url))?;
-    Ok(con)
+    {
+        Ok(Ok(())) => return Ok(con),
+        Ok(Err(e)) => e,
+        Err(_) => anyhow::bail!("cannot connect to Redis at {url}: no answer within 5 s; check redis_url and that Redis runs"),
+    };
+    Err(anyhow::anyhow!(
+        "cannot connect to Redis at {url}: {}",
+        explain_failure(config, &e).await
+    ))
+}
+
+/// One line naming why `e` happened and the setting to change.
+pub async fn explain_failure(config: &Config, e: &redis::RedisError) -> String {
+    explain(e, &config.redis_url, &options(config), &Settings::CONFIG).await
 }
 
 /// Redis' `maxmemory-policy` (`unknown` where `CONFIG` is disabled); on a

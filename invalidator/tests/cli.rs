@@ -5,6 +5,10 @@
 #[allow(dead_code, unreachable_pub)]
 mod db;
 
+#[path = "../../tests/src/ca.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod ca;
+
 use db::TestDb;
 use std::io::Write;
 use std::process::Output;
@@ -573,6 +577,57 @@ async fn an_unknown_sslmode_is_a_configuration_error_for_every_command() {
 }
 
 #[tokio::test]
+async fn unusable_redis_tls_files_are_configuration_errors_naming_the_setting() {
+    let case = Case::new("redis_tls_files", SETUP).await;
+    let junk = case.dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let junk = junk.to_str().unwrap().to_owned();
+    let tls_url = "rediss://127.0.0.1:6380/0";
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec![
+                "--redis-url",
+                tls_url,
+                "--redis-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            &["redis_ca_file", "/nonexistent/ca.pem", "cannot read"],
+        ),
+        (
+            vec!["--redis-url", tls_url, "--redis-ca-file", &junk],
+            &["redis_ca_file", "junk.pem", "PEM"],
+        ),
+        (
+            vec!["--redis-url", tls_url, "--redis-client-cert-file", &junk],
+            &["redis_client_cert_file", "redis_client_key_file"],
+        ),
+        (
+            vec!["--redis-ca-file", &junk],
+            &["redis_ca_file", "junk.pem"],
+        ),
+    ];
+    let cfg = case.config("");
+    for (args, needles) in cases {
+        for command in ["check", "keys", "clear", "run"] {
+            let mut full = args.clone();
+            full.push(command);
+            if command == "clear" {
+                full.push("--all");
+            }
+            let out = case.run(&cfg, &full);
+            assert_eq!(out.status.code(), Some(2), "{full:?}: {}", text(&out));
+            for n in needles {
+                assert!(
+                    text(&out).contains(n),
+                    "{full:?} lacks {n:?}: {}",
+                    text(&out)
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn help_never_prints_the_database_url() {
     let out = std::process::Command::new(BIN)
         .arg("--help")
@@ -582,4 +637,15 @@ async fn help_never_prints_the_database_url() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("--database-url-file"), "{}", text(&out));
     assert!(!text(&out).contains("s3cret"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn a_ca_file_with_a_plain_redis_url_is_refused_naming_rediss() {
+    let case = Case::new("redis_ca_plain", SETUP).await;
+    let ca = ca::Ca::new("plain url test");
+    let ca = ca.cert().to_owned();
+    let cfg = case.config(&format!("redis_ca_file = {:?}\n", ca.to_str().unwrap()));
+    let out = case.run(&cfg, &["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("rediss://"), "{}", text(&out));
 }

@@ -8,6 +8,8 @@ pub mod ca;
 pub mod db;
 pub mod pg_tls;
 pub mod pgbouncer;
+pub mod redis_tls;
+pub mod sentinel;
 pub mod servers;
 
 use db::TestDb;
@@ -47,6 +49,10 @@ pub struct Env {
     /// The Redis URL and whether it is a cluster, as the config gets them.
     pub redis_url: String,
     pub redis_cluster: bool,
+    /// How to connect (cluster, TLS), and the config file lines that say
+    /// the same to the daemon (e.g. `redis_ca_file = …`).
+    pub redis_options: Options,
+    pub redis_settings: String,
 }
 
 /// A connection to `url` (a cluster's seed nodes when `cluster`).
@@ -64,11 +70,26 @@ impl Env {
 
     /// Like [`Env::new`], against the Redis (or cluster) at `url`.
     pub async fn on_redis(tag: &str, setup_sql: &str, url: &str, cluster: bool) -> Self {
+        let mut options = Options::default();
+        options.cluster = cluster;
+        Self::on_redis_with(tag, setup_sql, url, options, "").await
+    }
+
+    /// Like [`Env::on_redis`], connecting with `options` (cluster, TLS);
+    /// `settings` are the config file lines saying the same to the daemon.
+    pub async fn on_redis_with(
+        tag: &str,
+        setup_sql: &str,
+        url: &str,
+        options: Options,
+        settings: &str,
+    ) -> Self {
+        let cluster = options.cluster;
         let db = TestDb::create(tag).await;
         let pg = db.connect().await;
         pg.batch_execute(setup_sql).await.expect("setup SQL");
         let ns = Namespace::new(&format!("t_{}", db::unique_name(tag))).unwrap();
-        let mut redis = redis_conn(url, cluster);
+        let mut redis = Conn::open(url, &options).expect("valid Redis URL");
         let _: () = redis::cmd("PING")
             .query_async(&mut redis)
             .await
@@ -80,6 +101,8 @@ impl Env {
             redis,
             redis_url: url.to_owned(),
             redis_cluster: cluster,
+            redis_options: options,
+            redis_settings: settings.to_owned(),
         }
     }
 
@@ -88,6 +111,7 @@ impl Env {
         smartcache::Cache::builder(&self.redis_url)
             .namespace(self.ns.name())
             .cluster(self.redis_cluster)
+            .tls(self.redis_options.tls.clone())
             .build()
             .await
             .expect("connect the library to Redis")
@@ -96,15 +120,24 @@ impl Env {
     /// A config for this database and namespace with `tables_toml` (the
     /// `[[tables]]` part) and a short poll interval.
     pub fn config(&self, tables_toml: &str) -> Config {
-        let text = format!(
-            "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{tables_toml}",
+        Config::from_toml(
+            &self.config_text(tables_toml),
+            Path::new("test.toml"),
+            &Overrides::default(),
+        )
+        .expect("valid test config")
+    }
+
+    /// The text of [`Env::config`].
+    pub fn config_text(&self, tables_toml: &str) -> String {
+        format!(
+            "database_url = {:?}\nredis_url = {:?}\nredis_cluster = {}\nnamespace = {:?}\npoll_interval_ms = 100\n{}{tables_toml}",
             self.db.url,
             self.redis_url,
             self.redis_cluster,
-            self.ns.name()
-        );
-        Config::from_toml(&text, Path::new("test.toml"), &Overrides::default())
-            .expect("valid test config")
+            self.ns.name(),
+            self.redis_settings
+        )
     }
 
     /// What `smartcache-invalidator install` does.
@@ -197,9 +230,11 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         let ns = self.ns.clone();
-        let (url, cluster) = (self.redis_url.clone(), self.redis_cluster);
+        let (url, options) = (self.redis_url.clone(), self.redis_options.clone());
         db::block_on_side(async move {
-            let mut con = redis_conn(&url, cluster);
+            let Ok(mut con) = Conn::open(&url, &options) else {
+                return;
+            };
             if let Ok(keys) = con.scan_all(&ns.match_all()).await {
                 for key in keys {
                     let _: Result<(), _> = con.unlink(key).await;
@@ -207,6 +242,36 @@ impl Drop for Env {
             }
         });
     }
+}
+
+/// `smartcache-invalidator --config CONFIG`, the binary `cargo test
+/// --workspace` built, with none of the environment's settings.
+pub fn cli(config: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(servers::daemon_binary());
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "REDIS_URL_FILE",
+        "SMARTCACHE_NAMESPACE",
+        "SMARTCACHE_REDIS_CLUSTER",
+        "SMARTCACHE_REDIS_CA_FILE",
+        "SMARTCACHE_REDIS_CLIENT_CERT_FILE",
+        "SMARTCACHE_REDIS_CLIENT_KEY_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config").arg(config);
+    cmd
+}
+
+/// Exit status, stdout and stderr of a finished command, for assertions.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A response read by [`http_get`].

@@ -605,11 +605,19 @@ pub struct Redis {
     port: u16,
     dir: TempDir,
     aof: bool,
+    args: Vec<String>,
 }
 
 impl Redis {
     /// Starts the server and waits until it answers.
     pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Like [`Redis::start`], with more `redis-server` arguments (e.g.
+    /// `--replicaof 127.0.0.1 PORT`, `--requirepass`; then only a reply
+    /// to `PING`, even `NOAUTH`, shows it answers).
+    pub async fn start_with_args(args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("smartcache-redis-")
             .tempdir()
@@ -619,9 +627,15 @@ impl Redis {
             port: free_port(),
             dir,
             aof: false,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         redis.start_again().await;
         redis
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Like [`Redis::start`], with an append-only file
@@ -636,6 +650,7 @@ impl Redis {
             port: free_port(),
             dir,
             aof: true,
+            args: Vec::new(),
         };
         redis.start_again().await;
         redis
@@ -693,6 +708,7 @@ impl Redis {
             .args(["--appendfsync", "everysec"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(Stdio::null())
@@ -755,10 +771,10 @@ async fn ping(url: &str) -> bool {
     let Some(mut con) = try_connect(url).await else {
         return false;
     };
-    redis::cmd("PING")
-        .query_async::<String>(&mut con)
-        .await
-        .is_ok()
+    match redis::cmd("PING").query_async::<String>(&mut con).await {
+        Ok(_) => true,
+        Err(e) => e.code() == Some("NOAUTH"),
+    }
 }
 
 /// How many masters a [`RedisCluster`] has.
@@ -770,7 +786,7 @@ const CLUSTER_SLOTS: i64 = 16384;
 /// A free port P on 127.0.0.1 for a cluster node: its cluster bus port
 /// P + 10000 must be free too (so P < 55536), and neither may clash with
 /// the ports or bus ports in `taken`.
-fn free_cluster_port(taken: &[u16]) -> u16 {
+pub fn free_cluster_port(taken: &[u16]) -> u16 {
     for _ in 0..1000 {
         let port = free_port();
         let Some(bus) = port.checked_add(10000) else {
@@ -1195,6 +1211,9 @@ pub struct Stack {
     pub pg: Postgres,
     /// Redis.
     pub redis: Redis,
+    /// How the library, the daemon and [`Stack::verify`] reach Redis:
+    /// [`Stack::redis`]'s URL, or e.g. a Sentinel URL naming it.
+    pub redis_url: String,
     /// The namespace of the cache and the daemon.
     pub ns: Namespace,
     /// The library, on [`Stack::redis`].
@@ -1246,6 +1265,33 @@ impl Stack {
         keys: &[&str],
     ) -> Self {
         let (pg, redis) = tokio::join!(Postgres::start(), redis);
+        let url = redis.url();
+        Self::assemble(rows, settings, pg, redis, url, keys).await
+    }
+
+    /// Like [`Stack::start_on`], reaching `redis` through `url` (e.g. a
+    /// `redis+sentinel://` URL whose service `redis` is the primary of).
+    pub async fn start_via(rows: i64, settings: &str, redis: Redis, url: &str) -> Self {
+        let template = format!("{TEMPLATE_PREFIX}{{id}}");
+        Self::assemble(
+            rows,
+            settings,
+            Postgres::start().await,
+            redis,
+            url.to_owned(),
+            &[&template],
+        )
+        .await
+    }
+
+    async fn assemble(
+        rows: i64,
+        settings: &str,
+        pg: Postgres,
+        redis: Redis,
+        redis_url: String,
+        keys: &[&str],
+    ) -> Self {
         let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
         let dir = tempfile::Builder::new()
             .prefix("smartcache-stack-")
@@ -1256,7 +1302,7 @@ impl Stack {
             "database_url = {:?}\nredis_url = {:?}\nnamespace = {:?}\npoll_interval_ms = 100\n{settings}\n\
              [[tables]]\nname = \"items\"\nkeys = [{}]\n",
             pg.url("postgres"),
-            redis.url(),
+            redis_url,
             ns.name(),
             keys.join(", ")
         );
@@ -1276,7 +1322,7 @@ impl Stack {
             .await
             .expect("plan install");
         schema::apply(&mut client, &plan).await.expect("install");
-        let cache = Cache::builder(&redis.url())
+        let cache = Cache::builder(&redis_url)
             .namespace(ns.name())
             .timeout(Duration::from_secs(5))
             .build()
@@ -1285,6 +1331,7 @@ impl Stack {
         Self {
             pg,
             redis,
+            redis_url,
             ns,
             cache,
             rows,
@@ -1306,7 +1353,7 @@ impl Stack {
         DaemonProcess::start_with_env(
             &self.config_path,
             &self.pg.url("postgres"),
-            &self.redis.url(),
+            &self.redis_url,
             self.ns.name(),
             log,
             env,
@@ -1324,7 +1371,7 @@ impl Stack {
         DaemonProcess::start(
             &self.config_path,
             database_url,
-            &self.redis.url(),
+            &self.redis_url,
             self.ns.name(),
             log,
         )
@@ -1337,7 +1384,7 @@ impl Stack {
 
     /// A Redis connection.
     pub async fn redis_con(&self) -> smartcache_core::conn::Conn {
-        smartcache_core::conn::Conn::open(&self.redis.url(), &Default::default())
+        smartcache_core::conn::Conn::open(&self.redis_url, &Default::default())
             .expect("test Redis URL")
     }
 

@@ -18,9 +18,14 @@ use crate::wait::wait;
 /// background threads.
 ///
 /// ``url`` is ``redis://[user:password@]host[:port][/db]`` (with
-/// ``cluster=True``, seed nodes separated by commas). ``namespace`` must
-/// match the invalidator's. Durations are seconds (``float``) or
-/// ``timedelta``.
+/// ``cluster=True``, seed nodes separated by commas; ``rediss://`` for
+/// TLS; ``redis+sentinel://host:port,host:port/service[/db]`` for the
+/// primary that Redis Sentinel names). ``namespace`` must match the
+/// invalidator's. Durations are seconds (``float``) or ``timedelta``.
+///
+/// With ``rediss://``, ``ca_file`` is a PEM file of the CA to trust
+/// instead of the system's roots, and ``client_cert_file`` with
+/// ``client_key_file`` a client certificate for servers that require one.
 ///
 /// By default the constructor checks that Redis answers and raises
 /// ``RedisUnavailable`` if not; with ``lazy=True`` it never waits for
@@ -221,6 +226,9 @@ impl Cache {
         local_max_bytes = None,
         local_max_entries = None,
         local_max_lag = None,
+        ca_file = None,
+        client_cert_file = None,
+        client_key_file = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -239,6 +247,9 @@ impl Cache {
         local_max_bytes: Option<u64>,
         local_max_entries: Option<u64>,
         local_max_lag: Option<&Bound<'_, PyAny>>,
+        ca_file: Option<std::path::PathBuf>,
+        client_cert_file: Option<std::path::PathBuf>,
+        client_key_file: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let mut b = smartcache::Cache::builder(url)
             .namespace(namespace)
@@ -268,6 +279,18 @@ impl Cache {
         }
         if let Some(d) = durations("local_max_lag", local_max_lag)? {
             b = b.local_max_lag(d);
+        }
+        if let Some(ca) = ca_file {
+            b = b.ca_file(ca);
+        }
+        match (client_cert_file, client_key_file) {
+            (Some(cert), Some(key)) => b = b.client_cert(cert, key),
+            (None, None) => {}
+            _ => {
+                return Err(PyValueError::new_err(
+                    "client_cert_file and client_key_file go together: give both or neither",
+                ))
+            }
         }
         let built = blocking(py, async move {
             if lazy {

@@ -39,6 +39,7 @@ pub(crate) fn to_py(e: smartcache::Error) -> PyErr {
     let class = match e {
         smartcache::Error::InvalidName(_) => "InvalidName",
         smartcache::Error::InvalidUrl { .. } => "InvalidUrl",
+        smartcache::Error::TlsFile { .. } => "InvalidTlsFile",
         ref e if e.is_redis_unavailable() => "RedisUnavailable",
         _ => "Error",
     };

@@ -15,7 +15,7 @@ Django projects: see ``smartcache.django``.
 import os
 
 from ._smartcache import Cache, Dep, KeyInfo, _after_fork_in_child
-from .exceptions import Error, InvalidName, InvalidUrl, RedisUnavailable
+from .exceptions import Error, InvalidName, InvalidTlsFile, InvalidUrl, RedisUnavailable
 
 # A child forked after the runtime started has none of its threads: make
 # its calls raise a clear error instead of hanging.
@@ -28,6 +28,7 @@ __all__ = [
     "KeyInfo",
     "Error",
     "InvalidName",
+    "InvalidTlsFile",
     "InvalidUrl",
     "RedisUnavailable",
 ]

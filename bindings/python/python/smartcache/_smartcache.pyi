@@ -55,6 +55,9 @@ class Cache:
         local_max_bytes: Optional[int] = None,
         local_max_entries: Optional[int] = None,
         local_max_lag: Optional[Seconds] = None,
+        ca_file: Optional[str] = None,
+        client_cert_file: Optional[str] = None,
+        client_key_file: Optional[str] = None,
     ) -> None: ...
     @property
     def namespace(self) -> str: ...

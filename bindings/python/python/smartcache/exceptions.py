@@ -21,5 +21,10 @@ class InvalidUrl(Error, ValueError):
     """A Redis URL that cannot be parsed."""
 
 
+class InvalidTlsFile(Error, ValueError):
+    """A ``ca_file``, ``client_cert_file`` or ``client_key_file`` that cannot
+    be read or holds no PEM certificate or key."""
+
+
 class RedisUnavailable(Error, ConnectionError):
     """Redis could not be reached, failed, or did not answer in time."""
