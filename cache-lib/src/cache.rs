@@ -20,9 +20,6 @@ use crate::error::{error_chain, redact_url, Error};
 use crate::flight::Flights;
 use crate::inner::Inner;
 
-/// Keys described per management call (each with its own timeout).
-const BATCH: usize = 500;
-
 /// A handle on the cache: cheap to clone, share one per process.
 ///
 /// ```no_run
@@ -562,15 +559,15 @@ impl Cache {
         let table = TableName::parse(table)?;
         let ns = &self.inner.ns;
         let mut con = self.inner.con.clone();
-        let sets = self
+        let rows = self
             .inner
             .admin(
-                "SCAN row dependency sets",
-                con.clone().scan_all(&ns.match_row_dep_sets(&table)),
+                "SCAN row dependencies",
+                smartcache_core::registry::row_deps(&mut con.clone(), ns, &table, &|| {}),
             )
             .await?;
         let mut deps = vec![table.table_dep()];
-        deps.extend(sets.iter().filter_map(|k| ns.dep_id_of(k)));
+        deps.extend(rows);
         self.inner
             .admin("clear_table", invalidate(&mut con, ns, &[], &deps))
             .await
@@ -662,15 +659,9 @@ impl Cache {
     }
 
     async fn describe(&self, con: &mut Conn, keys: &[&str]) -> Result<Vec<KeyInfo>, Error> {
-        let ns = &self.inner.ns;
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(BATCH) {
-            out.extend(
-                self.inner
-                    .admin("describe keys", describe(con, ns, chunk))
-                    .await?,
-            );
-        }
-        Ok(out)
+        // One call: the dependencies come from one walk of the registry.
+        self.inner
+            .admin("describe keys", describe(con, &self.inner.ns, keys))
+            .await
     }
 }

@@ -8,5 +8,7 @@ pub mod fill;
 pub mod invalidate;
 pub mod keys;
 pub mod markers;
+pub mod registry;
 mod scripts;
 pub mod sweep;
+pub mod upgrade;

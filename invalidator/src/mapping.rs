@@ -196,19 +196,15 @@ pub async fn template_targets(
     Ok(keys)
 }
 
-/// Every row dependency set of `table` that exists now.
+/// Every row dependency of `table` that has registrants now (row buckets
+/// and row dependency sets).
 pub async fn row_dep_targets(
     con: &mut Conn,
     config: &Config,
     table: &TableName,
     progress: &(dyn Fn() + Sync),
 ) -> RedisResult<Vec<DepId>> {
-    let ns = &config.namespace;
-    Ok(scan(con, &ns.match_row_dep_sets(table), progress)
-        .await?
-        .iter()
-        .filter_map(|k| ns.dep_id_of(k))
-        .collect())
+    smartcache_core::registry::row_deps(con, &config.namespace, table, progress).await
 }
 
 #[cfg(test)]

@@ -19,10 +19,12 @@ async fn is_member(env: &mut Env, id: i32, key: &str) -> bool {
     let dep = TableName::parse("items")
         .unwrap()
         .row_dep(&[id.to_string()]);
-    env.redis
-        .sismember(env.ns.dep_set_key(&dep), key)
+    let ns = env.ns.clone();
+    smartcache_core::registry::registrants(&mut env.redis, &ns, &dep)
         .await
         .unwrap()
+        .iter()
+        .any(|k| k == key)
 }
 
 #[tokio::test]
@@ -55,12 +57,12 @@ async fn expired_entries_are_swept_from_dependency_sets() {
         is_member(&mut env, 1, "long").await,
         "a live entry stays registered"
     );
-    let deps_left: bool = env
+    let stamp_left: bool = env
         .redis
-        .exists(env.ns.entry_deps_key("short"))
+        .hexists(env.ns.stamps_key("short"), "short")
         .await
         .unwrap();
-    assert!(!deps_left);
+    assert!(!stamp_left);
     // And the live entry is still invalidated by its row.
     env.pg
         .batch_execute("UPDATE items SET v = 1 WHERE id = 1")
@@ -81,14 +83,10 @@ async fn a_fill_in_flight_is_not_swept() {
         .set(env.ns.lease_key("filling"), "token")
         .await
         .unwrap();
-    let _: () = env
-        .redis
-        .sadd(env.ns.dep_set_key(&dep), "filling")
+    let ns = env.ns.clone();
+    smartcache_core::registry::register(&mut env.redis, &ns, "filling", &[dep])
         .await
         .unwrap();
-    let deps = env.ns.entry_deps_key("filling");
-    let _: () = env.redis.sadd(deps, dep.as_str()).await.unwrap();
-    let ns = env.ns.clone();
     smartcache_core::sweep::sweep(&mut env.redis, &ns)
         .await
         .unwrap();
