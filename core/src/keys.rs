@@ -7,17 +7,20 @@
 //! |---|---|
 //! | `{ns}:{K}` | the cached value of key `K` (readable by any client) |
 //! | `{ns}:@sc:lease:{{ns}:{K}}` | the fill lease of `K` (a token, short expiry) |
-//! | `{ns}:@sc:deps:{{ns}:{K}}` | set of dependency ids `K` is registered under (expires with the value) |
-//! | `{ns}:@sc:born:{{ns}:{K}}` | when the library stored `K` (ms since the Unix epoch, Redis clock; same TTL as the value) |
-//! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` |
-//! | `{ns}:@sc:drain:{{dep}}` | keys taken from that set by an invalidation in progress |
+//! | `{ns}:@sc:b:{{tag}}` | stamps: one hash per slot, field `K` = when the library stored `K` |
+//! | `{ns}:@sc:r:{{tag}}{table}` | row bucket: one hash per table and slot, field `{row}` = the one key registered under the row |
+//! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` (a table, or a row with two or more keys) |
+//! | `{ns}:@sc:drain:{{dep}}` | keys taken from `dep` by an invalidation in progress |
 //! | `{ns}:@sc:marker:{…}` | [`MARKERS`] keys spread over the hash slots, watching for data loss |
 //! | `{ns}:@sc:recent` | the daemon's last [`RECENT_LEN`] batch summaries (a list, newest first) |
 //!
-//! The braces are Redis Cluster hash tags: an entry's lease, reverse index
-//! and birth stamp hash like its value key `{ns}:{K}`, and a dependency
-//! set like its drain set, so every script touches one slot. On a single
-//! server they are just characters.
+//! The braces are Redis Cluster hash tags; `{tag}` is [`slot_tag`] of a
+//! slot: of the value key for stamps (so lease, value and stamp share a
+//! slot), of the dependency id for a row bucket (so it shares the slot of
+//! that row's set and drain set), and every script touches one slot. On a
+//! single server they are just characters. Shared hashes instead of keys of
+//! their own, because a Redis key costs about 60 bytes before its name and
+//! content: see [`DepKeys`].
 //!
 //! A dependency id is `t:{table}` for a whole table or
 //! `r:{table}:{row}` for one row, where `{table}` is `schema.name` and
