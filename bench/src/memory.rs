@@ -2,13 +2,17 @@
 //! entries through the library, against plain `SET`s of the same values
 //! under key names of the same length, in the same run. `used_memory` is
 //! the whole server's: run this section against a Redis nothing else
-//! writes to meanwhile.
+//! writes to meanwhile. It also times the fills (misses through the
+//! library) and their invalidation through the row dependencies (the
+//! daemon's Redis side, in batches of 5,000 dependencies as a batch of
+//! outbox rows would give).
 
 use crate::Args;
 use futures_util::stream::{self, StreamExt};
 use smartcache::{Cache, Dep, Error};
 use smartcache_core::conn::{Conn, Options};
-use std::time::Duration;
+use smartcache_core::keys::{Namespace, TableName};
+use std::time::{Duration, Instant};
 
 /// The bench's namespaces for this section: equally long, so key names
 /// cost the same in both.
@@ -35,19 +39,28 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         .await?;
     println!("## Memory per entry ({entries} entries per case, `INFO memory` used_memory)\n");
     println!(
-        "| value | dependencies | smartcache B/entry | plain SET B/entry | ratio | goal | met |"
+        "| value | dependencies | smartcache B/entry | plain SET B/entry | ratio | goal | met | fills/s | invalidated entries/s |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for size in [50, 2000] {
         for deps in [1, 3] {
             let value = vec![b'x'; size];
-            let entry = grown(&mut con, ENTRY_NS, || fill(&cache, entries, deps, &value)).await?;
+            clear(&mut con, ENTRY_NS).await?;
+            let before = used_memory(&mut con).await?;
+            let start = Instant::now();
+            fill(&cache, entries, deps, &value).await?;
+            let fills = entries as f64 / start.elapsed().as_secs_f64();
+            let entry = (used_memory(&mut con).await? - before) as f64 / entries as f64;
+            let start = Instant::now();
+            invalidate_all(&mut con, entries, deps).await?;
+            let invalidated = entries as f64 / start.elapsed().as_secs_f64();
+            clear(&mut con, ENTRY_NS).await?;
             let writer = con.clone();
             let plain = grown(&mut con, PLAIN_NS, || set_plain(&writer, entries, &value)).await?;
-            let (entry, plain) = (entry / entries as f64, plain / entries as f64);
+            let plain = plain / entries as f64;
             let ratio = entry / plain;
             println!(
-                "| {size} B | {deps} row{} | {entry:.0} | {plain:.0} | {ratio:.2}× | ≤ {}× | {} |",
+                "| {size} B | {deps} row{} | {entry:.0} | {plain:.0} | {ratio:.2}× | ≤ {}× | {} | {fills:.0} | {invalidated:.0} |",
                 if deps == 1 { "" } else { "s" },
                 goal(deps),
                 crate::stats::met(ratio <= goal(deps))
@@ -86,6 +99,28 @@ async fn used_memory(con: &mut Conn) -> anyhow::Result<i64> {
 async fn clear(con: &mut Conn, ns: &str) -> anyhow::Result<()> {
     let keys = con.scan_all(&format!("{ns}:*")).await?;
     smartcache_core::invalidate::unlink(con, keys).await?;
+    Ok(())
+}
+
+/// Invalidates every entry through its row dependencies, as the daemon
+/// does for changed rows, 5,000 dependencies per call; checks none is left.
+async fn invalidate_all(con: &mut Conn, entries: usize, deps: usize) -> anyhow::Result<()> {
+    let ns = Namespace::new(ENTRY_NS)?;
+    let tables: Vec<TableName> = ["products", "prices", "stock"][..deps]
+        .iter()
+        .map(|t| TableName::parse(t))
+        .collect::<Result<_, _>>()?;
+    let all: Vec<_> = (0..entries)
+        .flat_map(|i| tables.iter().map(move |t| t.row_dep(&[i.to_string()])))
+        .collect();
+    let mut deleted = 0;
+    for batch in all.chunks(5000) {
+        deleted += smartcache_core::invalidate::invalidate(con, &ns, &[], batch).await?;
+    }
+    anyhow::ensure!(
+        deleted == entries as u64,
+        "invalidation deleted {deleted} of {entries} entries"
+    );
     Ok(())
 }
 

@@ -132,8 +132,16 @@ pub async fn row_deps(
     Ok(deps)
 }
 
-/// `SCAN MATCH pattern` over every primary, calling `progress` per step.
-async fn scan(
+/// Every key matching `pattern` (`SCAN` over every primary), telling
+/// `progress` after each step (a scan over a big namespace is long work,
+/// not a stall).
+///
+/// ```no_run
+/// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
+/// let keys = smartcache_core::registry::scan(&mut con, "cache:product:*", &|| {}).await?;
+/// # Ok(()) }
+/// ```
+pub async fn scan(
     con: &mut Conn,
     pattern: &str,
     progress: &(dyn Fn() + Sync),

@@ -5,6 +5,7 @@ use crate::outbox::{Event, Op, RowImage};
 use redis::RedisResult;
 use smartcache_core::conn::Conn;
 use smartcache_core::keys::{DepId, TableName};
+use smartcache_core::registry::scan;
 use std::collections::BTreeSet;
 
 /// What one batch must invalidate, deduplicated.
@@ -151,23 +152,6 @@ pub async fn truncation_targets(
     let keys = template_targets(con, config, &templates, progress).await?;
     let deps = row_dep_targets(con, config, table, progress).await?;
     Ok((keys, deps))
-}
-
-/// Every key matching `pattern`, telling `progress` after each `SCAN` step
-/// (a scan over a big namespace is long work, not a stall).
-async fn scan(
-    con: &mut Conn,
-    pattern: &str,
-    progress: &(dyn Fn() + Sync),
-) -> RedisResult<Vec<String>> {
-    let mut out = Vec::new();
-    con.scan(pattern, |batch| {
-        out.extend(batch);
-        progress();
-        true
-    })
-    .await?;
-    Ok(out)
 }
 
 /// Every cache key the templates can produce that exists now, found with
