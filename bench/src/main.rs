@@ -13,6 +13,7 @@ mod hit;
 mod horizon;
 mod latency;
 mod local;
+mod memory;
 mod plot;
 mod rest;
 mod stats;
@@ -63,7 +64,11 @@ struct Args {
     /// Outbox rows in the horizon section's backlog.
     #[arg(long, default_value_t = 1_000_000)]
     backlog: i64,
-    /// Sections to run (hit, latency, local, rest, throughput, horizon).
+    /// Entries per case of the memory section.
+    #[arg(long, default_value_t = 100_000)]
+    memory_entries: usize,
+    /// Sections to run (memory, hit, latency, local, rest, throughput, horizon).
+    /// `memory` needs Redis only, and a Redis nothing else writes to.
     #[arg(
         long,
         value_delimiter = ',',
@@ -88,11 +93,19 @@ async fn main() -> anyhow::Result<()> {
         args.rows = args.rows.min(20_000);
         args.horizon_secs = args.horizon_secs.min(3);
         args.backlog = args.backlog.min(50_000);
+        args.memory_entries = args.memory_entries.min(10_000);
     }
     anyhow::ensure!(
         !args.redis_cluster || args.only.iter().all(|s| s == "hit"),
         "--redis-cluster measures the hit path only: add --only hit"
     );
+    if args.only.iter().any(|s| s == "memory") {
+        memory::run(&args).await?;
+        args.only.retain(|s| s != "memory");
+        if args.only.is_empty() {
+            return Ok(());
+        }
+    }
     let db_url = format!(
         "{}/{DB}",
         args.database_url

@@ -25,9 +25,6 @@ use crate::inner::{Got, Inner};
 use crate::local::{Bound, Local, LocalStats};
 use crate::tracking::Tracking;
 
-/// Keys described per management call (each with its own timeout).
-const BATCH: usize = 500;
-
 /// A handle on the cache: cheap to clone, share one per process.
 ///
 /// ```no_run
@@ -736,15 +733,15 @@ impl Cache {
         let table = TableName::parse(table)?;
         let ns = &self.inner.ns;
         let mut con = self.inner.con.clone();
-        let sets = self
+        let rows = self
             .inner
             .admin(
-                "SCAN row dependency sets",
-                con.clone().scan_all(&ns.match_row_dep_sets(&table)),
+                "SCAN row dependencies",
+                smartcache_core::registry::row_deps(&mut con.clone(), ns, &table, &|| {}),
             )
             .await?;
         let mut deps = vec![table.table_dep()];
-        deps.extend(sets.iter().filter_map(|k| ns.dep_id_of(k)));
+        deps.extend(rows);
         let n = self
             .inner
             .admin("clear_table", invalidate(&mut con, ns, &[], &deps))
@@ -841,15 +838,9 @@ impl Cache {
     }
 
     async fn describe(&self, con: &mut Conn, keys: &[&str]) -> Result<Vec<KeyInfo>, Error> {
-        let ns = &self.inner.ns;
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(BATCH) {
-            out.extend(
-                self.inner
-                    .admin("describe keys", describe(con, ns, chunk))
-                    .await?,
-            );
-        }
-        Ok(out)
+        // One call: the dependencies come from one walk of the registry.
+        self.inner
+            .admin("describe keys", describe(con, &self.inner.ns, keys))
+            .await
     }
 }

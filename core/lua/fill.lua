@@ -3,13 +3,11 @@
 -- sweeper's fence) since the lease was taken deleted or replaced it, so a
 -- value computed from data read before that commit is never cached.
 --
--- KEYS: value, lease, reverse index, birth stamp. ARGV: lease token, value,
--- TTL in ms (0 for none). Returns 1 if stored, 0 if the lease was gone or
--- taken over.
+-- KEYS: value, lease, stamps. ARGV: lease token, value, TTL in ms (0 for
+-- none), cache key. Returns 1 if stored, 0 if the lease was gone or taken
+-- over.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-local ttl = tonumber(ARGV[3])
 redis.call('DEL', KEYS[2])
-put(KEYS[1], ARGV[2], ttl)
-stamp(KEYS[4], ttl)
-keep(KEYS[3], ttl)
+put(KEYS[1], ARGV[2], tonumber(ARGV[3]))
+stamp(KEYS[3], ARGV[4])
 return 1

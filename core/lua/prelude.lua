@@ -18,17 +18,14 @@ local function put(key, value, ttl)
     redis.call('SET', key, value)
   end
 end
--- The reverse index lives as long as the value.
-local function keep(key, ttl)
-  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-end
--- Creation time of a value, on the Redis clock (ms), with the value's TTL.
-local function stamp(key, ttl)
+-- Records when `field` was stored, on the Redis clock (ms), in the stamps
+-- hash of its slot. A stamps key of another type (written by another
+-- program) is left alone: the age is then unknown, nothing fails.
+local function stamp(stamps, field)
   local t = redis.call('TIME')
-  put(key, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)), ttl)
+  redis.pcall('HSET', stamps, field, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
 end
--- Replaces the reverse index with ARGV[first..].
-local function index(key, first)
-  redis.call('DEL', key)
-  for i = first, #ARGV do redis.call('SADD', key, ARGV[i]) end
+-- Forgets the stamp of `field`.
+local function unstamp(stamps, field)
+  redis.pcall('HDEL', stamps, field)
 end

@@ -6,6 +6,7 @@ use redis::RedisResult;
 
 use crate::conn::Conn;
 use crate::keys::{slot, Namespace};
+use crate::registry::dependencies;
 use crate::scripts::DESCRIBE;
 
 /// Entries per script call: one call never blocks Redis for long.
@@ -39,7 +40,9 @@ pub struct KeyInfo {
 }
 
 /// Describes the entries `keys` (cache keys, without the namespace), in
-/// their order; keys that vanished meanwhile are left out.
+/// their order; keys that vanished meanwhile are left out. The
+/// dependencies come from one walk of the registry
+/// ([`crate::registry::dependencies`]), so describe many keys per call.
 ///
 /// ```no_run
 /// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
@@ -50,44 +53,32 @@ pub struct KeyInfo {
 /// # Ok(()) }
 /// ```
 pub async fn describe(con: &mut Conn, ns: &Namespace, keys: &[&str]) -> RedisResult<Vec<KeyInfo>> {
-    let (together, apart): (Vec<_>, Vec<_>) = keys
-        .iter()
-        .map(|k| ns.entry_keys(k))
-        .enumerate()
-        .partition(|(_, e)| con.reaches(e));
-    let groups = con.group(together, |(_, e)| slot(&e.value), CHUNK);
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let deps = dependencies(con, ns).await?;
+    let entries = keys.iter().map(|k| ns.entry_keys(k)).enumerate();
+    let groups = con.group(entries, |(_, e)| slot(&e.value), CHUNK);
     let calls: Vec<_> = groups
         .iter()
         .map(|group| {
             let mut inv = DESCRIBE.prepare_invoke();
             for (_, e) in group {
-                inv.key(&e.value).key(&e.deps).key(&e.born);
+                inv.key(&e.value).key(&e.stamps).arg(&e.key);
             }
             inv
         })
         .collect();
     let mut out = vec![None; keys.len()];
-    let info = |i: usize, size_bytes, deps, age| KeyInfo {
-        key: keys[i].to_owned(),
-        size_bytes,
-        deps,
-        age,
-    };
-    // A key with braces on a cluster (another program's): its size only.
-    let sizes = apart
-        .iter()
-        .map(|(_, e)| redis::cmd("MEMORY").arg("USAGE").arg(&e.value).clone())
-        .collect();
-    for ((i, _), size) in apart.iter().zip(con.run_all(sizes).await?) {
-        let size: Option<u64> = redis::from_redis_value(size)?;
-        out[*i] = size.map(|s| info(*i, s, Vec::new(), None));
-    }
     for (group, reply) in groups.iter().zip(con.run_script(&DESCRIBE, &calls).await?) {
-        let rows: Vec<(i64, Vec<String>, i64)> = redis::from_redis_value(reply)?;
-        for ((i, _), (size, mut deps, age_ms)) in group.iter().zip(rows) {
-            deps.sort_unstable();
-            let age = u64::try_from(age_ms).ok().map(Duration::from_millis);
-            out[*i] = u64::try_from(size).ok().map(|s| info(*i, s, deps, age));
+        let rows: Vec<(i64, i64)> = redis::from_redis_value(reply)?;
+        for ((i, e), (size, age_ms)) in group.iter().zip(rows) {
+            out[*i] = u64::try_from(size).ok().map(|size_bytes| KeyInfo {
+                key: e.key.clone(),
+                size_bytes,
+                deps: deps.get(&e.key).cloned().unwrap_or_default(),
+                age: u64::try_from(age_ms).ok().map(Duration::from_millis),
+            });
         }
     }
     Ok(out.into_iter().flatten().collect())

@@ -1,13 +1,14 @@
 //! The fill-lease protocol: the Redis side of a miss.
 //!
-//! 1. [`acquire`]: value there? return it. Else take the lease, then add
-//!    the key to each dependency set, before the caller reads the database.
+//! 1. [`acquire`]: value there? return it. Else take the lease, then
+//!    register the key under each dependency ([`crate::registry`]), before
+//!    the caller reads the database.
 //! 2. The caller computes.
 //! 3. [`fill`]: store only if the lease still holds our token.
 //!
-//! Any invalidation that takes a dependency set after step 1 finds the key
+//! Any invalidation that drains a dependency after step 1 finds the key
 //! there and deletes the lease, so step 3 refuses to store what may be
-//! stale. One that took the set before the key was added ran after the
+//! stale. One that drained it before the key was registered ran after the
 //! change it invalidates had committed, so the read in step 2 sees that
 //! change. Each step touches one slot at a time (a Redis Cluster allows no
 //! more); the order is what makes it safe.
@@ -38,6 +39,7 @@ use redis::{RedisResult, Value};
 
 use crate::conn::Conn;
 use crate::keys::{DepId, Namespace};
+use crate::registry::register;
 use crate::scripts::{ACQUIRE, FILL, RELEASE, STORE};
 
 /// What [`acquire`] found.
@@ -105,16 +107,14 @@ pub async fn acquire(
     deps: &[DepId],
 ) -> RedisResult<Acquired> {
     let e = ns.entry_keys(key);
-    let mut inv = ACQUIRE.prepare_invoke();
-    inv.key(&e.value)
+    let reply: Value = ACQUIRE
+        .prepare_invoke()
+        .key(&e.value)
         .key(&e.lease)
-        .key(&e.deps)
         .arg(token)
-        .arg((lease_ttl.as_millis() as u64).max(1));
-    for d in deps {
-        inv.arg(d.as_str());
-    }
-    let reply: Value = inv.invoke_async(con).await?;
+        .arg((lease_ttl.as_millis() as u64).max(1))
+        .invoke_async(con)
+        .await?;
     let acquired = match reply {
         Value::Array(items) => match items.as_slice() {
             [Value::Int(1), Value::BulkString(v)] => Acquired::Value(v.clone()),
@@ -133,15 +133,6 @@ pub async fn acquire(
     Ok(acquired)
 }
 
-/// Adds `key` to the dependency set of each of `deps`.
-async fn register(con: &mut Conn, ns: &Namespace, key: &str, deps: &[DepId]) -> RedisResult<()> {
-    let cmds = deps
-        .iter()
-        .map(|d| redis::cmd("SADD").arg(ns.dep_set_key(d)).arg(key).clone())
-        .collect();
-    con.run_all(cmds).await.map(drop)
-}
-
 fn unexpected(script: &str, got: &dyn std::fmt::Debug) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
@@ -150,8 +141,8 @@ fn unexpected(script: &str, got: &dyn std::fmt::Debug) -> redis::RedisError {
     ))
 }
 
-/// Step 3 of a miss: stores `value` (with `ttl`, `None` for none) if the
-/// lease still holds `token`, and drops the lease. Returns whether it was
+/// Step 3 of a miss: stores `value` (with `ttl`, `None` for none) and its
+/// stamp if the lease still holds `token`, and drops the lease. Returns whether it was
 /// stored: `false` means an invalidation, a store or the sweeper came
 /// first, so the value may be stale.
 ///
@@ -175,6 +166,7 @@ pub async fn fill(
         .arg(token)
         .arg(value)
         .arg(ttl_ms(ttl))
+        .arg(key)
         .invoke_async(con)
         .await
 }
@@ -195,15 +187,16 @@ pub async fn release(con: &mut Conn, ns: &Namespace, key: &str, token: &str) -> 
         .prepare_invoke()
         .key(&e.lease)
         .key(&e.value)
-        .key(&e.deps)
+        .key(&e.stamps)
         .arg(token)
+        .arg(key)
         .invoke_async(con)
         .await
 }
 
 /// Unconditional store with dependency registration; defeats in-flight
 /// fills of the key. The value is written before the key joins the
-/// dependency sets: an invalidation in between misses it, as it would miss
+/// registry: an invalidation in between misses it, as it would miss
 /// a store that came a moment later, but the key is registered for every
 /// change after.
 ///
@@ -223,11 +216,13 @@ pub async fn store(
     deps: &[DepId],
 ) -> RedisResult<()> {
     let e = ns.entry_keys(key);
-    let mut inv = STORE.prepare_invoke();
-    inv.key(e.all().as_slice()).arg(value).arg(ttl_ms(ttl));
-    for d in deps {
-        inv.arg(d.as_str());
-    }
-    inv.invoke_async::<i64>(con).await?;
+    STORE
+        .prepare_invoke()
+        .key(e.all().as_slice())
+        .arg(value)
+        .arg(ttl_ms(ttl))
+        .arg(key)
+        .invoke_async::<i64>(con)
+        .await?;
     register(con, ns, key, deps).await
 }

@@ -13,6 +13,7 @@ use redis::RedisResult;
 use crate::conn::{sum_ints, Conn, CHUNK};
 use crate::keys::{slot, DepId, EntryKeys, Namespace};
 use crate::markers::set_markers;
+use crate::registry::with_bucket;
 use crate::scripts::{DRAIN, DROP};
 
 /// Deletes the cache entries `keys` and every entry registered under one of
@@ -20,7 +21,7 @@ use crate::scripts::{DRAIN, DROP};
 /// deleted. Idempotent: running it twice deletes nothing more.
 ///
 /// Three steps, each one pipelined round trip (concurrent per node on a
-/// cluster): move each dependency set's members into its drain set (and
+/// cluster): move each dependency's registrants into its drain set (and
 /// delete `keys` meanwhile); delete the entries found there; remove exactly
 /// those members from the drain sets. The last two are skipped when the
 /// sets were empty. A caller that fails midway and runs again finds the members
@@ -73,8 +74,8 @@ pub async fn invalidate(
     Ok(removed)
 }
 
-/// Moves each dependency set into its drain set; returns the members to
-/// delete per dependency.
+/// Moves each dependency's registrants (row bucket field and set) into its
+/// drain set; returns the members to delete per dependency.
 async fn drain(
     con: &mut Conn,
     ns: &Namespace,
@@ -86,7 +87,9 @@ async fn drain(
         .map(|group| {
             let mut inv = DRAIN.prepare_invoke();
             for d in group {
-                inv.key(ns.dep_set_key(d)).key(ns.drain_key(d));
+                let keys = ns.dep_keys(d);
+                with_bucket(&mut inv, &keys);
+                inv.key(&keys.drain);
             }
             inv
         })
@@ -119,23 +122,23 @@ async fn drop_entries<'a>(
         .map(|group| {
             let mut inv = DROP.prepare_invoke();
             for e in group {
-                inv.key(e.all().as_slice());
+                inv.key(e.all().as_slice()).arg(&e.key);
             }
             inv
         })
         .collect();
     let mut removed = sum_ints(con.run_script(&DROP, &calls).await?)?;
     // A key with braces, written by another program on a cluster: its
-    // bookkeeping (if any) is in other slots, so delete key by key. The
-    // library refuses such keys, so no fill of it is in flight.
+    // lease (if any) is in another slot, so delete key by key. The library
+    // refuses such keys, so no fill of it is in flight.
     if !apart.is_empty() {
         let cmds = apart
             .iter()
-            .flat_map(EntryKeys::all)
+            .flat_map(|e| [&e.value, &e.lease])
             .map(|k| redis::cmd("UNLINK").arg(k).clone())
             .collect();
         let counts = con.run_all(cmds).await?;
-        removed += sum_ints(counts.into_iter().step_by(4).collect())?;
+        removed += sum_ints(counts.into_iter().step_by(2).collect())?;
     }
     Ok(removed)
 }

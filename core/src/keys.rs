@@ -7,17 +7,20 @@
 //! |---|---|
 //! | `{ns}:{K}` | the cached value of key `K` (readable by any client) |
 //! | `{ns}:@sc:lease:{{ns}:{K}}` | the fill lease of `K` (a token, short expiry) |
-//! | `{ns}:@sc:deps:{{ns}:{K}}` | set of dependency ids `K` is registered under (expires with the value) |
-//! | `{ns}:@sc:born:{{ns}:{K}}` | when the library stored `K` (ms since the Unix epoch, Redis clock; same TTL as the value) |
-//! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` |
-//! | `{ns}:@sc:drain:{{dep}}` | keys taken from that set by an invalidation in progress |
+//! | `{ns}:@sc:b:{{tag}}` | stamps: one hash per slot, field `K` = when the library stored `K` |
+//! | `{ns}:@sc:r:{{tag}}{table}` | row bucket: one hash per table and slot, field `{row}` = the one key registered under the row |
+//! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` (a table, or a row with two or more keys) |
+//! | `{ns}:@sc:drain:{{dep}}` | keys taken from `dep` by an invalidation in progress |
 //! | `{ns}:@sc:marker:{…}` | [`MARKERS`] keys spread over the hash slots, watching for data loss |
 //! | `{ns}:@sc:recent` | the daemon's last [`RECENT_LEN`] batch summaries (a list, newest first) |
 //!
-//! The braces are Redis Cluster hash tags: an entry's lease, reverse index
-//! and birth stamp hash like its value key `{ns}:{K}`, and a dependency
-//! set like its drain set, so every script touches one slot. On a single
-//! server they are just characters.
+//! The braces are Redis Cluster hash tags; `{tag}` is [`slot_tag`] of a
+//! slot: of the value key for stamps (so lease, value and stamp share a
+//! slot), of the dependency id for a row bucket (so it shares the slot of
+//! that row's set and drain set), and every script touches one slot. On a
+//! single server they are just characters. Shared hashes instead of keys of
+//! their own, because a Redis key costs about 60 bytes before its name and
+//! content: see [`DepKeys`].
 //!
 //! A dependency id is `t:{table}` for a whole table or
 //! `r:{table}:{row}` for one row, where `{table}` is `schema.name` and
@@ -40,6 +43,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::LazyLock;
 
 use percent_encoding::percent_encode_byte;
 pub use redis::cluster_routing::Slot;
@@ -59,10 +63,12 @@ pub const DEFAULT_NAMESPACE: &str = "cache";
 pub const RESERVED_MARKER: &str = "@sc:";
 
 const LEASE: &str = "@sc:lease:";
-const ENTRY_DEPS: &str = "@sc:deps:";
+const LEGACY_DEPS: &str = "@sc:deps:";
+const STAMPS: &str = "@sc:b:";
+const ROW_BUCKET: &str = "@sc:r:";
 const DEP_SET: &str = "@sc:dep:";
 const DRAIN: &str = "@sc:drain:";
-const BORN: &str = "@sc:born:";
+const LEGACY_BORN: &str = "@sc:born:";
 const RECENT: &str = "@sc:recent";
 const MARKER: &str = "@sc:marker:";
 const GENERATION: &str = "@sc:gen";
@@ -183,27 +189,46 @@ impl Namespace {
         self.entry_key(LEASE, key)
     }
 
-    /// Redis key of the set of dependency ids that `key` is registered under.
+    /// Redis key of the stamps hash of `key`'s hash slot: one hash per slot
+    /// (hash-tagged with [`slot_tag`] of the value key's slot), field `K`
+    /// holding when the library stored `K` (milliseconds since the Unix
+    /// epoch on the Redis clock). Written with the value, deleted with the
+    /// entry; values written by other programs have none. One hash per slot
+    /// instead of one key per entry: a Redis key costs about 60 bytes before
+    /// its name and content.
+    ///
+    /// ```
+    /// use smartcache_core::keys::{slot, Namespace};
+    /// let ns = Namespace::new("cache").unwrap();
+    /// let stamps = ns.stamps_key("product:1");
+    /// assert!(stamps.starts_with("cache:@sc:b:{"));
+    /// assert_eq!(slot(&stamps), slot(&ns.value_key("product:1")));
+    /// ```
+    pub fn stamps_key(&self, key: &str) -> String {
+        let tag = slot_tag(slot(&self.value_key(key)));
+        format!("{}{STAMPS}{{{tag}}}", self.prefix)
+    }
+
+    /// The reverse index of `key` in the per-entry layout (before the compact one: a set of
+    /// dependency ids, one key per entry); only the upgrade reads it.
     ///
     /// ```
     /// let ns = smartcache_core::keys::Namespace::default();
-    /// assert_eq!(ns.entry_deps_key("p"), "cache:@sc:deps:{cache:p}");
+    /// assert_eq!(ns.legacy_deps_key("p"), "cache:@sc:deps:{cache:p}");
     /// ```
-    pub fn entry_deps_key(&self, key: &str) -> String {
-        self.entry_key(ENTRY_DEPS, key)
+    pub fn legacy_deps_key(&self, key: &str) -> String {
+        self.entry_key(LEGACY_DEPS, key)
     }
 
-    /// Redis key holding when the library stored `key`: milliseconds since
-    /// the Unix epoch on the Redis server's clock, written by the fill and
-    /// store scripts with the value's TTL and deleted with the entry's
-    /// other bookkeeping. Values written by other programs have none.
+    /// The birth stamp of `key` in the per-entry layout (before the compact one: one string key
+    /// per entry); only the upgrade reads it.
     ///
     /// ```
     /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
-    /// assert_eq!(ns.born_key("product:1"), "cache:@sc:born:{cache:product:1}");
+    /// assert_eq!(ns.legacy_born_key("product:1"), "cache:@sc:born:{cache:product:1}");
     /// ```
-    pub fn born_key(&self, key: &str) -> String {
-        self.entry_key(BORN, key)
+    pub fn legacy_born_key(&self, key: &str) -> String {
+        self.entry_key(LEGACY_BORN, key)
     }
 
     /// Every Redis key of the entry `key`, in the order the scripts take
@@ -219,8 +244,35 @@ impl Namespace {
         EntryKeys {
             value: self.value_key(key),
             lease: self.lease_key(key),
-            deps: self.entry_deps_key(key),
-            born: self.born_key(key),
+            stamps: self.stamps_key(key),
+            key: key.to_owned(),
+        }
+    }
+
+    /// Where the registrations under `dep` live (see [`DepKeys`]).
+    ///
+    /// ```
+    /// use smartcache_core::keys::{slot, Namespace, TableName};
+    /// let ns = Namespace::new("cache").unwrap();
+    /// let t = TableName::parse("products").unwrap();
+    /// let row = ns.dep_keys(&t.row_dep(&["42"]));
+    /// let (bucket, field) = row.bucket.clone().unwrap();
+    /// assert!(bucket.starts_with("cache:@sc:r:{") && bucket.ends_with("}public.products"));
+    /// assert_eq!((field.as_str(), slot(&bucket)), ("42", slot(&row.set)));
+    /// assert_eq!(ns.dep_keys(&t.table_dep()).bucket, None);
+    /// ```
+    pub fn dep_keys(&self, dep: &DepId) -> DepKeys {
+        let bucket = dep.row_parts().map(|(table, row)| {
+            let tag = slot_tag(slot(dep.as_str()));
+            (
+                format!("{}{ROW_BUCKET}{{{tag}}}{table}", self.prefix),
+                row.to_owned(),
+            )
+        });
+        DepKeys {
+            set: self.dep_set_key(dep),
+            drain: self.drain_key(dep),
+            bucket,
         }
     }
 
@@ -254,7 +306,7 @@ impl Namespace {
         let step = 16384 / MARKERS;
         (0..MARKERS)
             .map(|i| {
-                let tag = slot_tag(i * step);
+                let tag = slot_tag(Slot::new((i * step) as u16).expect("below 16384"));
                 format!("{}{MARKER}{{{tag}}}", self.prefix)
             })
             .collect()
@@ -276,7 +328,11 @@ impl Namespace {
     pub fn generation_key(&self, slot: Option<u16>) -> String {
         match slot {
             None => format!("{}{GENERATION}", self.prefix),
-            Some(s) => format!("{}{GENERATION}:{{{}}}", self.prefix, tag_of_slot(s)),
+            Some(s) => format!(
+                "{}{GENERATION}:{{{}}}",
+                self.prefix,
+                slot_tag(Slot::new(s % 16384).expect("below 16384"))
+            ),
         }
     }
 
@@ -423,6 +479,68 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// `SCAN MATCH` pattern for the row buckets of `table`. The glob's `*`
+    /// may also match the `}` of a longer table name: check each key with
+    /// [`Namespace::bookkeeping`].
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let t = TableName::parse("products").unwrap();
+    /// assert_eq!(Namespace::default().match_row_buckets(&t), "cache:@sc:r:{*}public.products");
+    /// ```
+    pub fn match_row_buckets(&self, table: &TableName) -> String {
+        format!(
+            "{}{{*}}{}",
+            glob_escape(&format!("{}{ROW_BUCKET}", self.prefix)),
+            glob_escape(&table.encoded())
+        )
+    }
+
+    /// `SCAN MATCH` pattern for every reserved key of the namespace.
+    ///
+    /// ```
+    /// assert_eq!(smartcache_core::keys::Namespace::default().match_bookkeeping(), "cache:@sc:*");
+    /// ```
+    pub fn match_bookkeeping(&self) -> String {
+        format!(
+            "{}*",
+            glob_escape(&format!("{}{RESERVED_MARKER}", self.prefix))
+        )
+    }
+
+    /// What the reserved key `redis_key` is, or `None` for a value or a
+    /// key of another kind (lease, marker, drain set, …).
+    ///
+    /// ```
+    /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
+    /// assert_eq!(ns.bookkeeping(&ns.legacy_born_key("p")), Some(smartcache_core::keys::Bookkeeping::LegacyBorn("p")));
+    /// ```
+    pub fn bookkeeping<'a>(&self, redis_key: &'a str) -> Option<Bookkeeping<'a>> {
+        let rest = redis_key.strip_prefix(&self.prefix)?;
+        let entry = |kind: &str| {
+            rest.strip_prefix(kind)?
+                .strip_prefix('{')?
+                .strip_prefix(&self.prefix)?
+                .strip_suffix('}')
+        };
+        if let Some(dep) = self.dep_id_of(redis_key) {
+            Some(Bookkeeping::DepSet(dep))
+        } else if let Some(tagged) = rest.strip_prefix(ROW_BUCKET) {
+            let (tag, table) = tagged.strip_prefix('{')?.split_once('}')?;
+            let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            (plain(tag) && !table.is_empty() && !table.contains(['{', '}']))
+                .then_some(Bookkeeping::RowBucket { table })
+        } else if rest.starts_with(STAMPS) {
+            Some(Bookkeeping::Stamps)
+        } else if let Some(key) = entry(LEGACY_DEPS) {
+            Some(Bookkeeping::LegacyDeps(key))
+        } else {
+            entry(LEGACY_BORN).map(Bookkeeping::LegacyBorn)
+        }
+    }
+}
+
 impl Default for Namespace {
     fn default() -> Self {
         Self::new(DEFAULT_NAMESPACE).expect("default namespace is valid")
@@ -474,34 +592,34 @@ pub fn check_cluster_key(key: &str) -> Result<(), InvalidName> {
 ///
 /// ```
 /// let e = smartcache_core::keys::Namespace::default().entry_keys("p");
-/// assert_eq!(e.born, "cache:@sc:born:{cache:p}");
+/// assert_eq!((e.key.as_str(), e.value.as_str()), ("p", "cache:p"));
 /// ```
 pub struct EntryKeys {
     /// `{ns}:{K}`, the value.
     pub value: String,
     /// The fill lease.
     pub lease: String,
-    /// The reverse index: dependency ids the entry is registered under.
-    pub deps: String,
-    /// When the library stored the value.
-    pub born: String,
+    /// The stamps hash of the value's slot; the entry's field is [`EntryKeys::key`].
+    pub stamps: String,
+    /// The cache key `K`.
+    pub key: String,
 }
 
 impl EntryKeys {
-    /// All four keys in the order the scripts take them: value, lease,
-    /// reverse index, birth stamp.
+    /// The three keys in the order the scripts take them: value, lease,
+    /// stamps.
     ///
     /// ```
     /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
     /// assert_eq!(ns.entry_keys("p").all()[0], "cache:p");
     /// ```
-    pub fn all(&self) -> [&str; 4] {
-        [&self.value, &self.lease, &self.deps, &self.born]
+    pub fn all(&self) -> [&str; 3] {
+        [&self.value, &self.lease, &self.stamps]
     }
 
-    /// Whether the bookkeeping shares the value's slot: false only for a
-    /// cache key with braces (written by another program), whose
-    /// bookkeeping a script on a cluster cannot reach with the value.
+    /// Whether the lease shares the value's slot: false only for a cache
+    /// key with braces (written by another program), whose lease a script
+    /// on a cluster cannot reach with the value.
     ///
     /// ```
     /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
@@ -511,6 +629,63 @@ impl EntryKeys {
     pub fn one_slot(&self) -> bool {
         slot(&self.value) == slot(&self.lease)
     }
+}
+
+/// Where the registrations of entries under one dependency live, all in the
+/// slot of the dependency id.
+///
+/// A row dependency's first registrant is a field of the row bucket (one
+/// hash per table and hash slot: field = the row, value = the cache key);
+/// when a second key registers under the same row, both move to the
+/// dependency set, as do all registrants of a table dependency. So the
+/// common case (one entry per row) costs a few bytes in a shared hash
+/// instead of a key of its own. The drain set holds members an
+/// invalidation took and has not finished deleting.
+///
+/// ```
+/// use smartcache_core::keys::{Namespace, TableName};
+/// let ns = Namespace::new("cache").unwrap();
+/// let keys = ns.dep_keys(&TableName::parse("t").unwrap().table_dep());
+/// assert_eq!(keys.set, "cache:@sc:dep:{t:public.t}");
+/// assert_eq!(keys.drain, "cache:@sc:drain:{t:public.t}");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepKeys {
+    /// The dependency set (a Redis set of cache keys).
+    pub set: String,
+    /// Its drain set.
+    pub drain: String,
+    /// For a row dependency: the row bucket and the row's field in it.
+    pub bucket: Option<(String, String)>,
+}
+
+/// What a reserved key of the namespace is, for the passes that walk them
+/// all (the sweeper, the upgrade, the admin listing).
+///
+/// ```
+/// use smartcache_core::keys::{Bookkeeping, Namespace, TableName};
+/// let ns = Namespace::new("cache").unwrap();
+/// let dep = TableName::parse("t").unwrap().row_dep(&["1"]);
+/// let (bucket, _) = ns.dep_keys(&dep).bucket.unwrap();
+/// assert_eq!(ns.bookkeeping(&bucket), Some(Bookkeeping::RowBucket { table: "public.t" }));
+/// assert_eq!(ns.bookkeeping(&ns.dep_set_key(&dep)), Some(Bookkeeping::DepSet(dep)));
+/// assert_eq!(ns.bookkeeping("cache:product:1"), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bookkeeping<'a> {
+    /// A dependency set.
+    DepSet(DepId),
+    /// A row bucket of the table (encoded as in dependency ids).
+    RowBucket {
+        /// The table part of the row dependency ids in this bucket.
+        table: &'a str,
+    },
+    /// A stamps hash.
+    Stamps,
+    /// A reverse index of the per-entry layout (before the compact one), of this cache key.
+    LegacyDeps(&'a str),
+    /// A birth stamp of the per-entry layout (before the compact one), of this cache key.
+    LegacyBorn(&'a str),
 }
 
 /// The Redis Cluster hash slot of `key` (CRC16 of the key, or of its hash
@@ -525,48 +700,27 @@ pub fn slot(key: &str) -> Slot {
     Slot::for_key(key)
 }
 
-/// The shortest decimal number whose hash slot is `slot`, for the marker
-/// slots (a multiple of `16384 / MARKERS`).
-/// A short hash tag that hashes to `slot` (found by search, remembered).
-fn tag_of_slot(slot: u16) -> String {
-    static FOUND: std::sync::LazyLock<std::sync::Mutex<HashMap<u16, String>>> =
-        std::sync::LazyLock::new(Default::default);
-    let mut found = FOUND.lock().expect("not poisoned");
-    if let Some(tag) = found.get(&slot) {
-        return tag.clone();
-    }
-    let wanted = Slot::new(slot % 16384).expect("below 16384");
-    let tag = (0u64..)
-        .map(|n| n.to_string())
-        .find(|t| Slot::for_key(t) == wanted)
-        .expect("every slot has a tag");
-    found.insert(slot, tag.clone());
-    tag
+/// The shortest decimal number whose hash slot is `slot`: the hash tag of
+/// the per-slot keys (markers, generation keys, stamps, row buckets). The
+/// table is computed at build time (`core/build.rs`).
+///
+/// ```
+/// use smartcache_core::keys::{slot, slot_tag, Slot};
+/// assert_eq!(slot(slot_tag(Slot::new(42).unwrap())), Slot::new(42).unwrap());
+/// ```
+pub fn slot_tag(slot: Slot) -> &'static str {
+    static BY_SLOT: LazyLock<HashMap<Slot, &'static str>> = LazyLock::new(|| {
+        (0..SLOTS)
+            .map(|i| (Slot::new(i as u16).expect("below 16384"), SLOT_TAGS[i]))
+            .collect()
+    });
+    BY_SLOT[&slot]
 }
 
-fn slot_tag(slot: usize) -> String {
-    static TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        let step = 16384 / MARKERS;
-        let wanted: HashMap<Slot, usize> = (0..MARKERS)
-            .map(|i| (Slot::new((i * step) as u16).expect("below 16384"), i))
-            .collect();
-        let mut tags = vec![String::new(); MARKERS];
-        let mut left = MARKERS;
-        let mut n: u64 = 0;
-        while left > 0 {
-            let s = n.to_string();
-            if let Some(&i) = wanted.get(&Slot::for_key(&s)) {
-                if tags[i].is_empty() {
-                    tags[i] = s;
-                    left -= 1;
-                }
-            }
-            n += 1;
-        }
-        tags
-    });
-    TAGS[slot / (16384 / MARKERS)].clone()
-}
+include!(concat!(env!("OUT_DIR"), "/slot_tags.rs"));
+
+/// Hash slots of Redis Cluster.
+const SLOTS: usize = 16384;
 
 /// The cache key (in the reserved space) that the heartbeat of the
 /// invalidator's canary `id` deletes; its value lives at
@@ -701,6 +855,23 @@ impl DepId {
         &self.0
     }
 
+    /// The row dependency `row` (as stored in a row bucket) of the table
+    /// `table` (encoded, as [`Bookkeeping::RowBucket`] gives it).
+    ///
+    /// ```
+    /// use smartcache_core::keys::{DepId, TableName};
+    /// assert_eq!(DepId::row("public.p", "7"), TableName::parse("p").unwrap().row_dep(&["7"]));
+    /// ```
+    pub fn row(table: &str, row: &str) -> Self {
+        Self(format!("r:{table}:{row}"))
+    }
+
+    /// `(table, row)` of a row dependency, both encoded; `None` for a
+    /// table dependency.
+    fn row_parts(&self) -> Option<(&str, &str)> {
+        self.0.strip_prefix("r:")?.split_once(':')
+    }
+
     /// Wraps an id read back from Redis.
     ///
     /// ```
@@ -826,23 +997,67 @@ mod tests {
         for key in ["product:1", "a", "x y", "@scx", "café:ü"] {
             let e = ns.entry_keys(key);
             let s = slot(&e.value);
-            assert_eq!(
-                [slot(&e.lease), slot(&e.deps), slot(&e.born)],
-                [s; 3],
-                "{key}"
-            );
+            assert_eq!([slot(&e.lease), slot(&e.stamps)], [s; 2], "{key}");
         }
     }
 
     #[test]
-    fn dependency_and_drain_sets_share_a_slot() {
+    fn dependency_and_drain_sets_and_row_buckets_share_a_slot() {
         let ns = Namespace::new("cache").unwrap();
         let t = TableName::new("we{ird", "t}ab");
-        for dep in [t.table_dep(), t.row_dep(&["{1}", "}"])] {
+        for dep in [t.table_dep(), t.row_dep(&["{1}", "}"]), t.row_dep(&["a:b"])] {
             assert!(!dep.as_str().contains(['{', '}']), "{dep}");
-            assert_eq!(slot(&ns.dep_set_key(&dep)), slot(&ns.drain_key(&dep)));
-            assert_eq!(slot(&ns.dep_set_key(&dep)), slot(dep.as_str()));
+            let keys = ns.dep_keys(&dep);
+            assert_eq!(slot(&keys.set), slot(&keys.drain));
+            assert_eq!(slot(&keys.set), slot(dep.as_str()));
+            if let Some((bucket, field)) = keys.bucket {
+                assert_eq!(slot(&bucket), slot(&keys.set), "{bucket}");
+                let Some(Bookkeeping::RowBucket { table }) = ns.bookkeeping(&bucket) else {
+                    panic!("{bucket}");
+                };
+                assert_eq!(DepId::row(table, &field), dep);
+            }
         }
+    }
+
+    #[test]
+    fn brace_keys_still_have_their_stamps_in_the_value_slot() {
+        let ns = Namespace::new("cache").unwrap();
+        let e = ns.entry_keys("user:{7}");
+        assert_eq!(slot(&e.stamps), slot(&e.value));
+        assert_eq!(slot(&e.value), slot("7"));
+    }
+
+    #[test]
+    fn every_slot_has_a_short_tag_of_its_own() {
+        for s in 0..16384u16 {
+            let tag = slot_tag(Slot::new(s).unwrap());
+            assert!(tag.len() <= 6, "{tag}");
+            assert_eq!(slot(tag), Slot::new(s).unwrap(), "{tag}");
+        }
+    }
+
+    #[test]
+    fn bookkeeping_kinds_are_told_apart() {
+        let ns = Namespace::new("cache").unwrap();
+        let t = TableName::parse("a.b").unwrap();
+        let (bucket, _) = ns.dep_keys(&t.row_dep(&["1"])).bucket.unwrap();
+        let longer = bucket.replace("}a.b", "}x.a.b");
+        assert_eq!(
+            ns.bookkeeping(&longer),
+            Some(Bookkeeping::RowBucket { table: "x.a.b" })
+        );
+        assert_eq!(
+            ns.bookkeeping(&ns.stamps_key("k")),
+            Some(Bookkeeping::Stamps)
+        );
+        assert_eq!(
+            ns.bookkeeping(&ns.legacy_deps_key("k")),
+            Some(Bookkeeping::LegacyDeps("k"))
+        );
+        assert_eq!(ns.bookkeeping(&ns.lease_key("k")), None);
+        assert_eq!(ns.bookkeeping(&ns.drain_key(&t.table_dep())), None);
+        assert_eq!(ns.bookkeeping("cache:@sc:r:{x}public.t"), None);
     }
 
     #[test]

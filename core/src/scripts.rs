@@ -24,6 +24,10 @@ pub(crate) static DROP: LazyLock<Script> = script!("drop.lua");
 pub(crate) static DRAIN: LazyLock<Script> = script!("drain.lua");
 pub(crate) static FENCE: LazyLock<Script> = script!("fence.lua");
 pub(crate) static DESCRIBE: LazyLock<Script> = script!("describe.lua");
+pub(crate) static REGISTER: LazyLock<Script> = script!("register.lua");
+pub(crate) static UNREGISTER: LazyLock<Script> = script!("unregister.lua");
+pub(crate) static LIST: LazyLock<Script> = script!("list.lua");
+pub(crate) static UPGRADE: LazyLock<Script> = script!("upgrade.lua");
 pub(crate) static RAISE: LazyLock<Script> = script!("raise.lua");
 
 #[cfg(test)]

@@ -1,24 +1,26 @@
 //! Keeps bookkeeping proportional to the live entries: removes the
-//! dependency-set members whose entry is gone.
+//! registrations and stamps of entries that are gone.
 
 use redis::RedisResult;
 
 use crate::conn::{Conn, CHUNK};
 use crate::fill::new_token;
-use crate::keys::{slot, EntryKeys, Namespace};
-use crate::scripts::{FENCE, RELEASE};
+use crate::keys::{slot, Bookkeeping, DepId, EntryKeys, Namespace};
+use crate::registry::register;
+use crate::scripts::{FENCE, RELEASE, UNREGISTER};
 
 /// How long the sweeper fences an entry it unregisters.
 const FENCE_MS: u64 = 10_000;
 
-/// One pass over every dependency set of the namespace: removes the
-/// members whose entry is gone (neither a value nor a lease: the value
-/// expired or was evicted, the fill failed); returns how many it removed.
+/// One pass over every dependency set, row bucket and stamps hash of the
+/// namespace: removes the registrations and stamps of entries that are
+/// gone (neither a value nor a lease: the value expired or was evicted, the
+/// fill failed); returns how many registrations it removed.
 ///
 /// An entry is fenced (its lease taken by the sweeper) before it leaves a
-/// set, so a fill cannot register it anew in between and lose that
-/// registration; a fence that someone overrode meanwhile
-/// (a store, [`crate::fill::store`]) puts the member back.
+/// set or bucket, so a fill cannot register it anew in between and lose
+/// that registration; a fence that someone overrode meanwhile (a store,
+/// [`crate::fill::store`]) puts the registration back.
 ///
 /// ```no_run
 /// # async fn demo() -> redis::RedisResult<()> {
@@ -30,23 +32,29 @@ const FENCE_MS: u64 = 10_000;
 /// ```
 pub async fn sweep(con: &mut Conn, ns: &Namespace) -> RedisResult<u64> {
     let token = format!("sweep:{}", new_token());
-    let sets = con.scan_all(&ns.match_dep_sets()).await?;
+    let found = con.scan_all(&ns.match_bookkeeping()).await?;
     let mut removed = 0;
-    for set in &sets {
+    for key in &found {
+        let holder = match ns.bookkeeping(key) {
+            Some(Bookkeeping::DepSet(_)) => Holder::Set(key),
+            Some(Bookkeeping::RowBucket { table }) => Holder::Bucket(key, table),
+            Some(Bookkeeping::Stamps) => Holder::Stamps,
+            _ => continue,
+        };
         let mut cursor: u64 = 0;
         loop {
-            let reply: RedisResult<(u64, Vec<String>)> = redis::cmd("SSCAN")
-                .arg(set)
+            let reply: RedisResult<(u64, Vec<String>)> = redis::cmd(holder.scan())
+                .arg(key)
                 .arg(cursor)
                 .arg("COUNT")
                 .arg(CHUNK)
                 .query_async(con)
                 .await;
-            // Not a set (another program wrote it): invalidation deals with it.
-            let Ok((next, members)) = reply else {
+            // Not of our type (another program wrote it): invalidation deals with it.
+            let Ok((next, items)) = reply else {
                 break;
             };
-            removed += sweep_members(con, ns, set, members, &token).await?;
+            removed += sweep_items(con, ns, &holder, &items, &token).await?;
             if next == 0 {
                 break;
             }
@@ -56,21 +64,135 @@ pub async fn sweep(con: &mut Conn, ns: &Namespace) -> RedisResult<u64> {
     Ok(removed)
 }
 
-async fn sweep_members(
+/// A key the sweeper walks, and what its items are.
+enum Holder<'a> {
+    /// A dependency set: members are cache keys.
+    Set(&'a str),
+    /// A row bucket of a table: pairs of (row, cache key).
+    Bucket(&'a str, &'a str),
+    /// A stamps hash: pairs of (cache key, time).
+    Stamps,
+}
+
+impl Holder<'_> {
+    fn scan(&self) -> &'static str {
+        match self {
+            Holder::Set(_) => "SSCAN",
+            Holder::Bucket(..) | Holder::Stamps => "HSCAN",
+        }
+    }
+
+    /// (cache key, bucket field) of each item of a scan reply.
+    fn entries<'i>(&self, items: &'i [String]) -> Vec<(&'i str, Option<&'i str>)> {
+        match self {
+            Holder::Set(_) => items.iter().map(|m| (m.as_str(), None)).collect(),
+            Holder::Bucket(..) => items
+                .chunks(2)
+                .map(|f| (f[1].as_str(), Some(f[0].as_str())))
+                .collect(),
+            Holder::Stamps => items.chunks(2).map(|f| (f[0].as_str(), None)).collect(),
+        }
+    }
+}
+
+async fn sweep_items(
     con: &mut Conn,
     ns: &Namespace,
-    set: &str,
-    members: Vec<String>,
+    holder: &Holder<'_>,
+    items: &[String],
     token: &str,
 ) -> RedisResult<u64> {
-    let entries: Vec<(String, EntryKeys)> = members
+    let entries: Vec<(Option<&str>, EntryKeys)> = holder
+        .entries(items)
         .into_iter()
-        .map(|m| {
-            let e = ns.entry_keys(&m);
-            (m, e)
-        })
+        .map(|(m, field)| (field, ns.entry_keys(m)))
         .filter(|(_, e)| con.reaches(e))
         .collect();
+    let fenced = fence(con, &entries, token).await?;
+    if fenced.is_empty() {
+        return Ok(0);
+    }
+    match holder {
+        Holder::Set(set) => {
+            let cmds = fenced
+                .chunks(CHUNK)
+                .map(|chunk| {
+                    let mut cmd = redis::cmd("SREM");
+                    cmd.arg(set);
+                    for (_, e) in chunk {
+                        cmd.arg(&e.key);
+                    }
+                    cmd
+                })
+                .collect();
+            con.run_all(cmds).await?;
+        }
+        Holder::Bucket(bucket, _) => {
+            let calls: Vec<_> = fenced
+                .chunks(CHUNK)
+                .map(|chunk| {
+                    let mut inv = UNREGISTER.prepare_invoke();
+                    inv.key(*bucket);
+                    for (field, e) in chunk {
+                        inv.arg(field.unwrap_or_default()).arg(&e.key);
+                    }
+                    inv
+                })
+                .collect();
+            con.run_script(&UNREGISTER, &calls).await?;
+        }
+        Holder::Stamps => {}
+    }
+    let calls: Vec<_> = fenced
+        .iter()
+        .map(|(_, e)| {
+            let mut inv = RELEASE.prepare_invoke();
+            inv.key(&e.lease)
+                .key(&e.value)
+                .key(&e.stamps)
+                .arg(token)
+                .arg(&e.key);
+            inv
+        })
+        .collect();
+    let kept = con.run_script(&RELEASE, &calls).await?;
+    let mut broken = Vec::new();
+    for ((field, e), intact) in fenced.iter().zip(kept) {
+        if redis::from_redis_value::<u8>(intact)? == 0 {
+            broken.push((*field, e));
+        }
+    }
+    // A store overrode the fence: it registered after our removal or
+    // before it; put the registration back either way.
+    for (field, e) in &broken {
+        match holder {
+            Holder::Set(set) => {
+                redis::cmd("SADD")
+                    .arg(set)
+                    .arg(&e.key)
+                    .query_async::<()>(con)
+                    .await?
+            }
+            Holder::Bucket(_, table) => {
+                let dep = DepId::row(table, field.unwrap_or_default());
+                register(con, ns, &e.key, &[dep]).await?
+            }
+            Holder::Stamps => {}
+        }
+    }
+    Ok(match holder {
+        Holder::Stamps => 0,
+        _ => (fenced.len() - broken.len()) as u64,
+    })
+}
+
+/// Takes the lease of each entry that has neither a value nor a lease;
+/// returns those.
+async fn fence<'a>(
+    con: &mut Conn,
+    entries: &'a [(Option<&'a str>, EntryKeys)],
+    token: &str,
+) -> RedisResult<Vec<&'a (Option<&'a str>, EntryKeys)>> {
     let groups = con.group(entries.iter(), |(_, e)| slot(&e.value), CHUNK);
     let calls: Vec<_> = groups
         .iter()
@@ -78,7 +200,7 @@ async fn sweep_members(
             let mut inv = FENCE.prepare_invoke();
             inv.arg(token).arg(FENCE_MS);
             for (_, e) in group {
-                inv.key(e.all().as_slice());
+                inv.key(e.all().as_slice()).arg(&e.key);
             }
             inv
         })
@@ -94,41 +216,5 @@ async fn sweep_members(
                 .map(|(e, _)| *e),
         );
     }
-    if fenced.is_empty() {
-        return Ok(0);
-    }
-    let srem = fenced
-        .chunks(CHUNK)
-        .map(|chunk| {
-            let mut cmd = redis::cmd("SREM");
-            cmd.arg(set);
-            for (m, _) in chunk {
-                cmd.arg(m);
-            }
-            cmd
-        })
-        .collect();
-    con.run_all(srem).await?;
-    let calls: Vec<_> = fenced
-        .iter()
-        .map(|(_, e)| {
-            let mut inv = RELEASE.prepare_invoke();
-            inv.key(&e.lease).key(&e.value).key(&e.deps).arg(token);
-            inv
-        })
-        .collect();
-    let kept = con.run_script(&RELEASE, &calls).await?;
-    let mut readd = redis::cmd("SADD");
-    readd.arg(set);
-    let mut broken = 0;
-    for ((m, _), intact) in fenced.iter().zip(kept) {
-        if redis::from_redis_value::<u8>(intact)? == 0 {
-            readd.arg(m);
-            broken += 1;
-        }
-    }
-    if broken > 0 {
-        con.run_all(vec![readd]).await?;
-    }
-    Ok((fenced.len() - broken) as u64)
+    Ok(fenced)
 }

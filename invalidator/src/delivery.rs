@@ -85,6 +85,10 @@ pub async fn run(
         daemon.telemetry.clone(),
         stop.clone(),
     ));
+    tokio::spawn(crate::sweep::upgrade(
+        daemon.config.namespace.clone(),
+        daemon.redis.clone(),
+    ));
     if let Some(every) = daemon.config.sweep_interval {
         tokio::spawn(crate::sweep::run(
             daemon.config.namespace.clone(),

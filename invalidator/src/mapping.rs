@@ -5,6 +5,7 @@ use crate::outbox::{Event, Op, RowImage};
 use redis::RedisResult;
 use smartcache_core::conn::Conn;
 use smartcache_core::keys::{DepId, TableName};
+use smartcache_core::registry::scan;
 use std::collections::BTreeSet;
 
 /// What one batch must invalidate, deduplicated.
@@ -153,23 +154,6 @@ pub async fn truncation_targets(
     Ok((keys, deps))
 }
 
-/// Every key matching `pattern`, telling `progress` after each `SCAN` step
-/// (a scan over a big namespace is long work, not a stall).
-async fn scan(
-    con: &mut Conn,
-    pattern: &str,
-    progress: &(dyn Fn() + Sync),
-) -> RedisResult<Vec<String>> {
-    let mut out = Vec::new();
-    con.scan(pattern, |batch| {
-        out.extend(batch);
-        progress();
-        true
-    })
-    .await?;
-    Ok(out)
-}
-
 /// Every cache key the templates can produce that exists now, found with
 /// `SCAN MATCH` (`{…}` as `*`). Leases first: a fill that read before the
 /// change and stores between the two scans holds a lease the first scan
@@ -196,19 +180,15 @@ pub async fn template_targets(
     Ok(keys)
 }
 
-/// Every row dependency set of `table` that exists now.
+/// Every row dependency of `table` that has registrants now (row buckets
+/// and row dependency sets).
 pub async fn row_dep_targets(
     con: &mut Conn,
     config: &Config,
     table: &TableName,
     progress: &(dyn Fn() + Sync),
 ) -> RedisResult<Vec<DepId>> {
-    let ns = &config.namespace;
-    Ok(scan(con, &ns.match_row_dep_sets(table), progress)
-        .await?
-        .iter()
-        .filter_map(|k| ns.dep_id_of(k))
-        .collect())
+    smartcache_core::registry::row_deps(con, &config.namespace, table, progress).await
 }
 
 #[cfg(test)]

@@ -584,12 +584,14 @@ async fn foreign_values_under_our_keys_are_deleted_by_invalidation() {
 async fn foreign_values_under_bookkeeping_keys_do_not_block_the_queue() {
     let (mut env, config) = setup("foreign_bk", PRODUCTS, PRODUCT_KEYS).await;
     let table = smartcache_core::keys::TableName::parse("products").unwrap();
-    // Not a set where the daemon expects one.
+    // Not a set or hash where the daemon expects one.
     let _: () = env
         .redis
-        .set(env.ns.entry_deps_key("product:1"), "junk")
+        .set(env.ns.stamps_key("product:1"), "junk")
         .await
         .unwrap();
+    let (bucket, _) = env.ns.dep_keys(&table.row_dep(&["1"])).bucket.unwrap();
+    let _: () = env.redis.set(bucket, "junk").await.unwrap();
     let _: () = env
         .redis
         .set(env.ns.dep_set_key(&table.row_dep(&["2"])), "junk")

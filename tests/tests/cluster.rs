@@ -197,8 +197,11 @@ async fn listing_clearing_and_sweeping_span_the_cluster() {
         .await
         .unwrap();
     assert_eq!(removed, 10);
-    let sets = env.redis.scan_all(&env.ns.match_dep_sets()).await.unwrap();
-    assert_eq!(sets.len(), 40);
+    let registered = smartcache_core::registry::dependencies(&mut env.redis, &env.ns)
+        .await
+        .unwrap();
+    assert_eq!(registered.len(), 40, "{registered:?}");
+    assert!(!registered.contains_key("price:41"));
 
     assert!(cache.clear("price:1").await.unwrap());
     assert_eq!(cache.clear_table("products").await.unwrap(), 39);

@@ -17,7 +17,9 @@ use crate::fill::{acquire, fill, new_token, release, store, Acquired};
 use crate::invalidate::{drop_all_values, invalidate};
 use crate::keys::{DepId, EntryKeys, Namespace, TableName};
 use crate::markers::{check_markers, set_markers, Markers};
+use crate::registry::{register, registrants};
 use crate::sweep::sweep;
+use crate::upgrade::upgrade;
 
 const LEASE: Duration = Duration::from_secs(5);
 
@@ -77,6 +79,21 @@ impl Fx {
         m
     }
 
+    async fn registrants(&mut self, dep: &DepId) -> Vec<String> {
+        registrants(&mut self.con, &self.ns.clone(), dep)
+            .await
+            .unwrap()
+    }
+
+    async fn stamp(&mut self, key: &str) -> Option<String> {
+        redis::cmd("HGET")
+            .arg(self.ns.stamps_key(key))
+            .arg(key)
+            .query_async(&mut self.con)
+            .await
+            .unwrap()
+    }
+
     async fn cmd(&mut self, args: &[&str]) {
         redis::cmd(args[0])
             .arg(&args[1..])
@@ -104,7 +121,7 @@ impl Fx {
 }
 
 #[tokio::test]
-async fn acquire_takes_the_lease_once_and_indexes_the_dependencies() {
+async fn acquire_takes_the_lease_once_and_registers_the_dependencies() {
     let mut fx = Fx::new("acquire");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
     let e = ns.entry_keys("p:1");
@@ -113,8 +130,7 @@ async fn acquire_takes_the_lease_once_and_indexes_the_dependencies() {
     let got = acquire(&mut fx.con, &ns, "p:1", "b", LEASE, from_ref(&dep)).await;
     assert_eq!(got.unwrap(), Acquired::HeldByOther);
     assert_eq!(fx.get(&e.lease).await.as_deref(), Some("a"));
-    assert_eq!(fx.members(&e.deps).await, [dep.as_str()]);
-    assert_eq!(fx.members(&ns.dep_set_key(&dep)).await, ["p:1"]);
+    assert_eq!(fx.registrants(&dep).await, ["p:1"]);
     fx.cleanup().await;
 }
 
@@ -147,34 +163,32 @@ async fn fill_stores_under_its_token_and_drops_the_lease() {
         .unwrap());
     assert_eq!(fx.get(&e.value).await.as_deref(), Some("v"));
     assert!(!fx.exists(&e.lease).await);
-    assert!(fx.exists(&e.born).await, "birth stamp");
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&e.deps)
-        .query_async(&mut fx.con)
-        .await
-        .unwrap();
-    assert_eq!(ttl, -1, "the reverse index lives as long as the value");
+    assert!(fx.stamp("p:1").await.is_some(), "birth stamp");
     fx.cleanup().await;
 }
 
 #[tokio::test]
-async fn fill_with_a_ttl_expires_value_stamp_and_index_together() {
+async fn fill_with_a_ttl_expires_the_value_and_the_sweeper_takes_the_rest() {
     let mut fx = Fx::new("fill_ttl");
-    let ns = fx.ns.clone();
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
     let e = ns.entry_keys("p:1");
-    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")])
+    acquire(&mut fx.con, &ns, "p:1", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
-    let ttl = Some(Duration::from_secs(60));
+    let ttl = Some(Duration::from_millis(300));
     assert!(fill(&mut fx.con, &ns, "p:1", "a", b"v", ttl).await.unwrap());
-    for key in [&e.value, &e.born, &e.deps] {
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut fx.con)
-            .await
-            .unwrap();
-        assert!((50_000..=60_000).contains(&pttl), "{key}: {pttl}");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&e.value)
+        .query_async(&mut fx.con)
+        .await
+        .unwrap();
+    assert!((1..=300).contains(&pttl), "{pttl}");
+    while fx.exists(&e.value).await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 1);
+    assert_eq!(fx.registrants(&dep).await, Vec::<String>::new());
+    assert_eq!(fx.stamp("p:1").await, None, "the stamp goes with the sweep");
     fx.cleanup().await;
 }
 
@@ -212,7 +226,7 @@ async fn fill_after_a_store_is_refused() {
 }
 
 #[tokio::test]
-async fn release_is_for_the_token_holder_and_leaves_no_lone_index() {
+async fn release_is_for_the_token_holder_and_leaves_no_lone_stamp() {
     let mut fx = Fx::new("release");
     let ns = fx.ns.clone();
     let e = ns.entry_keys("p:1");
@@ -223,7 +237,7 @@ async fn release_is_for_the_token_holder_and_leaves_no_lone_index() {
     assert!(fx.exists(&e.lease).await);
     assert!(release(&mut fx.con, &ns, "p:1", "a").await.unwrap());
     assert!(!fx.exists(&e.lease).await);
-    assert!(!fx.exists(&e.deps).await, "no value, so no reverse index");
+    assert_eq!(fx.stamp("p:1").await, None, "no value, so no stamp");
     let got = acquire(&mut fx.con, &ns, "p:1", "c", LEASE, &[])
         .await
         .unwrap();
@@ -232,7 +246,7 @@ async fn release_is_for_the_token_holder_and_leaves_no_lone_index() {
 }
 
 #[tokio::test]
-async fn store_replaces_the_index_and_registers() {
+async fn store_registers_under_its_dependencies() {
     let mut fx = Fx::new("store");
     let ns = fx.ns.clone();
     let (one, two) = (dep("1"), dep("2"));
@@ -242,14 +256,14 @@ async fn store_replaces_the_index_and_registers() {
     store(&mut fx.con, &ns, "k", b"v2", None, from_ref(&two))
         .await
         .unwrap();
-    assert_eq!(fx.members(&ns.entry_deps_key("k")).await, [two.as_str()]);
-    assert_eq!(fx.members(&ns.dep_set_key(&two)).await, ["k"]);
+    assert_eq!(fx.registrants(&two).await, ["k"]);
     assert_eq!(fx.get(&ns.value_key("k")).await.as_deref(), Some("v2"));
+    assert!(fx.stamp("k").await.is_some());
     fx.cleanup().await;
 }
 
 #[tokio::test]
-async fn drop_deletes_the_four_keys_of_each_entry_and_counts_values() {
+async fn drop_deletes_value_lease_and_stamp_of_each_entry_and_counts_values() {
     let mut fx = Fx::new("drop");
     let ns = fx.ns.clone();
     store(&mut fx.con, &ns, "a", b"v", None, &[dep("1")])
@@ -259,18 +273,64 @@ async fn drop_deletes_the_four_keys_of_each_entry_and_counts_values() {
         .await
         .unwrap();
     let (a, b) = (ns.entry_keys("a"), ns.entry_keys("b"));
-    let keys = [a.all(), b.all()].concat();
+    assert!(fx.stamp("a").await.is_some());
     let removed: u64 = if fx.con.is_cluster() {
         // Two entries of two slots: one call each.
-        fx.run::<u64>(&DROP, &a.all(), &[]).await.unwrap()
-            + fx.run::<u64>(&DROP, &b.all(), &[]).await.unwrap()
+        fx.run::<u64>(&DROP, &a.all(), &["a"]).await.unwrap()
+            + fx.run::<u64>(&DROP, &b.all(), &["b"]).await.unwrap()
     } else {
-        fx.run(&DROP, &keys, &[]).await.unwrap()
+        let keys = [a.all(), b.all()].concat();
+        fx.run(&DROP, &keys, &["a", "b"]).await.unwrap()
     };
     assert_eq!(removed, 1, "one value; a lease is not a value");
-    for key in keys {
+    for key in [&a.value, &a.lease, &b.value, &b.lease] {
         assert!(!fx.exists(key).await, "{key}");
     }
+    assert_eq!(fx.stamp("a").await, None);
+    fx.cleanup().await;
+}
+
+/// KEYS and ARGV of `drain.lua` for one row dependency.
+fn drain_args(ns: &Namespace, dep: &DepId) -> ([String; 3], String) {
+    let keys = ns.dep_keys(dep);
+    let (bucket, field) = keys.bucket.unwrap();
+    ([bucket, keys.set, keys.drain], format!("#{field}"))
+}
+
+#[tokio::test]
+async fn register_keeps_a_rows_first_key_in_its_bucket_and_moves_both_to_the_set_on_the_second() {
+    let mut fx = Fx::new("register");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    let keys = ns.dep_keys(&dep);
+    let (bucket, field) = keys.bucket.clone().unwrap();
+    register(&mut fx.con, &ns, "a", from_ref(&dep))
+        .await
+        .unwrap();
+    register(&mut fx.con, &ns, "a", from_ref(&dep))
+        .await
+        .unwrap();
+    let held: Option<String> = redis::cmd("HGET")
+        .arg(&bucket)
+        .arg(&field)
+        .query_async(&mut fx.con)
+        .await
+        .unwrap();
+    assert_eq!(held.as_deref(), Some("a"));
+    assert!(!fx.exists(&keys.set).await, "one registrant: no set");
+    register(&mut fx.con, &ns, "b", from_ref(&dep))
+        .await
+        .unwrap();
+    assert_eq!(fx.members(&keys.set).await, ["a", "b"]);
+    assert!(!fx.exists(&bucket).await, "the field moved to the set");
+    register(&mut fx.con, &ns, "c", from_ref(&dep))
+        .await
+        .unwrap();
+    assert_eq!(fx.registrants(&dep).await, ["a", "b", "c"]);
+    let table = TableName::new("public", "products").table_dep();
+    register(&mut fx.con, &ns, "a", from_ref(&table))
+        .await
+        .unwrap();
+    assert_eq!(fx.members(&ns.dep_set_key(&table)).await, ["a"]);
     fx.cleanup().await;
 }
 
@@ -281,11 +341,20 @@ async fn drain_then_drop_then_forget() {
     store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
         .await
         .unwrap();
-    let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
-    let taken: Vec<Vec<String>> = fx.run(&DRAIN, &[&set, &drain], &[]).await.unwrap();
+    let (keys, field) = drain_args(&ns, &dep);
+    let [_, set, drain] = &keys;
+    let taken: Vec<Vec<String>> = fx
+        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+        .await
+        .unwrap();
     assert_eq!(taken, [["p:1"]]);
-    assert!(!fx.exists(&set).await, "the dependency set is taken whole");
-    // A registration made now lands in a new set and is kept.
+    assert_eq!(
+        fx.registrants(&dep).await,
+        Vec::<String>::new(),
+        "taken whole"
+    );
+    assert!(!fx.exists(set).await);
+    // A registration made now lands in the bucket anew and is kept.
     acquire(&mut fx.con, &ns, "p:2", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
@@ -296,12 +365,33 @@ async fn drain_then_drop_then_forget() {
             .unwrap(),
         1
     );
-    assert!(!fx.exists(&drain).await, "forgotten once dropped");
+    assert!(!fx.exists(drain).await, "forgotten once dropped");
     assert!(!fx.exists(&ns.value_key("p:1")).await);
     assert!(
         !fx.exists(&ns.lease_key("p:2")).await,
         "the fill in flight is defeated"
     );
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn drain_takes_the_bucket_field_and_the_set_together() {
+    let mut fx = Fx::new("drain_both");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    let keys = ns.dep_keys(&dep);
+    // A set written by an older library or another program, and a bucket
+    // field of this one.
+    fx.cmd(&["SADD", &keys.set, "old"]).await;
+    let (bucket, field) = keys.bucket.clone().unwrap();
+    fx.cmd(&["HSET", &bucket, &field, "new"]).await;
+    let (args, f) = drain_args(&ns, &dep);
+    let mut taken: Vec<Vec<String>> = fx
+        .run(&DRAIN, &args.each_ref().map(String::as_str), &[&f])
+        .await
+        .unwrap();
+    taken[0].sort();
+    assert_eq!(taken, [["new", "old"]]);
+    assert_eq!(fx.registrants(&dep).await, Vec::<String>::new());
     fx.cleanup().await;
 }
 
@@ -312,13 +402,16 @@ async fn members_a_dead_daemon_left_in_a_drain_set_go_with_the_next_invalidation
     store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
         .await
         .unwrap();
-    let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
+    let (keys, field) = drain_args(&ns, &dep);
     // Drained, then the daemon died before dropping.
-    let _: Value = fx.run(&DRAIN, &[&set, &drain], &[]).await.unwrap();
-    assert_eq!(fx.members(&drain).await, ["p:1"]);
+    let _: Value = fx
+        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+        .await
+        .unwrap();
+    assert_eq!(fx.members(&keys[2]).await, ["p:1"]);
     assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 1);
     assert!(!fx.exists(&ns.value_key("p:1")).await);
-    assert!(!fx.exists(&drain).await);
+    assert!(!fx.exists(&keys[2]).await);
     fx.cleanup().await;
 }
 
@@ -326,11 +419,16 @@ async fn members_a_dead_daemon_left_in_a_drain_set_go_with_the_next_invalidation
 async fn drain_counts_a_dependency_key_of_another_type_as_empty() {
     let mut fx = Fx::new("drain_not_a_set");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    let (set, drain) = (ns.dep_set_key(&dep), ns.drain_key(&dep));
-    fx.cmd(&["SET", &set, "written by another program"]).await;
-    let taken: Vec<Vec<String>> = fx.run(&DRAIN, &[&set, &drain], &[]).await.unwrap();
+    let (keys, field) = drain_args(&ns, &dep);
+    fx.cmd(&["SET", &keys[1], "written by another program"])
+        .await;
+    fx.cmd(&["SET", &keys[0], "also"]).await;
+    let taken: Vec<Vec<String>> = fx
+        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+        .await
+        .unwrap();
     assert_eq!(taken, [Vec::<String>::new()]);
-    assert!(!fx.exists(&set).await);
+    assert!(!fx.exists(&keys[1]).await);
     fx.cleanup().await;
 }
 
@@ -345,17 +443,18 @@ async fn fence_takes_only_entries_with_neither_value_nor_lease() {
         .await
         .unwrap();
     let gone = ns.entry_keys("gone");
-    fx.cmd(&["SADD", &gone.deps, "t:public.products"]).await;
+    fx.cmd(&["HSET", &gone.stamps, "gone", "1"]).await;
     for (key, want) in [("live", 0), ("filling", 0), ("gone", 1)] {
         let e = ns.entry_keys(key);
         let fenced: Vec<u8> = fx
-            .run(&FENCE, &e.all(), &["sweep:x", "10000"])
+            .run(&FENCE, &e.all(), &["sweep:x", "10000", key])
             .await
             .unwrap();
         assert_eq!(fenced, [want], "{key}");
     }
     assert_eq!(fx.get(&gone.lease).await.as_deref(), Some("sweep:x"));
-    assert!(!fx.exists(&gone.deps).await, "a fenced entry's index goes");
+    assert_eq!(fx.stamp("gone").await, None, "a fenced entry's stamp goes");
+    assert!(fx.stamp("live").await.is_some());
     fx.cleanup().await;
 }
 
@@ -365,7 +464,7 @@ async fn fill_cannot_start_while_the_sweeper_fences_the_entry() {
     let ns = fx.ns.clone();
     let e: EntryKeys = ns.entry_keys("p:1");
     let fenced: Vec<u8> = fx
-        .run(&FENCE, &e.all(), &["sweep:x", "10000"])
+        .run(&FENCE, &e.all(), &["sweep:x", "10000", "p:1"])
         .await
         .unwrap();
     assert_eq!(fenced, [1]);
@@ -392,14 +491,103 @@ async fn sweep_keeps_a_fill_in_flight_and_removes_entries_that_are_gone() {
         .unwrap();
     fx.cmd(&["UNLINK", &ns.value_key("evicted")]).await;
     assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 1);
-    assert_eq!(fx.members(&ns.dep_set_key(&dep)).await, ["filling", "live"]);
+    assert_eq!(fx.registrants(&dep).await, ["filling", "live"]);
     assert!(
         !fx.exists(&ns.lease_key("evicted")).await,
         "the fence is lifted"
     );
+    assert_eq!(fx.stamp("evicted").await, None);
     assert!(fill(&mut fx.con, &ns, "filling", "a", b"v", None)
         .await
         .unwrap());
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn sweep_removes_a_gone_entry_from_its_row_bucket_and_keeps_the_others() {
+    let mut fx = Fx::new("sweep_bucket");
+    let ns = fx.ns.clone();
+    for (key, row) in [("gone", "1"), ("live", "2")] {
+        store(&mut fx.con, &ns, key, b"v", None, &[dep(row)])
+            .await
+            .unwrap();
+    }
+    fx.cmd(&["UNLINK", &ns.value_key("gone")]).await;
+    assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 1);
+    assert_eq!(fx.registrants(&dep("1")).await, Vec::<String>::new());
+    assert_eq!(fx.registrants(&dep("2")).await, ["live"]);
+    assert!(!fx.exists(&ns.lease_key("gone")).await);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn unregister_leaves_a_bucket_field_that_names_another_key() {
+    let mut fx = Fx::new("unregister");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    let (bucket, field) = ns.dep_keys(&dep).bucket.unwrap();
+    fx.cmd(&["HSET", &bucket, &field, "newer"]).await;
+    let removed: u64 = fx
+        .run(&UNREGISTER, &[&bucket], &[&field, "gone"])
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    assert_eq!(fx.registrants(&dep).await, ["newer"]);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn sweep_removes_the_stamps_of_expired_entries_without_dependencies() {
+    let mut fx = Fx::new("sweep_stamps");
+    let ns = fx.ns.clone();
+    store(&mut fx.con, &ns, "expired", b"v", None, &[])
+        .await
+        .unwrap();
+    store(&mut fx.con, &ns, "live", b"v", None, &[])
+        .await
+        .unwrap();
+    fx.cmd(&["UNLINK", &ns.value_key("expired")]).await;
+    sweep(&mut fx.con, &ns).await.unwrap();
+    assert_eq!(fx.stamp("expired").await, None);
+    assert!(fx.stamp("live").await.is_some());
+    assert!(!fx.exists(&ns.lease_key("expired")).await);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn entries_of_the_per_entry_layout_are_invalidated_and_upgraded() {
+    let mut fx = Fx::new("upgrade");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    // What the library wrote before the compact layout, by raw commands.
+    for key in ["old:1", "old:2"] {
+        fx.cmd(&["SET", &ns.value_key(key), "v"]).await;
+        fx.cmd(&["SET", &ns.legacy_born_key(key), "1700000000000"])
+            .await;
+        fx.cmd(&["SADD", &ns.legacy_deps_key(key), dep.as_str()])
+            .await;
+        fx.cmd(&["SADD", &ns.dep_set_key(&dep), key]).await;
+    }
+    fx.cmd(&["SET", &ns.value_key("old:3"), "v"]).await;
+    fx.cmd(&["SET", &ns.legacy_born_key("old:3"), "1700000000000"])
+        .await;
+    fx.cmd(&["UNLINK", &ns.value_key("old:2")]).await;
+    assert_eq!(upgrade(&mut fx.con, &ns).await.unwrap(), 3);
+    assert_eq!(fx.stamp("old:1").await.as_deref(), Some("1700000000000"));
+    assert_eq!(
+        fx.stamp("old:2").await,
+        None,
+        "a value that is gone keeps no stamp"
+    );
+    for key in ["old:1", "old:2", "old:3"] {
+        assert!(!fx.exists(&ns.legacy_born_key(key)).await);
+        assert!(!fx.exists(&ns.legacy_deps_key(key)).await);
+    }
+    let listed = describe(&mut fx.con, &ns, &["old:1"]).await.unwrap();
+    assert_eq!(listed[0].deps, [dep.to_string()]);
+    assert!(listed[0].age.is_some());
+    // The old dependency set is drained like a new one.
+    assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 1);
+    assert!(!fx.exists(&ns.value_key("old:1")).await);
+    assert_eq!(fx.stamp("old:1").await, None);
     fx.cleanup().await;
 }
 
@@ -458,7 +646,7 @@ async fn dropping_every_value_defeats_fills_and_keeps_dependency_sets() {
         .unwrap();
     assert_eq!(drop_all_values(&mut fx.con, &ns).await.unwrap(), 1);
     assert!(!fill(&mut fx.con, &ns, "b", "t", b"v", None).await.unwrap());
-    assert_eq!(fx.members(&ns.dep_set_key(&dep)).await, ["a", "b"]);
+    assert_eq!(fx.registrants(&dep).await, ["a", "b"]);
     assert_eq!(
         check_markers(&mut fx.con, &ns).await.unwrap(),
         Markers::Intact
@@ -477,6 +665,11 @@ fn every_script_opens_with_its_invariant() {
         ("drain", include_str!("../../lua/drain.lua")),
         ("fence", include_str!("../../lua/fence.lua")),
         ("describe", include_str!("../../lua/describe.lua")),
+        ("register", include_str!("../../lua/register.lua")),
+        ("unregister", include_str!("../../lua/unregister.lua")),
+        ("list", include_str!("../../lua/list.lua")),
+        ("upgrade", include_str!("../../lua/upgrade.lua")),
+        ("raise", include_str!("../../lua/raise.lua")),
     ] {
         let head = script.lines().take(3).collect::<String>();
         assert!(head.starts_with(&format!("-- {name}: ")), "{name}");
