@@ -29,8 +29,12 @@ pub enum Error {
     #[error(transparent)]
     InvalidName(#[from] InvalidName),
 
-    /// The Redis URL could not be parsed.
-    #[error("invalid Redis URL {url:?}; expected redis://[user:password@]host[:port][/db]")]
+    /// The Redis URL could not be parsed, or does not fit the builder's
+    /// other settings (the message says which).
+    #[error(
+        "invalid Redis URL {url:?}: {source}; expected redis://[user:password@]host[:port][/db], \
+         rediss:// for TLS, redis+sentinel://host:port[,...]/service[/db] for Sentinel"
+    )]
     InvalidUrl {
         /// The URL, with any password removed.
         url: String,

@@ -272,3 +272,50 @@ async fn a_delete_reaches_the_local_tier_on_a_redis_cluster() {
     let s = reader.local_stats().unwrap();
     assert!(s.invalidations >= keys.len() as u64, "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_tier_serves_and_learns_of_a_delete_over_mutual_tls() {
+    use smartcache_tests::redis_tls::{Certs, TlsRedis};
+    let certs = Certs::new("local tier over TLS");
+    let server = TlsRedis::start(&certs, true, &[]).await;
+    let url = server.url();
+    let ns = namespace("tls");
+    let builder = |local: bool| {
+        let b = Cache::builder(&url)
+            .namespace(ns.name())
+            .ca_file(certs.ca.cert())
+            .client_cert(&certs.client.cert, &certs.client.key);
+        if local {
+            b.local(1 << 20, 1000)
+        } else {
+            b
+        }
+    };
+    let reader = builder(true).build().await.expect("connect over TLS");
+    wait_serving(&reader).await;
+    let writer = builder(false).build().await.expect("connect over TLS");
+    writer.set("k", &1, []).await.unwrap();
+    assert_eq!(read_locally(&reader, "k").await, 1);
+    writer.clear("k").await.unwrap();
+    wait_for("the local copy to go", WAIT, || async {
+        reader
+            .get::<i64>("k")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(reader.local_stats().unwrap().invalidations >= 1);
+}
+
+#[tokio::test]
+async fn the_local_tier_refuses_a_sentinel_url_at_build() {
+    let err = Cache::builder("redis+sentinel://127.0.0.1:26379/mymaster")
+        .local(1 << 20, 1000)
+        .build_lazy()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("Sentinel"), "{err}");
+}
