@@ -311,11 +311,12 @@ async fn the_local_tier_serves_and_learns_of_a_delete_over_mutual_tls() {
 
 #[tokio::test]
 async fn the_local_tier_refuses_a_sentinel_url_at_build() {
-    let err = Cache::builder("redis+sentinel://127.0.0.1:26379/mymaster")
+    let Err(err) = Cache::builder("redis+sentinel://127.0.0.1:26379/mymaster")
         .local(1 << 20, 1000)
         .build_lazy()
         .await
-        .err()
-        .expect("refused");
+    else {
+        panic!("a Sentinel URL with the local tier must be refused");
+    };
     assert!(err.to_string().contains("Sentinel"), "{err}");
 }
