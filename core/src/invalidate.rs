@@ -51,36 +51,33 @@ pub async fn invalidate(
         drop_entries(&mut other, ns, direct.iter().copied()),
     )
     .await?;
-    let members: BTreeSet<&str> = drained
-        .values()
-        .flatten()
-        .map(String::as_str)
-        .filter(|m| !direct.contains(m))
-        .collect();
-    removed += drop_entries(con, ns, members).await?;
-    let srem = drained
-        .iter()
-        .filter(|(_, members)| !members.is_empty())
-        .flat_map(|(dep, members)| {
-            let drain = ns.drain_key(dep);
-            members.chunks(CHUNK).map(move |chunk| {
-                let mut cmd = redis::cmd("SREM");
-                cmd.arg(&drain).arg(chunk);
-                cmd
-            })
-        })
-        .collect();
-    con.run_all(srem).await?;
+    removed += drop_entries(con, ns, drained.members().filter(|m| !direct.contains(m))).await?;
+    forget(con, ns, &drained).await?;
     Ok(removed)
+}
+
+/// What the first step of [`invalidate`] took: the registrants to delete,
+/// per dependency.
+pub(crate) struct Drained {
+    members: BTreeMap<DepId, Vec<String>>,
+}
+
+impl Drained {
+    /// Every cache key taken, once.
+    pub(crate) fn members(&self) -> impl Iterator<Item = &str> {
+        let all: BTreeSet<&str> = self
+            .members
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        all.into_iter()
+    }
 }
 
 /// Moves each dependency's registrants (row bucket field and set) into its
 /// drain set; returns the members to delete per dependency.
-async fn drain(
-    con: &mut Conn,
-    ns: &Namespace,
-    deps: &[DepId],
-) -> RedisResult<BTreeMap<DepId, Vec<String>>> {
+pub(crate) async fn drain(con: &mut Conn, ns: &Namespace, deps: &[DepId]) -> RedisResult<Drained> {
     let groups = con.group(deps.iter(), |d| slot(d.as_str()), CHUNK);
     let calls: Vec<_> = groups
         .iter()
@@ -95,19 +92,38 @@ async fn drain(
         })
         .collect();
     let replies = con.run_script(&DRAIN, &calls).await?;
-    let mut out = BTreeMap::new();
+    let mut members = BTreeMap::new();
     for (group, reply) in groups.iter().zip(replies) {
         let sets: Vec<Vec<String>> = redis::from_redis_value(reply)?;
-        for (d, members) in group.iter().zip(sets) {
-            out.insert((*d).clone(), members);
+        for (d, m) in group.iter().zip(sets) {
+            members.insert((*d).clone(), m);
         }
     }
-    Ok(out)
+    Ok(Drained { members })
+}
+
+/// The last step, once every member was dropped: removes exactly those
+/// members from the drain sets.
+pub(crate) async fn forget(con: &mut Conn, ns: &Namespace, drained: &Drained) -> RedisResult<()> {
+    let srem = drained
+        .members
+        .iter()
+        .filter(|(_, members)| !members.is_empty())
+        .flat_map(|(dep, members)| {
+            let drain = ns.drain_key(dep);
+            members.chunks(CHUNK).map(move |chunk| {
+                let mut cmd = redis::cmd("SREM");
+                cmd.arg(&drain).arg(chunk);
+                cmd
+            })
+        })
+        .collect();
+    con.run_all(srem).await.map(drop)
 }
 
 /// Deletes entries with their lease and bookkeeping; returns how many
 /// values were there.
-async fn drop_entries<'a>(
+pub(crate) async fn drop_entries<'a>(
     con: &mut Conn,
     ns: &Namespace,
     keys: impl IntoIterator<Item = &'a str>,
