@@ -14,7 +14,7 @@ use super::*;
 use crate::conn::{Conn, Options};
 use crate::describe::describe;
 use crate::fill::{acquire, fill, new_token, release, store, Acquired};
-use crate::invalidate::{drop_all_values, invalidate};
+use crate::invalidate::{drain, drop_all_values, drop_entries, forget, invalidate};
 use crate::keys::{DepId, EntryKeys, Namespace, TableName};
 use crate::markers::{check_markers, set_markers, Markers};
 use crate::registry::{register, registrants};
@@ -290,12 +290,18 @@ async fn drop_deletes_value_lease_and_stamp_of_each_entry_and_counts_values() {
     fx.cleanup().await;
 }
 
-/// KEYS and ARGV of `drain.lua` for one row dependency.
-fn drain_args(ns: &Namespace, dep: &DepId) -> ([String; 3], String) {
+/// KEYS and ARGV (after the token) of `drain.lua` for one row dependency.
+fn drain_args(ns: &Namespace, dep: &DepId) -> ([String; 4], String) {
     let keys = ns.dep_keys(dep);
     let (bucket, field) = keys.bucket.unwrap();
-    ([bucket, keys.set, keys.drain], format!("#{field}"))
+    (
+        [bucket, keys.set, keys.legacy_drain, keys.drains],
+        format!("#{field}"),
+    )
 }
+
+/// What `drain.lua` returns per dependency: members, drains entries.
+type Taken = Vec<(Vec<String>, Vec<String>)>;
 
 #[tokio::test]
 async fn register_keeps_a_rows_first_key_in_its_bucket_and_moves_both_to_the_set_on_the_second() {
@@ -342,12 +348,12 @@ async fn drain_then_drop_then_forget() {
         .await
         .unwrap();
     let (keys, field) = drain_args(&ns, &dep);
-    let [_, set, drain] = &keys;
-    let taken: Vec<Vec<String>> = fx
-        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+    let [_, set, _, drains] = &keys;
+    let taken: Taken = fx
+        .run(&DRAIN, &keys.each_ref().map(String::as_str), &["t", &field])
         .await
         .unwrap();
-    assert_eq!(taken, [["p:1"]]);
+    assert_eq!(taken, [(vec!["p:1".into()], vec!["t".into()])]);
     assert_eq!(
         fx.registrants(&dep).await,
         Vec::<String>::new(),
@@ -365,7 +371,7 @@ async fn drain_then_drop_then_forget() {
             .unwrap(),
         1
     );
-    assert!(!fx.exists(drain).await, "forgotten once dropped");
+    assert!(!fx.exists(drains).await, "forgotten once dropped");
     assert!(!fx.exists(&ns.value_key("p:1")).await);
     assert!(
         !fx.exists(&ns.lease_key("p:2")).await,
@@ -385,12 +391,15 @@ async fn drain_takes_the_bucket_field_and_the_set_together() {
     let (bucket, field) = keys.bucket.clone().unwrap();
     fx.cmd(&["HSET", &bucket, &field, "new"]).await;
     let (args, f) = drain_args(&ns, &dep);
-    let mut taken: Vec<Vec<String>> = fx
-        .run(&DRAIN, &args.each_ref().map(String::as_str), &[&f])
+    let mut taken: Taken = fx
+        .run(&DRAIN, &args.each_ref().map(String::as_str), &["t", &f])
         .await
         .unwrap();
-    taken[0].sort();
-    assert_eq!(taken, [["new", "old"]]);
+    taken[0].0.sort();
+    assert_eq!(
+        taken,
+        [(vec!["new".into(), "old".into()], vec!["t".into()])]
+    );
     assert_eq!(fx.registrants(&dep).await, Vec::<String>::new());
     fx.cleanup().await;
 }
@@ -405,13 +414,78 @@ async fn members_a_dead_daemon_left_in_a_drain_set_go_with_the_next_invalidation
     let (keys, field) = drain_args(&ns, &dep);
     // Drained, then the daemon died before dropping.
     let _: Value = fx
-        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+        .run(
+            &DRAIN,
+            &keys.each_ref().map(String::as_str),
+            &["dead", &field],
+        )
         .await
         .unwrap();
-    assert_eq!(fx.members(&keys[2]).await, ["p:1"]);
+    assert!(fx.exists(&keys[3]).await);
     assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 1);
     assert!(!fx.exists(&ns.value_key("p:1")).await);
-    assert!(!fx.exists(&keys[2]).await);
+    assert!(!fx.exists(&keys[3]).await, "the dead call's entry is gone");
+    fx.cleanup().await;
+}
+
+/// Issue 11, item 4: two invalidations of one dependency overlap, and the
+/// second dies between its drain and its drop. The first one's clean-up
+/// must not make the replay of the second miss the fill that started
+/// between the two commits.
+#[tokio::test]
+async fn a_drain_that_died_before_its_drop_is_replayed_after_a_concurrent_one_finished() {
+    let mut fx = Fx::new("drain_race");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    let deps = from_ref(&dep);
+    let mut db = "v1";
+    store(&mut fx.con, &ns, "p:1", db.as_bytes(), None, deps)
+        .await
+        .unwrap();
+    // Commit 1; its invalidation A takes p:1 and drops it.
+    let a = drain(&mut fx.con, &ns, deps).await.unwrap();
+    drop_entries(&mut fx.con, &ns, a.members()).await.unwrap();
+    // A fill of p:1 takes its lease, registers, and reads the row.
+    let token = new_token();
+    let got = acquire(&mut fx.con, &ns, "p:1", &token, LEASE, deps).await;
+    assert_eq!(got.unwrap(), Acquired::Lease);
+    let read = db;
+    // Commit 2; its invalidation B drains, then dies before its drop.
+    db = "v2";
+    let _dead = drain(&mut fx.con, &ns, deps).await.unwrap();
+    // A finishes; B's batch is replayed, with the same dependencies.
+    forget(&mut fx.con, &ns, &a).await.unwrap();
+    invalidate(&mut fx.con, &ns, &[], deps).await.unwrap();
+    // The fill stores what it read before commit 2.
+    let stored = fill(&mut fx.con, &ns, "p:1", &token, read.as_bytes(), None)
+        .await
+        .unwrap();
+    let cached = fx.get(&ns.value_key("p:1")).await;
+    assert!(
+        cached.is_none() || cached.as_deref() == Some(db),
+        "stale value stored: {cached:?}, the database holds {db:?}"
+    );
+    assert!(!stored, "the fill that read before commit 2 is refused");
+    fx.cleanup().await;
+}
+
+/// An older daemon or library, mid-upgrade, drains into the one shared
+/// drain set: its members are taken like the others, and the set goes.
+#[tokio::test]
+async fn members_of_the_legacy_drain_set_go_with_the_next_invalidation() {
+    let mut fx = Fx::new("drain_legacy");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
+        .await
+        .unwrap();
+    let keys = ns.dep_keys(&dep);
+    // What an old drain left: the key moved from the bucket to the set.
+    let (bucket, _) = keys.bucket.clone().unwrap();
+    fx.cmd(&["DEL", &bucket]).await;
+    fx.cmd(&["SADD", &keys.legacy_drain, "p:1"]).await;
+    assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 1);
+    assert!(!fx.exists(&ns.value_key("p:1")).await);
+    assert!(!fx.exists(&keys.legacy_drain).await);
+    assert!(!fx.exists(&keys.drains).await);
     fx.cleanup().await;
 }
 
@@ -423,12 +497,15 @@ async fn drain_counts_a_dependency_key_of_another_type_as_empty() {
     fx.cmd(&["SET", &keys[1], "written by another program"])
         .await;
     fx.cmd(&["SET", &keys[0], "also"]).await;
-    let taken: Vec<Vec<String>> = fx
-        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+    fx.cmd(&["SET", &keys[2], "and this"]).await;
+    fx.cmd(&["HSET", &keys[3], "x", "not MessagePack"]).await;
+    let taken: Taken = fx
+        .run(&DRAIN, &keys.each_ref().map(String::as_str), &["t", &field])
         .await
         .unwrap();
-    assert_eq!(taken, [Vec::<String>::new()]);
+    assert_eq!(taken, [(vec![], vec!["x".into()])]);
     assert!(!fx.exists(&keys[1]).await);
+    assert!(!fx.exists(&keys[2]).await);
     fx.cleanup().await;
 }
 
