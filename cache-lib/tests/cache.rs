@@ -365,7 +365,7 @@ async fn a_set_whose_registration_fails_leaves_no_value_behind() {
         "the lease is given back"
     );
     // The cache still works for that key once the dependency is usable.
-    invalidate(&mut fx.redis, &ns, &[], &[broken.clone()])
+    invalidate(&mut fx.redis, &ns, &[], std::slice::from_ref(&broken))
         .await
         .unwrap();
     assert!(fx.cache.set("k", &2, [Dep::table("b")]).await.unwrap());

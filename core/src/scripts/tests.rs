@@ -383,7 +383,7 @@ async fn drain_then_drop_then_forget() {
     acquire(&mut fx.con, &ns, "p:2", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
-    // The whole invalidation: what is in the drain set goes, then is forgotten.
+    // The whole invalidation: what this call and the one before took goes, then is forgotten.
     assert_eq!(
         invalidate(&mut fx.con, &ns, &[], from_ref(&dep))
             .await
