@@ -316,3 +316,73 @@ async fn table_without_primary_key_invalidates_its_table_dependents() {
     assert_eq!(dead, 0, "events of a table without key are valid");
     daemon.stop().await;
 }
+
+/// Issue 11, item 6: a template-only fill (no dependency registered) that
+/// read before a TRUNCATE and stores while the daemon's scans run. Its own
+/// Redis and one template, so each `SCAN` is one page and the store lands
+/// exactly between the template's two scans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_fill_storing_between_the_truncate_scans_is_deleted() {
+    use smartcache_core::conn::{Conn, Options};
+    use smartcache_core::fill::{acquire, fill, new_token, Acquired};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let redis = smartcache_tests::servers::Redis::start().await;
+    let config = smartcache_invalidator::config::Config::from_toml(
+        &format!(
+            "database_url = \"postgres://127.0.0.1/unused\"\nredis_url = {:?}\n\
+             namespace = \"t6\"\n[[tables]]\nname = \"products\"\nkeys = [\"product:{{id}}\"]\n",
+            redis.url()
+        ),
+        std::path::Path::new("test.toml"),
+        &smartcache_invalidator::config::Overrides::default(),
+    )
+    .unwrap();
+    let ns = config.namespace.clone();
+    let mut con = Conn::open(&redis.url(), &Options::default()).unwrap();
+    // The fill takes its lease and reads the table; then the TRUNCATE commits.
+    let token = new_token();
+    let got = acquire(
+        &mut con,
+        &ns,
+        "product:1",
+        &token,
+        Duration::from_secs(30),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(got, Acquired::Lease));
+
+    let stored = AtomicBool::new(false);
+    let handle = tokio::runtime::Handle::current();
+    let store_once = || {
+        if !stored.swap(true, Ordering::SeqCst) {
+            let mut con = con.clone();
+            let ok = tokio::task::block_in_place(|| {
+                handle.block_on(fill(&mut con, &ns, "product:1", &token, b"before", None))
+            })
+            .unwrap();
+            assert!(ok, "the fill's lease still held when it stored");
+        }
+    };
+    let products = TableName::parse("products").unwrap();
+    let (keys, deps) = smartcache_invalidator::mapping::truncation_targets(
+        &mut con.clone(),
+        &config,
+        &products,
+        &store_once,
+    )
+    .await
+    .unwrap();
+    assert!(stored.load(Ordering::SeqCst));
+    smartcache_core::invalidate::invalidate(&mut con, &ns, &keys, &deps)
+        .await
+        .unwrap();
+    let left: Option<Vec<u8>> = con.get(ns.value_key("product:1")).await.unwrap();
+    assert_eq!(
+        left, None,
+        "the value read before the TRUNCATE survived it (targets: {keys:?})"
+    );
+}

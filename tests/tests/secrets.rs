@@ -125,30 +125,47 @@ async fn no_password_appears_in_anything_the_cli_or_the_daemon_prints() {
 
     // The admin page.
     let addr = format!("127.0.0.1:{}", free_port());
-    let page = Command::new(daemon_binary())
+    let admin_log = dir.path().join("admin.log");
+    let mut page = Command::new(daemon_binary())
         .arg("--config")
         .arg(&config)
         .args(["admin", "--addr", &addr])
         .env("DATABASE_URL_FILE", &secret)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&admin_log).unwrap())
         .spawn()
         .unwrap();
-    let body = wait_for("the admin page", WAIT, || async {
-        smartcache_tests::http_get(&addr, "/")
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-            .map(|r| r.body)
+    // What the page answered last: a failed wait then says why.
+    let last = std::sync::Mutex::new(String::from("no connection"));
+    let body = wait_for("the admin page", WAIT, || {
+        let exited = page.try_wait().unwrap();
+        let (addr, admin_log, last) = (&addr, &admin_log, &last);
+        async move {
+            let log = || std::fs::read_to_string(admin_log).unwrap_or_default();
+            if let Some(status) = exited {
+                panic!("the admin page exited ({status}):\n{}", log());
+            }
+            let now = match smartcache_tests::http_get(addr, "/").await {
+                Ok(r) if r.status == 200 => return Some(r.body),
+                Ok(r) => format!("{} {}", r.status, r.body),
+                Err(e) => e.to_string(),
+            };
+            let mut last = last.lock().unwrap();
+            if *last != now {
+                eprintln!("admin page: {now}; its log:\n{}", log());
+                *last = now;
+            }
+            None
+        }
     })
     .await;
     printed.push_str(&body);
     signal(page.id(), "-TERM");
-    let out = tokio::task::spawn_blocking(move || page.wait_with_output().unwrap())
+    tokio::task::spawn_blocking(move || page.wait().unwrap())
         .await
         .unwrap();
-    printed.push_str(&String::from_utf8_lossy(&out.stderr));
+    printed.push_str(&std::fs::read_to_string(&admin_log).unwrap());
 
     assert!(
         printed.contains("owner:***@"),
