@@ -663,7 +663,11 @@ impl Cache {
     /// Stores `value` (as JSON) under `key`, registered under `deps`, with
     /// the default TTL, whatever was there. A fill of `key` in flight
     /// elsewhere is refused afterwards, so it cannot overwrite this with
-    /// older data. Returns `Ok(false)` if Redis was unavailable (logged).
+    /// older data. The key is registered under `deps` before the value is
+    /// written, so a value is never there without its registrations.
+    /// Returns `Ok(false)` if nothing was stored: Redis was unavailable or
+    /// the registration failed (logged), or a change to one of `deps` was
+    /// invalidated meanwhile (the value may predate it).
     ///
     /// ```no_run
     /// # async fn demo(cache: smartcache::Cache) -> Result<(), smartcache::Error> {

@@ -305,10 +305,18 @@ impl<'c> Entry<'c> {
         let stored = inner
             .try_redis(
                 "set",
-                store(&mut con, &inner.ns, &self.key, value, ttl, &deps),
+                store(
+                    &mut con,
+                    &inner.ns,
+                    &self.key,
+                    value,
+                    ttl,
+                    inner.lease_ttl,
+                    &deps,
+                ),
             )
             .await
-            .is_some();
+            .unwrap_or(false);
         inner.forget(&self.key);
         Ok(stored)
     }

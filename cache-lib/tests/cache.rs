@@ -339,6 +339,43 @@ async fn set_replaces_old_dependency_registrations() {
     fx.cleanup().await;
 }
 
+/// Issue 11, item 5: a value is never left without its registrations. A
+/// dependency whose set another program overwrote with a string makes the
+/// registration fail; before, the value was already stored and no change
+/// to that dependency could delete it.
+#[tokio::test]
+async fn a_set_whose_registration_fails_leaves_no_value_behind() {
+    let mut fx = Fixture::new("set_unregistered").await;
+    let ns = fx.cache.namespace().clone();
+    let broken = TableName::parse("b").unwrap().table_dep();
+    fx.raw_set(&ns.dep_set_key(&broken), "written by another program")
+        .await;
+    let stored = fx
+        .cache
+        .set("k", &1, [Dep::table("a"), Dep::table("b")])
+        .await
+        .unwrap();
+    assert!(!stored, "the registration failed: not stored");
+    assert!(
+        fx.raw_get("k").await.is_none(),
+        "a value no change to table b can delete"
+    );
+    assert!(
+        !fx.exists(&ns.lease_key("k")).await,
+        "the lease is given back"
+    );
+    // The cache still works for that key once the dependency is usable.
+    invalidate(&mut fx.redis, &ns, &[], std::slice::from_ref(&broken))
+        .await
+        .unwrap();
+    assert!(fx.cache.set("k", &2, [Dep::table("b")]).await.unwrap());
+    invalidate(&mut fx.redis, &ns, &[], &[broken])
+        .await
+        .unwrap();
+    assert!(fx.raw_get("k").await.is_none());
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 async fn ttl_expires_the_entry() {
     let mut fx = Fixture::new("ttl").await;

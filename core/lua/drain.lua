@@ -1,33 +1,60 @@
 -- drain: takes dependencies' registrants for invalidation. Invariant: no
--- registrant is forgotten before its entry is deleted: registrants move
--- from the row bucket field and the dependency set into the drain set, and
--- leave the drain set only after the caller dropped them. Registrations
--- made meanwhile land in the (new) bucket field or set and are kept;
--- members left in a drain set by a daemon that died midway come back with
--- the next invalidation of that dependency.
+-- registrant is forgotten before its entry is deleted. Each call moves the
+-- row bucket field, the dependency set and the legacy drain set into an
+-- entry of its own in the dependency's drains hash (field = the caller's
+-- token, value = those members), which never changes afterwards, and
+-- returns with them every entry already there: those of calls in progress
+-- and of calls that died before their drop. An entry is deleted only by a
+-- caller that got it here and dropped its members afterwards, so whatever
+-- the calls around it do, what a dead call took comes back with the next
+-- invalidation of that dependency. Registrations made meanwhile land in
+-- the (new) bucket field or set and are kept.
 --
--- KEYS: triples (row bucket, dependency set, drain set); a table dependency
--- passes its set as the bucket. ARGV: per triple '' for a table dependency
--- or '#' followed by the row's field. Returns the drain set's members per
--- triple.
+-- KEYS: quadruples (row bucket, dependency set, legacy drain set, drains
+-- hash); a table dependency passes its set as the bucket. ARGV: the
+-- caller's token, then per quadruple '' for a table dependency or '#'
+-- followed by the row's field. Returns per quadruple {members, tokens}: the
+-- members to drop (repeats possible) and the entries to delete once they
+-- are dropped (the caller's own last, if it took anything).
+local function take(key, into)
+  for _, m in ipairs(members(key)) do into[#into + 1] = m end
+  if redis.call('EXISTS', key) == 1 then redis.call('DEL', key) end
+end
 local out = {}
-local j = 0
-for i = 1, #KEYS, 3 do
+local j = 1
+for i = 1, #KEYS, 4 do
   j = j + 1
-  local bucket, set, drain, f = KEYS[i], KEYS[i + 1], KEYS[i + 2], ARGV[j]
-  local kind = redis.call('TYPE', drain)['ok']
-  if kind ~= 'set' and kind ~= 'none' then redis.call('DEL', drain) end
+  local bucket, set, legacy, drains, f = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], ARGV[j]
+  local mine = {}
   if f ~= '' then
     local field = string.sub(f, 2)
     local cur = redis.pcall('HGET', bucket, field)
     if type(cur) == 'string' then
-      redis.call('SADD', drain, cur)
+      mine[#mine + 1] = cur
       redis.call('HDEL', bucket, field)
     end
   end
-  local t = redis.call('TYPE', set)['ok']
-  if t == 'set' then redis.call('SUNIONSTORE', drain, drain, set) end
-  if t ~= 'none' then redis.call('DEL', set) end
-  out[#out + 1] = members(drain)
+  take(set, mine)
+  take(legacy, mine)
+  local kind = redis.call('TYPE', drains)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', drains) end
+  local all, tokens = {}, {}
+  local found = redis.call('HGETALL', drains)
+  for n = 1, #found, 2 do
+    tokens[#tokens + 1] = found[n]
+    -- An entry that does not decode (written by another program) is empty.
+    local ok, list = pcall(cmsgpack.unpack, found[n + 1])
+    if ok and type(list) == 'table' then
+      for _, m in ipairs(list) do
+        if type(m) == 'string' then all[#all + 1] = m end
+      end
+    end
+  end
+  if #mine > 0 then
+    redis.call('HSET', drains, ARGV[1], cmsgpack.pack(mine))
+    tokens[#tokens + 1] = ARGV[1]
+    for _, m in ipairs(mine) do all[#all + 1] = m end
+  end
+  out[#out + 1] = {all, tokens}
 end
 return out

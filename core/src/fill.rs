@@ -40,7 +40,7 @@ use redis::{RedisResult, Value};
 use crate::conn::Conn;
 use crate::keys::{DepId, Namespace};
 use crate::registry::register;
-use crate::scripts::{ACQUIRE, FILL, RELEASE, STORE};
+use crate::scripts::{ACQUIRE, FILL, RELEASE, SEIZE};
 
 /// What [`acquire`] found.
 ///
@@ -195,16 +195,23 @@ pub async fn release(con: &mut Conn, ns: &Namespace, key: &str, token: &str) -> 
 }
 
 /// Unconditional store with dependency registration; defeats in-flight
-/// fills of the key. The value is written before the key joins the
-/// registry: an invalidation in between misses it, as it would miss
-/// a store that came a moment later, but the key is registered for every
-/// change after.
+/// fills of the key. Returns whether it was stored. Three steps: take the
+/// lease whatever holds it (for `lease_ttl`), register `key` under `deps`,
+/// then store as a fill does, under that lease. So the value is never
+/// there without its registrations: a registration that fails (the lease
+/// is given back and the error returned) or is cut short stores nothing,
+/// and an invalidation of a dependency between the last two steps deletes
+/// the lease, so the store is refused (`Ok(false)`) like a fill that read
+/// before that commit.
 ///
 /// ```no_run
 /// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
+/// use std::time::Duration;
 /// use smartcache_core::keys::{Namespace, TableName};
 /// let deps = [TableName::parse("products").unwrap().table_dep()];
-/// smartcache_core::fill::store(&mut con, &Namespace::default(), "product_list", b"[]", None, &deps).await?;
+/// let ns = Namespace::default();
+/// let lease = Duration::from_secs(5);
+/// smartcache_core::fill::store(&mut con, &ns, "product_list", b"[]", None, lease, &deps).await?;
 /// # Ok(()) }
 /// ```
 pub async fn store(
@@ -213,16 +220,20 @@ pub async fn store(
     key: &str,
     value: &[u8],
     ttl: Option<Duration>,
+    lease_ttl: Duration,
     deps: &[DepId],
-) -> RedisResult<()> {
-    let e = ns.entry_keys(key);
-    STORE
+) -> RedisResult<bool> {
+    let token = new_token();
+    SEIZE
         .prepare_invoke()
-        .key(e.all().as_slice())
-        .arg(value)
-        .arg(ttl_ms(ttl))
-        .arg(key)
+        .key(ns.lease_key(key))
+        .arg(&token)
+        .arg((lease_ttl.as_millis() as u64).max(1))
         .invoke_async::<i64>(con)
         .await?;
-    register(con, ns, key, deps).await
+    if let Err(e) = register(con, ns, key, deps).await {
+        let _ = release(con, ns, key, &token).await;
+        return Err(e);
+    }
+    fill(con, ns, key, &token, value, ttl).await
 }

@@ -11,6 +11,7 @@ use futures_util::future::try_join;
 use redis::RedisResult;
 
 use crate::conn::{sum_ints, Conn, CHUNK};
+use crate::fill::new_token;
 use crate::keys::{slot, DepId, EntryKeys, Namespace};
 use crate::markers::set_markers;
 use crate::registry::with_bucket;
@@ -21,11 +22,14 @@ use crate::scripts::{DRAIN, DROP};
 /// deleted. Idempotent: running it twice deletes nothing more.
 ///
 /// Three steps, each one pipelined round trip (concurrent per node on a
-/// cluster): move each dependency's registrants into its drain set (and
-/// delete `keys` meanwhile); delete the entries found there; remove exactly
-/// those members from the drain sets. The last two are skipped when the
-/// sets were empty. A caller that fails midway and runs again finds the members
-/// still in the drain sets.
+/// cluster): move each dependency's registrants into an entry of this call
+/// in the dependency's drains hash, taking over the entries already there
+/// (and delete `keys` meanwhile); delete the entries found; delete the
+/// drains entries they came from. The last two are skipped when nothing
+/// was found. A drains entry never changes and goes only once its members
+/// were dropped after it was written, so a caller that fails midway leaves
+/// them for the next invalidation of those dependencies (its own retry),
+/// whatever concurrent invalidations do.
 ///
 /// ```no_run
 /// # async fn demo() -> redis::RedisResult<()> {
@@ -51,63 +55,91 @@ pub async fn invalidate(
         drop_entries(&mut other, ns, direct.iter().copied()),
     )
     .await?;
-    let members: BTreeSet<&str> = drained
-        .values()
-        .flatten()
-        .map(String::as_str)
-        .filter(|m| !direct.contains(m))
-        .collect();
-    removed += drop_entries(con, ns, members).await?;
-    let srem = drained
-        .iter()
-        .filter(|(_, members)| !members.is_empty())
-        .flat_map(|(dep, members)| {
-            let drain = ns.drain_key(dep);
-            members.chunks(CHUNK).map(move |chunk| {
-                let mut cmd = redis::cmd("SREM");
-                cmd.arg(&drain).arg(chunk);
-                cmd
-            })
-        })
-        .collect();
-    con.run_all(srem).await?;
+    removed += drop_entries(con, ns, drained.members().filter(|m| !direct.contains(m))).await?;
+    forget(con, ns, &drained).await?;
     Ok(removed)
 }
 
-/// Moves each dependency's registrants (row bucket field and set) into its
-/// drain set; returns the members to delete per dependency.
-async fn drain(
-    con: &mut Conn,
-    ns: &Namespace,
-    deps: &[DepId],
-) -> RedisResult<BTreeMap<DepId, Vec<String>>> {
+/// What the first step of [`invalidate`] took, per dependency: the
+/// registrants to delete, and the drains entries (by token) to delete once
+/// they are.
+pub(crate) struct Drained {
+    taken: BTreeMap<DepId, Taken>,
+}
+
+/// One dependency's part of [`Drained`].
+#[derive(Debug, Default)]
+struct Taken {
+    members: Vec<String>,
+    tokens: Vec<String>,
+}
+
+impl Drained {
+    /// Every cache key taken, once.
+    pub(crate) fn members(&self) -> impl Iterator<Item = &str> {
+        let all: BTreeSet<&str> = self
+            .taken
+            .values()
+            .flat_map(|t| &t.members)
+            .map(String::as_str)
+            .collect();
+        all.into_iter()
+    }
+}
+
+/// Moves each dependency's registrants (row bucket field, set, and the
+/// legacy drain set) into an entry of this call in the dependency's drains
+/// hash, and takes over the entries already there (calls in progress, or
+/// dead before their drop).
+pub(crate) async fn drain(con: &mut Conn, ns: &Namespace, deps: &[DepId]) -> RedisResult<Drained> {
+    let token = new_token();
     let groups = con.group(deps.iter(), |d| slot(d.as_str()), CHUNK);
     let calls: Vec<_> = groups
         .iter()
         .map(|group| {
             let mut inv = DRAIN.prepare_invoke();
+            inv.arg(&token);
             for d in group {
                 let keys = ns.dep_keys(d);
                 with_bucket(&mut inv, &keys);
-                inv.key(&keys.drain);
+                inv.key(&keys.legacy_drain).key(&keys.drains);
             }
             inv
         })
         .collect();
     let replies = con.run_script(&DRAIN, &calls).await?;
-    let mut out = BTreeMap::new();
+    let mut taken = BTreeMap::new();
     for (group, reply) in groups.iter().zip(replies) {
-        let sets: Vec<Vec<String>> = redis::from_redis_value(reply)?;
-        for (d, members) in group.iter().zip(sets) {
-            out.insert((*d).clone(), members);
+        let per_dep: Vec<(Vec<String>, Vec<String>)> = redis::from_redis_value(reply)?;
+        for (d, (members, tokens)) in group.iter().zip(per_dep) {
+            taken.insert((*d).clone(), Taken { members, tokens });
         }
     }
-    Ok(out)
+    Ok(Drained { taken })
+}
+
+/// The last step, once every member was dropped: deletes the drains
+/// entries they came from.
+pub(crate) async fn forget(con: &mut Conn, ns: &Namespace, drained: &Drained) -> RedisResult<()> {
+    let hdel = drained
+        .taken
+        .iter()
+        .filter(|(_, t)| !t.tokens.is_empty())
+        .flat_map(|(dep, t)| {
+            let drains = ns.drains_key(dep);
+            t.tokens.chunks(CHUNK).map(move |chunk| {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(&drains).arg(chunk);
+                cmd
+            })
+        })
+        .collect();
+    con.run_all(hdel).await.map(drop)
 }
 
 /// Deletes entries with their lease and bookkeeping; returns how many
 /// values were there.
-async fn drop_entries<'a>(
+pub(crate) async fn drop_entries<'a>(
     con: &mut Conn,
     ns: &Namespace,
     keys: impl IntoIterator<Item = &'a str>,

@@ -10,14 +10,15 @@
 //! | `{ns}:@sc:b:{{tag}}` | stamps: one hash per slot, field `K` = when the library stored `K` |
 //! | `{ns}:@sc:r:{{tag}}{table}` | row bucket: one hash per table and slot, field `{row}` = the one key registered under the row |
 //! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` (a table, or a row with two or more keys) |
-//! | `{ns}:@sc:drain:{{dep}}` | keys taken from `dep` by an invalidation in progress |
+//! | `{ns}:@sc:drains:{{dep}}` | invalidations of `dep` in progress: one hash field per call, the keys it took |
+//! | `{ns}:@sc:drain:{{dep}}` | the same, as one set shared by all calls (before the per-call drains; read, then deleted) |
 //! | `{ns}:@sc:marker:{…}` | [`MARKERS`] keys spread over the hash slots, watching for data loss |
 //! | `{ns}:@sc:recent` | the daemon's last [`RECENT_LEN`] batch summaries (a list, newest first) |
 //!
 //! The braces are Redis Cluster hash tags; `{tag}` is [`slot_tag`] of a
 //! slot: of the value key for stamps (so lease, value and stamp share a
 //! slot), of the dependency id for a row bucket (so it shares the slot of
-//! that row's set and drain set), and every script touches one slot. On a
+//! that row's set and drains), and every script touches one slot. On a
 //! single server they are just characters. Shared hashes instead of keys of
 //! their own, because a Redis key costs about 60 bytes before its name and
 //! content: see [`DepKeys`].
@@ -67,7 +68,8 @@ const LEGACY_DEPS: &str = "@sc:deps:";
 const STAMPS: &str = "@sc:b:";
 const ROW_BUCKET: &str = "@sc:r:";
 const DEP_SET: &str = "@sc:dep:";
-const DRAIN: &str = "@sc:drain:";
+const LEGACY_DRAIN: &str = "@sc:drain:";
+const DRAINS: &str = "@sc:drains:";
 const LEGACY_BORN: &str = "@sc:born:";
 const RECENT: &str = "@sc:recent";
 const MARKER: &str = "@sc:marker:";
@@ -271,7 +273,8 @@ impl Namespace {
         });
         DepKeys {
             set: self.dep_set_key(dep),
-            drain: self.drain_key(dep),
+            drains: self.drains_key(dep),
+            legacy_drain: self.legacy_drain_key(dep),
             bucket,
         }
     }
@@ -360,18 +363,34 @@ impl Namespace {
         format!("{}{DEP_SET}{{{}}}", self.prefix, dep.0)
     }
 
-    /// Redis key of the set holding the members an invalidation of `dep`
-    /// took from its dependency set and has not finished deleting (same
-    /// slot as the dependency set).
+    /// Redis key of the hash of the invalidations of `dep` in progress:
+    /// field = the call's token, value = the cache keys it took from the
+    /// dependency (MessagePack array), written once, deleted once they are
+    /// dropped (same slot as the dependency set).
     ///
     /// ```
     /// use smartcache_core::keys::{Namespace, TableName};
     /// let ns = Namespace::new("cache").unwrap();
     /// let dep = TableName::parse("orders").unwrap().table_dep();
-    /// assert_eq!(ns.drain_key(&dep), "cache:@sc:drain:{t:public.orders}");
+    /// assert_eq!(ns.drains_key(&dep), "cache:@sc:drains:{t:public.orders}");
     /// ```
-    pub fn drain_key(&self, dep: &DepId) -> String {
-        format!("{}{DRAIN}{{{}}}", self.prefix, dep.0)
+    pub fn drains_key(&self, dep: &DepId) -> String {
+        format!("{}{DRAINS}{{{}}}", self.prefix, dep.0)
+    }
+
+    /// Redis key of the drain set that invalidations of `dep` shared before
+    /// the per-call drains ([`Namespace::drains_key`]): older daemons and
+    /// libraries may still write it during an upgrade; invalidations read it
+    /// and delete it.
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let ns = Namespace::new("cache").unwrap();
+    /// let dep = TableName::parse("orders").unwrap().table_dep();
+    /// assert_eq!(ns.legacy_drain_key(&dep), "cache:@sc:drain:{t:public.orders}");
+    /// ```
+    pub fn legacy_drain_key(&self, dep: &DepId) -> String {
+        format!("{}{LEGACY_DRAIN}{{{}}}", self.prefix, dep.0)
     }
 
     /// The cache key `K` of a Redis key `{ns}:K`, or `None` when the Redis
@@ -510,7 +529,7 @@ impl Namespace {
     }
 
     /// What the reserved key `redis_key` is, or `None` for a value or a
-    /// key of another kind (lease, marker, drain set, …).
+    /// key of another kind (lease, marker, drains, …).
     ///
     /// ```
     /// let ns = smartcache_core::keys::Namespace::new("cache").unwrap();
@@ -639,22 +658,24 @@ impl EntryKeys {
 /// when a second key registers under the same row, both move to the
 /// dependency set, as do all registrants of a table dependency. So the
 /// common case (one entry per row) costs a few bytes in a shared hash
-/// instead of a key of its own. The drain set holds members an
-/// invalidation took and has not finished deleting.
+/// instead of a key of its own. The drains hash holds the members each
+/// invalidation in progress took and has not finished deleting.
 ///
 /// ```
 /// use smartcache_core::keys::{Namespace, TableName};
 /// let ns = Namespace::new("cache").unwrap();
 /// let keys = ns.dep_keys(&TableName::parse("t").unwrap().table_dep());
 /// assert_eq!(keys.set, "cache:@sc:dep:{t:public.t}");
-/// assert_eq!(keys.drain, "cache:@sc:drain:{t:public.t}");
+/// assert_eq!(keys.drains, "cache:@sc:drains:{t:public.t}");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DepKeys {
     /// The dependency set (a Redis set of cache keys).
     pub set: String,
-    /// Its drain set.
-    pub drain: String,
+    /// Its drains hash (see [`Namespace::drains_key`]).
+    pub drains: String,
+    /// Its drain set of older versions (see [`Namespace::legacy_drain_key`]).
+    pub legacy_drain: String,
     /// For a row dependency: the row bucket and the row's field in it.
     pub bucket: Option<(String, String)>,
 }
@@ -1008,7 +1029,8 @@ mod tests {
         for dep in [t.table_dep(), t.row_dep(&["{1}", "}"]), t.row_dep(&["a:b"])] {
             assert!(!dep.as_str().contains(['{', '}']), "{dep}");
             let keys = ns.dep_keys(&dep);
-            assert_eq!(slot(&keys.set), slot(&keys.drain));
+            assert_eq!(slot(&keys.set), slot(&keys.drains));
+            assert_eq!(slot(&keys.set), slot(&keys.legacy_drain));
             assert_eq!(slot(&keys.set), slot(dep.as_str()));
             if let Some((bucket, field)) = keys.bucket {
                 assert_eq!(slot(&bucket), slot(&keys.set), "{bucket}");
@@ -1056,7 +1078,8 @@ mod tests {
             Some(Bookkeeping::LegacyDeps("k"))
         );
         assert_eq!(ns.bookkeeping(&ns.lease_key("k")), None);
-        assert_eq!(ns.bookkeeping(&ns.drain_key(&t.table_dep())), None);
+        assert_eq!(ns.bookkeeping(&ns.drains_key(&t.table_dep())), None);
+        assert_eq!(ns.bookkeeping(&ns.legacy_drain_key(&t.table_dep())), None);
         assert_eq!(ns.bookkeeping("cache:@sc:r:{x}public.t"), None);
     }
 

@@ -19,7 +19,7 @@ macro_rules! script {
 pub(crate) static ACQUIRE: LazyLock<Script> = script!("acquire.lua");
 pub(crate) static FILL: LazyLock<Script> = script!("fill.lua");
 pub(crate) static RELEASE: LazyLock<Script> = script!("release.lua");
-pub(crate) static STORE: LazyLock<Script> = script!("store.lua");
+pub(crate) static SEIZE: LazyLock<Script> = script!("seize.lua");
 pub(crate) static DROP: LazyLock<Script> = script!("drop.lua");
 pub(crate) static DRAIN: LazyLock<Script> = script!("drain.lua");
 pub(crate) static FENCE: LazyLock<Script> = script!("fence.lua");

@@ -425,7 +425,10 @@ impl Cache {
 
     /// Stores ``value`` (as JSON) under ``key``, registered under
     /// ``deps``, whatever was there; a fill of ``key`` in flight elsewhere
-    /// is refused afterwards. Returns ``False`` if Redis was unavailable.
+    /// is refused afterwards. The key is registered before the value is
+    /// written. Returns ``False`` if nothing was stored: Redis was
+    /// unavailable, the registration failed, or a change to one of
+    /// ``deps`` was invalidated meanwhile.
     ///
     /// >>> cache.set("motd", "hello", [], ttl=60)
     /// True

@@ -14,7 +14,7 @@ use super::*;
 use crate::conn::{Conn, Options};
 use crate::describe::describe;
 use crate::fill::{acquire, fill, new_token, release, store, Acquired};
-use crate::invalidate::{drop_all_values, invalidate};
+use crate::invalidate::{drain, drop_all_values, drop_entries, forget, invalidate};
 use crate::keys::{DepId, EntryKeys, Namespace, TableName};
 use crate::markers::{check_markers, set_markers, Markers};
 use crate::registry::{register, registrants};
@@ -138,7 +138,7 @@ async fn acquire_takes_the_lease_once_and_registers_the_dependencies() {
 async fn acquire_returns_a_cached_value_and_takes_no_lease() {
     let mut fx = Fx::new("acquire_hit");
     let ns = fx.ns.clone();
-    store(&mut fx.con, &ns, "p:1", b"v", None, &[])
+    store(&mut fx.con, &ns, "p:1", b"v", None, LEASE, &[])
         .await
         .unwrap();
     let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[]).await;
@@ -215,7 +215,7 @@ async fn fill_after_a_store_is_refused() {
     acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[])
         .await
         .unwrap();
-    store(&mut fx.con, &ns, "p:1", b"newer", None, &[])
+    store(&mut fx.con, &ns, "p:1", b"newer", None, LEASE, &[])
         .await
         .unwrap();
     assert!(!fill(&mut fx.con, &ns, "p:1", "a", b"older", None)
@@ -250,10 +250,10 @@ async fn store_registers_under_its_dependencies() {
     let mut fx = Fx::new("store");
     let ns = fx.ns.clone();
     let (one, two) = (dep("1"), dep("2"));
-    store(&mut fx.con, &ns, "k", b"v1", None, from_ref(&one))
+    store(&mut fx.con, &ns, "k", b"v1", None, LEASE, from_ref(&one))
         .await
         .unwrap();
-    store(&mut fx.con, &ns, "k", b"v2", None, from_ref(&two))
+    store(&mut fx.con, &ns, "k", b"v2", None, LEASE, from_ref(&two))
         .await
         .unwrap();
     assert_eq!(fx.registrants(&two).await, ["k"]);
@@ -262,11 +262,30 @@ async fn store_registers_under_its_dependencies() {
     fx.cleanup().await;
 }
 
+/// Issue 11, item 5, at the core: the registration comes before the value.
+#[tokio::test]
+async fn store_whose_registration_fails_stores_nothing_and_gives_the_lease_back() {
+    let mut fx = Fx::new("store_unregistered");
+    let ns = fx.ns.clone();
+    let table = TableName::new("public", "products").table_dep();
+    fx.cmd(&["SET", &ns.dep_set_key(&table), "another program's"])
+        .await;
+    let deps = [dep("1"), table];
+    let got = store(&mut fx.con, &ns, "k", b"v", None, LEASE, &deps).await;
+    assert!(got.is_err(), "{got:?}");
+    assert!(
+        !fx.exists(&ns.value_key("k")).await,
+        "no unregistered value"
+    );
+    assert!(!fx.exists(&ns.lease_key("k")).await);
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 async fn drop_deletes_value_lease_and_stamp_of_each_entry_and_counts_values() {
     let mut fx = Fx::new("drop");
     let ns = fx.ns.clone();
-    store(&mut fx.con, &ns, "a", b"v", None, &[dep("1")])
+    store(&mut fx.con, &ns, "a", b"v", None, LEASE, &[dep("1")])
         .await
         .unwrap();
     acquire(&mut fx.con, &ns, "b", "t", LEASE, &[])
@@ -290,12 +309,18 @@ async fn drop_deletes_value_lease_and_stamp_of_each_entry_and_counts_values() {
     fx.cleanup().await;
 }
 
-/// KEYS and ARGV of `drain.lua` for one row dependency.
-fn drain_args(ns: &Namespace, dep: &DepId) -> ([String; 3], String) {
+/// KEYS and ARGV (after the token) of `drain.lua` for one row dependency.
+fn drain_args(ns: &Namespace, dep: &DepId) -> ([String; 4], String) {
     let keys = ns.dep_keys(dep);
     let (bucket, field) = keys.bucket.unwrap();
-    ([bucket, keys.set, keys.drain], format!("#{field}"))
+    (
+        [bucket, keys.set, keys.legacy_drain, keys.drains],
+        format!("#{field}"),
+    )
 }
+
+/// What `drain.lua` returns per dependency: members, drains entries.
+type Taken = Vec<(Vec<String>, Vec<String>)>;
 
 #[tokio::test]
 async fn register_keeps_a_rows_first_key_in_its_bucket_and_moves_both_to_the_set_on_the_second() {
@@ -338,16 +363,16 @@ async fn register_keeps_a_rows_first_key_in_its_bucket_and_moves_both_to_the_set
 async fn drain_then_drop_then_forget() {
     let mut fx = Fx::new("drain_drop_forget");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
+    store(&mut fx.con, &ns, "p:1", b"v", None, LEASE, from_ref(&dep))
         .await
         .unwrap();
     let (keys, field) = drain_args(&ns, &dep);
-    let [_, set, drain] = &keys;
-    let taken: Vec<Vec<String>> = fx
-        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+    let [_, set, _, drains] = &keys;
+    let taken: Taken = fx
+        .run(&DRAIN, &keys.each_ref().map(String::as_str), &["t", &field])
         .await
         .unwrap();
-    assert_eq!(taken, [["p:1"]]);
+    assert_eq!(taken, [(vec!["p:1".into()], vec!["t".into()])]);
     assert_eq!(
         fx.registrants(&dep).await,
         Vec::<String>::new(),
@@ -358,14 +383,14 @@ async fn drain_then_drop_then_forget() {
     acquire(&mut fx.con, &ns, "p:2", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
-    // The whole invalidation: what is in the drain set goes, then is forgotten.
+    // The whole invalidation: what this call and the one before took goes, then is forgotten.
     assert_eq!(
         invalidate(&mut fx.con, &ns, &[], from_ref(&dep))
             .await
             .unwrap(),
         1
     );
-    assert!(!fx.exists(drain).await, "forgotten once dropped");
+    assert!(!fx.exists(drains).await, "forgotten once dropped");
     assert!(!fx.exists(&ns.value_key("p:1")).await);
     assert!(
         !fx.exists(&ns.lease_key("p:2")).await,
@@ -385,12 +410,15 @@ async fn drain_takes_the_bucket_field_and_the_set_together() {
     let (bucket, field) = keys.bucket.clone().unwrap();
     fx.cmd(&["HSET", &bucket, &field, "new"]).await;
     let (args, f) = drain_args(&ns, &dep);
-    let mut taken: Vec<Vec<String>> = fx
-        .run(&DRAIN, &args.each_ref().map(String::as_str), &[&f])
+    let mut taken: Taken = fx
+        .run(&DRAIN, &args.each_ref().map(String::as_str), &["t", &f])
         .await
         .unwrap();
-    taken[0].sort();
-    assert_eq!(taken, [["new", "old"]]);
+    taken[0].0.sort();
+    assert_eq!(
+        taken,
+        [(vec!["new".into(), "old".into()], vec!["t".into()])]
+    );
     assert_eq!(fx.registrants(&dep).await, Vec::<String>::new());
     fx.cleanup().await;
 }
@@ -399,19 +427,84 @@ async fn drain_takes_the_bucket_field_and_the_set_together() {
 async fn members_a_dead_daemon_left_in_a_drain_set_go_with_the_next_invalidation() {
     let mut fx = Fx::new("drain_replay");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "p:1", b"v", None, from_ref(&dep))
+    store(&mut fx.con, &ns, "p:1", b"v", None, LEASE, from_ref(&dep))
         .await
         .unwrap();
     let (keys, field) = drain_args(&ns, &dep);
     // Drained, then the daemon died before dropping.
     let _: Value = fx
-        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+        .run(
+            &DRAIN,
+            &keys.each_ref().map(String::as_str),
+            &["dead", &field],
+        )
         .await
         .unwrap();
-    assert_eq!(fx.members(&keys[2]).await, ["p:1"]);
+    assert!(fx.exists(&keys[3]).await);
     assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 1);
     assert!(!fx.exists(&ns.value_key("p:1")).await);
-    assert!(!fx.exists(&keys[2]).await);
+    assert!(!fx.exists(&keys[3]).await, "the dead call's entry is gone");
+    fx.cleanup().await;
+}
+
+/// Issue 11, item 4: two invalidations of one dependency overlap, and the
+/// second dies between its drain and its drop. The first one's clean-up
+/// must not make the replay of the second miss the fill that started
+/// between the two commits.
+#[tokio::test]
+async fn a_drain_that_died_before_its_drop_is_replayed_after_a_concurrent_one_finished() {
+    let mut fx = Fx::new("drain_race");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    let deps = from_ref(&dep);
+    let mut db = "v1";
+    store(&mut fx.con, &ns, "p:1", db.as_bytes(), None, LEASE, deps)
+        .await
+        .unwrap();
+    // Commit 1; its invalidation A takes p:1 and drops it.
+    let a = drain(&mut fx.con, &ns, deps).await.unwrap();
+    drop_entries(&mut fx.con, &ns, a.members()).await.unwrap();
+    // A fill of p:1 takes its lease, registers, and reads the row.
+    let token = new_token();
+    let got = acquire(&mut fx.con, &ns, "p:1", &token, LEASE, deps).await;
+    assert_eq!(got.unwrap(), Acquired::Lease);
+    let read = db;
+    // Commit 2; its invalidation B drains, then dies before its drop.
+    db = "v2";
+    let _dead = drain(&mut fx.con, &ns, deps).await.unwrap();
+    // A finishes; B's batch is replayed, with the same dependencies.
+    forget(&mut fx.con, &ns, &a).await.unwrap();
+    invalidate(&mut fx.con, &ns, &[], deps).await.unwrap();
+    // The fill stores what it read before commit 2.
+    let stored = fill(&mut fx.con, &ns, "p:1", &token, read.as_bytes(), None)
+        .await
+        .unwrap();
+    let cached = fx.get(&ns.value_key("p:1")).await;
+    assert!(
+        cached.is_none() || cached.as_deref() == Some(db),
+        "stale value stored: {cached:?}, the database holds {db:?}"
+    );
+    assert!(!stored, "the fill that read before commit 2 is refused");
+    fx.cleanup().await;
+}
+
+/// An older daemon or library, mid-upgrade, drains into the one shared
+/// drain set: its members are taken like the others, and the set goes.
+#[tokio::test]
+async fn members_of_the_legacy_drain_set_go_with_the_next_invalidation() {
+    let mut fx = Fx::new("drain_legacy");
+    let (ns, dep) = (fx.ns.clone(), dep("1"));
+    store(&mut fx.con, &ns, "p:1", b"v", None, LEASE, from_ref(&dep))
+        .await
+        .unwrap();
+    let keys = ns.dep_keys(&dep);
+    // What an old drain left: the key moved from the bucket to the set.
+    let (bucket, _) = keys.bucket.clone().unwrap();
+    fx.cmd(&["DEL", &bucket]).await;
+    fx.cmd(&["SADD", &keys.legacy_drain, "p:1"]).await;
+    assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 1);
+    assert!(!fx.exists(&ns.value_key("p:1")).await);
+    assert!(!fx.exists(&keys.legacy_drain).await);
+    assert!(!fx.exists(&keys.drains).await);
     fx.cleanup().await;
 }
 
@@ -423,12 +516,15 @@ async fn drain_counts_a_dependency_key_of_another_type_as_empty() {
     fx.cmd(&["SET", &keys[1], "written by another program"])
         .await;
     fx.cmd(&["SET", &keys[0], "also"]).await;
-    let taken: Vec<Vec<String>> = fx
-        .run(&DRAIN, &keys.each_ref().map(String::as_str), &[&field])
+    fx.cmd(&["SET", &keys[2], "and this"]).await;
+    fx.cmd(&["HSET", &keys[3], "x", "not MessagePack"]).await;
+    let taken: Taken = fx
+        .run(&DRAIN, &keys.each_ref().map(String::as_str), &["t", &field])
         .await
         .unwrap();
-    assert_eq!(taken, [Vec::<String>::new()]);
+    assert_eq!(taken, [(vec![], vec!["x".into()])]);
     assert!(!fx.exists(&keys[1]).await);
+    assert!(!fx.exists(&keys[2]).await);
     fx.cleanup().await;
 }
 
@@ -436,7 +532,7 @@ async fn drain_counts_a_dependency_key_of_another_type_as_empty() {
 async fn fence_takes_only_entries_with_neither_value_nor_lease() {
     let mut fx = Fx::new("fence");
     let ns = fx.ns.clone();
-    store(&mut fx.con, &ns, "live", b"v", None, &[])
+    store(&mut fx.con, &ns, "live", b"v", None, LEASE, &[])
         .await
         .unwrap();
     acquire(&mut fx.con, &ns, "filling", "a", LEASE, &[])
@@ -483,10 +579,18 @@ async fn sweep_keeps_a_fill_in_flight_and_removes_entries_that_are_gone() {
     acquire(&mut fx.con, &ns, "filling", "a", LEASE, from_ref(&dep))
         .await
         .unwrap();
-    store(&mut fx.con, &ns, "evicted", b"v", None, from_ref(&dep))
-        .await
-        .unwrap();
-    store(&mut fx.con, &ns, "live", b"v", None, from_ref(&dep))
+    store(
+        &mut fx.con,
+        &ns,
+        "evicted",
+        b"v",
+        None,
+        LEASE,
+        from_ref(&dep),
+    )
+    .await
+    .unwrap();
+    store(&mut fx.con, &ns, "live", b"v", None, LEASE, from_ref(&dep))
         .await
         .unwrap();
     fx.cmd(&["UNLINK", &ns.value_key("evicted")]).await;
@@ -508,7 +612,7 @@ async fn sweep_removes_a_gone_entry_from_its_row_bucket_and_keeps_the_others() {
     let mut fx = Fx::new("sweep_bucket");
     let ns = fx.ns.clone();
     for (key, row) in [("gone", "1"), ("live", "2")] {
-        store(&mut fx.con, &ns, key, b"v", None, &[dep(row)])
+        store(&mut fx.con, &ns, key, b"v", None, LEASE, &[dep(row)])
             .await
             .unwrap();
     }
@@ -539,10 +643,10 @@ async fn unregister_leaves_a_bucket_field_that_names_another_key() {
 async fn sweep_removes_the_stamps_of_expired_entries_without_dependencies() {
     let mut fx = Fx::new("sweep_stamps");
     let ns = fx.ns.clone();
-    store(&mut fx.con, &ns, "expired", b"v", None, &[])
+    store(&mut fx.con, &ns, "expired", b"v", None, LEASE, &[])
         .await
         .unwrap();
-    store(&mut fx.con, &ns, "live", b"v", None, &[])
+    store(&mut fx.con, &ns, "live", b"v", None, LEASE, &[])
         .await
         .unwrap();
     fx.cmd(&["UNLINK", &ns.value_key("expired")]).await;
@@ -595,9 +699,17 @@ async fn entries_of_the_per_entry_layout_are_invalidated_and_upgraded() {
 async fn describe_gives_size_dependencies_and_age_and_skips_vanished_keys() {
     let mut fx = Fx::new("describe");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "mine", b"12345", None, from_ref(&dep))
-        .await
-        .unwrap();
+    store(
+        &mut fx.con,
+        &ns,
+        "mine",
+        b"12345",
+        None,
+        LEASE,
+        from_ref(&dep),
+    )
+    .await
+    .unwrap();
     fx.cmd(&["SET", &ns.value_key("theirs"), "abc"]).await;
     let listed = describe(&mut fx.con, &ns, &["mine", "theirs", "vanished"])
         .await
@@ -638,7 +750,7 @@ async fn markers_tell_absent_intact_and_lost_apart() {
 async fn dropping_every_value_defeats_fills_and_keeps_dependency_sets() {
     let mut fx = Fx::new("drop_all");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
-    store(&mut fx.con, &ns, "a", b"v", None, from_ref(&dep))
+    store(&mut fx.con, &ns, "a", b"v", None, LEASE, from_ref(&dep))
         .await
         .unwrap();
     acquire(&mut fx.con, &ns, "b", "t", LEASE, from_ref(&dep))
@@ -660,7 +772,7 @@ fn every_script_opens_with_its_invariant() {
         ("acquire", include_str!("../../lua/acquire.lua")),
         ("fill", include_str!("../../lua/fill.lua")),
         ("release", include_str!("../../lua/release.lua")),
-        ("store", include_str!("../../lua/store.lua")),
+        ("seize", include_str!("../../lua/seize.lua")),
         ("drop", include_str!("../../lua/drop.lua")),
         ("drain", include_str!("../../lua/drain.lua")),
         ("fence", include_str!("../../lua/fence.lua")),
