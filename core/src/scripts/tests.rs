@@ -477,6 +477,33 @@ async fn fill_cannot_start_while_the_sweeper_fences_the_entry() {
 }
 
 #[tokio::test]
+async fn a_drop_leaves_the_sweepers_fence_so_no_fill_registers_before_the_removal() {
+    // The sweeper fenced `k` while walking row 2's registrations when an
+    // invalidation of row 1 drops `k`. A fill that started now would
+    // register under row 2 and then lose that registration to the
+    // sweeper's removal; it must wait for the fence to be lifted.
+    let mut fx = Fx::new("fence_vs_drop");
+    let ns = fx.ns.clone();
+    store(&mut fx.con, &ns, "k", b"v", None, &[dep("1"), dep("2")])
+        .await
+        .unwrap();
+    fx.cmd(&["UNLINK", &ns.value_key("k")]).await;
+    let e = ns.entry_keys("k");
+    let fenced: Vec<u8> = fx
+        .run(&FENCE, &e.all(), &["sweep:x", "10000", "k", "", ""])
+        .await
+        .unwrap();
+    assert_eq!(fenced, [1]);
+    let _: u64 = fx.run(&DROP, &e.all(), &["k"]).await.unwrap();
+    let got = acquire(&mut fx.con, &ns, "k", "a", LEASE, &[dep("2")]).await;
+    assert_eq!(got.unwrap(), Acquired::HeldByOther, "a fill started under the fence");
+    assert!(release(&mut fx.con, &ns, "k", "sweep:x").await.unwrap());
+    let got = acquire(&mut fx.con, &ns, "k", "a", LEASE, &[dep("2")]).await;
+    assert_eq!(got.unwrap(), Acquired::Lease);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
 async fn sweep_keeps_a_fill_in_flight_and_removes_entries_that_are_gone() {
     let mut fx = Fx::new("sweep");
     let (ns, dep) = (fx.ns.clone(), dep("1"));
