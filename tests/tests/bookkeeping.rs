@@ -281,7 +281,7 @@ async fn a_key_whose_dependencies_change_stays_registered_only_under_its_current
         .unwrap();
     assert_eq!(
         by_key["view:1"],
-        [pointer(1).to_string(), item(3).to_string()],
+        [item(3).to_string(), pointer(1).to_string()],
         "registered only under its current dependencies after a sweep"
     );
     assert_eq!(by_key["other"], [item(2).to_string()]);
