@@ -200,7 +200,8 @@ const POINTERS: &str = "CREATE TABLE items (id int PRIMARY KEY, v int);
                         CREATE TABLE pointers (id int PRIMARY KEY, target int);
                         INSERT INTO pointers SELECT g, g FROM generate_series(1, 20) g;";
 
-const POINTER_TABLES: &str = "sweep_interval_ms = 0\n[[tables]]\nname = \"items\"\n[[tables]]\nname = \"pointers\"\n";
+const POINTER_TABLES: &str =
+    "sweep_interval_ms = 0\n[[tables]]\nname = \"items\"\n[[tables]]\nname = \"pointers\"\n";
 
 /// `view:{p}`: the value of the item pointer `p` points at, depending on
 /// the pointer's row and on the item's row, so its dependencies change
@@ -238,11 +239,15 @@ async fn view_in_db(pg: &tokio_postgres::Client, p: i32) -> (i32, i32) {
 }
 
 fn item(id: i32) -> smartcache_core::keys::DepId {
-    TableName::parse("items").unwrap().row_dep(&[id.to_string()])
+    TableName::parse("items")
+        .unwrap()
+        .row_dep(&[id.to_string()])
 }
 
 fn pointer(id: i32) -> smartcache_core::keys::DepId {
-    TableName::parse("pointers").unwrap().row_dep(&[id.to_string()])
+    TableName::parse("pointers")
+        .unwrap()
+        .row_dep(&[id.to_string()])
 }
 
 #[tokio::test]
@@ -318,10 +323,7 @@ async fn keys_set_again_under_other_dependencies_leave_one_registration_each() {
                 // Half of them also on a row every key shares, in a set.
                 deps.push(Dep::row("items", [2000 + round]));
             }
-            cache
-                .set(&format!("page:{k}"), &row, deps)
-                .await
-                .unwrap();
+            cache.set(&format!("page:{k}"), &row, deps).await.unwrap();
         }
     }
     let ns = env.ns.clone();
@@ -398,7 +400,10 @@ async fn sweeps_racing_fills_and_changes_never_lose_a_current_registration() {
                 .unwrap();
         } else {
             env.pg
-                .execute("UPDATE pointers SET target = $2 WHERE id = $1", &[&p, &target])
+                .execute(
+                    "UPDATE pointers SET target = $2 WHERE id = $1",
+                    &[&p, &target],
+                )
                 .await
                 .unwrap();
         }
@@ -428,7 +433,10 @@ async fn sweeps_racing_fills_and_changes_never_lose_a_current_registration() {
         assert_eq!(cached, now, "{key} is stale");
         let deps = by_key.get(&key).cloned().unwrap_or_default();
         for dep in [pointer(p), item(now.0)] {
-            assert!(deps.contains(&dep.to_string()), "{key} lost {dep}: {deps:?}");
+            assert!(
+                deps.contains(&dep.to_string()),
+                "{key} lost {dep}: {deps:?}"
+            );
         }
         checked += 1;
     }
