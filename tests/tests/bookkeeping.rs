@@ -333,25 +333,38 @@ async fn keys_set_again_under_other_dependencies_leave_one_registration_each() {
     let by_key = smartcache_core::registry::dependencies(&mut env.redis, &ns)
         .await
         .unwrap();
-    let last = ROUNDS - 1;
-    for k in 0..KEYS {
-        let mut want = vec![item(last * KEYS + k + 1).to_string()];
+    // Each key stays registered under its current rows, and under a former
+    // one only when its fingerprint cannot rule that one out (a Bloom
+    // filter's false positive: rare, and tried again at each refill).
+    use smartcache_core::fingerprint::{fingerprint, may_contain, probe};
+    let rows_of = |round: i32, k: i32| {
+        let mut deps = vec![item(round * KEYS + k + 1)];
         if k % 2 == 0 {
-            want.push(item(2000 + last).to_string());
+            deps.push(item(2000 + round));
+        }
+        deps
+    };
+    let last = ROUNDS - 1;
+    let (mut stale, mut kept) = (0, 0);
+    for k in 0..KEYS {
+        let now = rows_of(last, k);
+        let fp = fingerprint(&now);
+        let mut want: Vec<String> = now.iter().map(ToString::to_string).collect();
+        for round in 0..last {
+            for d in rows_of(round, k) {
+                stale += 1;
+                if may_contain(&fp, probe(&d)) {
+                    kept += 1;
+                    want.push(d.to_string());
+                }
+            }
         }
         want.sort();
         assert_eq!(by_key[&format!("page:{k}")], want, "page:{k}");
     }
+    assert!(kept * 100 <= stale, "{kept} of {stale} former registrations kept");
     let registrations: usize = by_key.values().map(Vec::len).sum();
-    assert_eq!(registrations, (KEYS + KEYS / 2) as usize);
-    // Nothing else is left: one value and one stamp per key, the row
-    // buckets and the shared rows' sets of the last round only.
-    let left = env.redis.scan_all(&env.ns.match_all()).await.unwrap();
-    let sets = left
-        .iter()
-        .filter(|k| matches!(env.ns.bookkeeping(k), Some(Bookkeeping::DepSet(_))))
-        .count();
-    assert_eq!(sets, 1, "dependency sets left");
+    assert_eq!(registrations, (KEYS + KEYS / 2) as usize + kept);
 }
 
 #[tokio::test]
