@@ -362,7 +362,10 @@ async fn keys_set_again_under_other_dependencies_leave_one_registration_each() {
         want.sort();
         assert_eq!(by_key[&format!("page:{k}")], want, "page:{k}");
     }
-    assert!(kept * 100 <= stale, "{kept} of {stale} former registrations kept");
+    assert!(
+        kept * 100 <= stale,
+        "{kept} of {stale} former registrations kept"
+    );
     let registrations: usize = by_key.values().map(Vec::len).sum();
     assert_eq!(registrations, (KEYS + KEYS / 2) as usize + kept);
 }
