@@ -409,7 +409,7 @@ async fn sweeps_racing_fills_and_changes_never_lose_a_current_registration() {
         state ^= state << 17;
         let p = (state % VIEWS as u64) as i32 + 1;
         let target = ((state >> 8) % 5) as i32 + 1;
-        if state % 3 == 0 {
+        if state.is_multiple_of(3) {
             env.pg
                 .execute("UPDATE items SET v = v + 1 WHERE id = $1", &[&target])
                 .await
