@@ -418,7 +418,7 @@ impl<'c> Entry<'c> {
                     Err(_) => break,
                 },
                 Some(Acquired::Lease) => {
-                    let lease = Lease::new(Arc::clone(inner), &self.key, token);
+                    let lease = Lease::new(Arc::clone(inner), &self.key, token, deps);
                     // If this future is dropped mid-way, Drop releases the lease.
                     let value = match compute().await {
                         Ok(value) => value,

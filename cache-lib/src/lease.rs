@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartcache_core::fill::{fill, release};
+use smartcache_core::keys::DepId;
 
 use crate::inner::Inner;
 
@@ -15,15 +16,19 @@ pub(crate) struct Lease {
     inner: Arc<Inner>,
     key: String,
     token: String,
+    /// What the acquire step registered the key under; stamped with the
+    /// value (as a fingerprint) so the sweeper can drop older registrations.
+    deps: Vec<DepId>,
     armed: bool,
 }
 
 impl Lease {
-    pub(crate) fn new(inner: Arc<Inner>, key: &str, token: String) -> Self {
+    pub(crate) fn new(inner: Arc<Inner>, key: &str, token: String, deps: &[DepId]) -> Self {
         Self {
             inner,
             key: key.to_owned(),
             token,
+            deps: deps.to_vec(),
             armed: true,
         }
     }
@@ -35,7 +40,15 @@ impl Lease {
             .inner
             .try_redis(
                 "fill",
-                fill(&mut con, &self.inner.ns, &self.key, &self.token, value, ttl),
+                fill(
+                    &mut con,
+                    &self.inner.ns,
+                    &self.key,
+                    &self.token,
+                    value,
+                    ttl,
+                    &self.deps,
+                ),
             )
             .await;
         if stored.is_some() {

@@ -19,7 +19,7 @@ for i = 1, #KEYS, 2 do
   end
   local age = -1
   local b = redis.pcall('HGET', KEYS[i + 1], ARGV[(i + 1) / 2])
-  local born = type(b) == 'string' and tonumber(b)
+  local born = type(b) == 'string' and tonumber(string.match(b, '^%d+') or '')
   if born then age = math.max(0, now - born) end
   out[#out + 1] = {size, age}
 end

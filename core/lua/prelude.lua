@@ -19,11 +19,15 @@ local function put(key, value, ttl)
   end
 end
 -- Records when `field` was stored, on the Redis clock (ms), in the stamps
--- hash of its slot. A stamps key of another type (written by another
--- program) is left alone: the age is then unknown, nothing fails.
-local function stamp(stamps, field)
+-- hash of its slot, followed by ':' and `deps`, the fingerprint of its
+-- dependencies (fingerprint.rs), when given. A stamps key of another type
+-- (written by another program) is left alone: the age is then unknown,
+-- nothing fails.
+local function stamp(stamps, field, deps)
   local t = redis.call('TIME')
-  redis.pcall('HSET', stamps, field, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+  local s = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+  if deps and deps ~= '' then s = s .. ':' .. deps end
+  redis.pcall('HSET', stamps, field, s)
 end
 -- Forgets the stamp of `field`.
 local function unstamp(stamps, field)

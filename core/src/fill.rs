@@ -25,7 +25,7 @@
 //! let token = new_token();
 //! if let Acquired::Lease = acquire(&mut con, &ns, "product:1", &token, Duration::from_secs(5), &deps).await? {
 //!     let value = br#"{"id":1}"#; // read from the database now
-//!     fill(&mut con, &ns, "product:1", &token, value, None).await?;
+//!     fill(&mut con, &ns, "product:1", &token, value, None, &deps).await?;
 //! }
 //! # Ok(()) }
 //! ```
@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime};
 use redis::{RedisResult, Value};
 
 use crate::conn::Conn;
+use crate::fingerprint::fingerprint;
 use crate::keys::{DepId, Namespace};
 use crate::registry::register;
 use crate::scripts::{ACQUIRE, FILL, RELEASE, SEIZE};
@@ -144,12 +145,14 @@ fn unexpected(script: &str, got: &dyn std::fmt::Debug) -> redis::RedisError {
 /// Step 3 of a miss: stores `value` (with `ttl`, `None` for none) and its
 /// stamp if the lease still holds `token`, and drops the lease. Returns whether it was
 /// stored: `false` means an invalidation, a store or the sweeper came
-/// first, so the value may be stale.
+/// first, so the value may be stale. `deps` are the dependencies
+/// [`acquire`] registered: their fingerprint goes with the stamp, so the
+/// sweeper can remove registrations under any others.
 ///
 /// ```no_run
 /// # async fn demo(mut con: smartcache_core::conn::Conn, token: String) -> redis::RedisResult<()> {
 /// let ns = smartcache_core::keys::Namespace::default();
-/// let stored = smartcache_core::fill::fill(&mut con, &ns, "product_list", &token, b"[]", None).await?;
+/// let stored = smartcache_core::fill::fill(&mut con, &ns, "product_list", &token, b"[]", None, &[]).await?;
 /// # Ok(()) }
 /// ```
 pub async fn fill(
@@ -159,6 +162,7 @@ pub async fn fill(
     token: &str,
     value: &[u8],
     ttl: Option<Duration>,
+    deps: &[DepId],
 ) -> RedisResult<bool> {
     let e = ns.entry_keys(key);
     FILL.prepare_invoke()
@@ -167,6 +171,7 @@ pub async fn fill(
         .arg(value)
         .arg(ttl_ms(ttl))
         .arg(key)
+        .arg(fingerprint(deps))
         .invoke_async(con)
         .await
 }
@@ -235,5 +240,5 @@ pub async fn store(
         let _ = release(con, ns, key, &token).await;
         return Err(e);
     }
-    fill(con, ns, key, &token, value, ttl).await
+    fill(con, ns, key, &token, value, ttl, deps).await
 }

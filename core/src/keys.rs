@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `{ns}:{K}` | the cached value of key `K` (readable by any client) |
 //! | `{ns}:@sc:lease:{{ns}:{K}}` | the fill lease of `K` (a token, short expiry) |
-//! | `{ns}:@sc:b:{{tag}}` | stamps: one hash per slot, field `K` = when the library stored `K` |
+//! | `{ns}:@sc:b:{{tag}}` | stamps: one hash per slot, field `K` = when the library stored `K`, `:`, the fingerprint of its dependencies |
 //! | `{ns}:@sc:r:{{tag}}{table}` | row bucket: one hash per table and slot, field `{row}` = the one key registered under the row |
 //! | `{ns}:@sc:dep:{{dep}}` | set of keys that depend on `dep` (a table, or a row with two or more keys) |
 //! | `{ns}:@sc:drains:{{dep}}` | invalidations of `dep` in progress: one hash field per call, the keys it took |
@@ -194,7 +194,9 @@ impl Namespace {
     /// Redis key of the stamps hash of `key`'s hash slot: one hash per slot
     /// (hash-tagged with [`slot_tag`] of the value key's slot), field `K`
     /// holding when the library stored `K` (milliseconds since the Unix
-    /// epoch on the Redis clock). Written with the value, deleted with the
+    /// epoch on the Redis clock), then `:` and the fingerprint of the
+    /// dependencies it registered `K` under (see
+    /// [`crate::fingerprint`]; none from older versions). Written with the value, deleted with the
     /// entry; values written by other programs have none. One hash per slot
     /// instead of one key per entry: a Redis key costs about 60 bytes before
     /// its name and content.

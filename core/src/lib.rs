@@ -6,6 +6,7 @@ pub mod conn;
 pub mod describe;
 pub mod diagnose;
 pub mod fill;
+pub mod fingerprint;
 pub mod invalidate;
 pub mod keys;
 pub mod markers;

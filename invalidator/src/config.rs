@@ -144,7 +144,8 @@ pub struct Config {
     /// `None` turns it off.
     pub canary_interval: Option<Duration>,
     /// How often the sweeper removes registrations of expired or evicted
-    /// entries; `None` turns it off.
+    /// entries, and of live ones under dependencies they no longer have;
+    /// `None` turns it off.
     pub sweep_interval: Option<Duration>,
     /// Where `run` serves `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<SocketAddr>,

@@ -361,7 +361,15 @@ async fn a_template_fill_storing_between_the_truncate_scans_is_deleted() {
         if !stored.swap(true, Ordering::SeqCst) {
             let mut con = con.clone();
             let ok = tokio::task::block_in_place(|| {
-                handle.block_on(fill(&mut con, &ns, "product:1", &token, b"before", None))
+                handle.block_on(fill(
+                    &mut con,
+                    &ns,
+                    "product:1",
+                    &token,
+                    b"before",
+                    None,
+                    &[],
+                ))
             })
             .unwrap();
             assert!(ok, "the fill's lease still held when it stored");

@@ -155,10 +155,10 @@ async fn fill_stores_under_its_token_and_drops_the_lease() {
     acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")])
         .await
         .unwrap();
-    assert!(!fill(&mut fx.con, &ns, "p:1", "b", b"x", None)
+    assert!(!fill(&mut fx.con, &ns, "p:1", "b", b"x", None, &[])
         .await
         .unwrap());
-    assert!(fill(&mut fx.con, &ns, "p:1", "a", b"v", None)
+    assert!(fill(&mut fx.con, &ns, "p:1", "a", b"v", None, &[])
         .await
         .unwrap());
     assert_eq!(fx.get(&e.value).await.as_deref(), Some("v"));
@@ -176,7 +176,9 @@ async fn fill_with_a_ttl_expires_the_value_and_the_sweeper_takes_the_rest() {
         .await
         .unwrap();
     let ttl = Some(Duration::from_millis(300));
-    assert!(fill(&mut fx.con, &ns, "p:1", "a", b"v", ttl).await.unwrap());
+    assert!(fill(&mut fx.con, &ns, "p:1", "a", b"v", ttl, &[])
+        .await
+        .unwrap());
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&e.value)
         .query_async(&mut fx.con)
@@ -201,7 +203,7 @@ async fn fill_whose_lease_was_dropped_by_an_invalidation_is_refused() {
         .unwrap();
     // The commit lands and is invalidated while the value is computed.
     assert_eq!(invalidate(&mut fx.con, &ns, &[], &[dep]).await.unwrap(), 0);
-    assert!(!fill(&mut fx.con, &ns, "p:1", "a", b"stale", None)
+    assert!(!fill(&mut fx.con, &ns, "p:1", "a", b"stale", None, &[])
         .await
         .unwrap());
     assert_eq!(fx.get(&ns.value_key("p:1")).await, None);
@@ -218,7 +220,7 @@ async fn fill_after_a_store_is_refused() {
     store(&mut fx.con, &ns, "p:1", b"newer", None, LEASE, &[])
         .await
         .unwrap();
-    assert!(!fill(&mut fx.con, &ns, "p:1", "a", b"older", None)
+    assert!(!fill(&mut fx.con, &ns, "p:1", "a", b"older", None, &[])
         .await
         .unwrap());
     assert_eq!(fx.get(&ns.value_key("p:1")).await.as_deref(), Some("newer"));
@@ -543,7 +545,7 @@ async fn fence_takes_only_entries_with_neither_value_nor_lease() {
     for (key, want) in [("live", 0), ("filling", 0), ("gone", 1)] {
         let e = ns.entry_keys(key);
         let fenced: Vec<u8> = fx
-            .run(&FENCE, &e.all(), &["sweep:x", "10000", key])
+            .run(&FENCE, &e.all(), &["sweep:x", "10000", key, ""])
             .await
             .unwrap();
         assert_eq!(fenced, [want], "{key}");
@@ -560,7 +562,7 @@ async fn fill_cannot_start_while_the_sweeper_fences_the_entry() {
     let ns = fx.ns.clone();
     let e: EntryKeys = ns.entry_keys("p:1");
     let fenced: Vec<u8> = fx
-        .run(&FENCE, &e.all(), &["sweep:x", "10000", "p:1"])
+        .run(&FENCE, &e.all(), &["sweep:x", "10000", "p:1", ""])
         .await
         .unwrap();
     assert_eq!(fenced, [1]);
@@ -569,6 +571,161 @@ async fn fill_cannot_start_while_the_sweeper_fences_the_entry() {
     assert!(release(&mut fx.con, &ns, "p:1", "sweep:x").await.unwrap());
     let got = acquire(&mut fx.con, &ns, "p:1", "a", LEASE, &[dep("1")]).await;
     assert_eq!(got.unwrap(), Acquired::Lease);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_drop_leaves_the_sweepers_fence_so_no_fill_registers_before_the_removal() {
+    // The sweeper fenced `k` while walking row 2's registrations when an
+    // invalidation of row 1 drops `k`. A fill that started now would
+    // register under row 2 and then lose that registration to the
+    // sweeper's removal; it must wait for the fence to be lifted.
+    let mut fx = Fx::new("fence_vs_drop");
+    let ns = fx.ns.clone();
+    store(&mut fx.con, &ns, "k", b"v", None, &[dep("1"), dep("2")])
+        .await
+        .unwrap();
+    fx.cmd(&["UNLINK", &ns.value_key("k")]).await;
+    let e = ns.entry_keys("k");
+    let fenced: Vec<u8> = fx
+        .run(&FENCE, &e.all(), &["sweep:x", "10000", "k", ""])
+        .await
+        .unwrap();
+    assert_eq!(fenced, [1]);
+    let _: u64 = fx.run(&DROP, &e.all(), &["k"]).await.unwrap();
+    let got = acquire(&mut fx.con, &ns, "k", "a", LEASE, &[dep("2")]).await;
+    assert_eq!(
+        got.unwrap(),
+        Acquired::HeldByOther,
+        "a fill started under the fence"
+    );
+    assert!(release(&mut fx.con, &ns, "k", "sweep:x").await.unwrap());
+    let got = acquire(&mut fx.con, &ns, "k", "a", LEASE, &[dep("2")]).await;
+    assert_eq!(got.unwrap(), Acquired::Lease);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn fence_takes_a_live_entry_only_when_its_fingerprint_rules_the_dependency_out() {
+    let mut fx = Fx::new("fence_live");
+    let ns = fx.ns.clone();
+    let mine: Vec<DepId> = (0..3).map(|i| dep(&i.to_string())).collect();
+    store(&mut fx.con, &ns, "k", b"v", None, &mine)
+        .await
+        .unwrap();
+    let e = ns.entry_keys("k");
+    // The script's bit arithmetic agrees with `may_contain`, and never rules
+    // out a dependency the value has.
+    let fp = crate::fingerprint::fingerprint(&mine);
+    let mut ruled_out = 0;
+    for i in 0..300 {
+        let d = dep(&i.to_string());
+        let p = crate::fingerprint::probe(&d);
+        let probe = crate::fingerprint::probe_hex(p);
+        let fenced: Vec<u8> = fx
+            .run(&FENCE, &e.all(), &["sweep:x", "10000", "k", &probe])
+            .await
+            .unwrap();
+        let want = if crate::fingerprint::may_contain(&fp, p) {
+            0
+        } else {
+            2
+        };
+        assert_eq!(fenced, [want], "{d}");
+        if i < 3 {
+            assert_eq!(want, 0, "{d} is a dependency of the value");
+        }
+        if want == 2 {
+            ruled_out += 1;
+            assert!(release(&mut fx.con, &ns, "k", "sweep:x").await.unwrap());
+        }
+    }
+    assert!(ruled_out >= 290, "{ruled_out}");
+    assert!(
+        fx.stamp("k").await.is_some(),
+        "a live entry keeps its stamp"
+    );
+    // A lease (a fill, another fence) or a stamp without a fingerprint (an
+    // older version's) keeps the registration.
+    let other = crate::fingerprint::probe_hex(crate::fingerprint::probe(&dep("9999")));
+    fx.cmd(&["SET", &e.lease, "fill"]).await;
+    let fenced: Vec<u8> = fx
+        .run(&FENCE, &e.all(), &["sweep:x", "10000", "k", &other])
+        .await
+        .unwrap();
+    assert_eq!(fenced, [0], "leased");
+    fx.cmd(&["DEL", &e.lease]).await;
+    fx.cmd(&["HSET", &e.stamps, "k", "1700000000000"]).await;
+    let fenced: Vec<u8> = fx
+        .run(&FENCE, &e.all(), &["sweep:x", "10000", "k", &other])
+        .await
+        .unwrap();
+    assert_eq!(fenced, [0], "no fingerprint");
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn sweep_removes_a_live_entry_from_dependencies_its_value_no_longer_has() {
+    let mut fx = Fx::new("sweep_moved");
+    let ns = fx.ns.clone();
+    // Set under rows 1 and 2, then under rows 2 and 3; another key takes
+    // row 1 too, so row 1's registrants are in its set.
+    store(&mut fx.con, &ns, "k", b"v1", None, &[dep("1"), dep("2")])
+        .await
+        .unwrap();
+    store(&mut fx.con, &ns, "k", b"v2", None, &[dep("2"), dep("3")])
+        .await
+        .unwrap();
+    store(&mut fx.con, &ns, "other", b"v", None, &[dep("1")])
+        .await
+        .unwrap();
+    assert_eq!(fx.registrants(&dep("1")).await, ["k", "other"]);
+    assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 1);
+    assert_eq!(fx.registrants(&dep("1")).await, ["other"]);
+    assert_eq!(fx.registrants(&dep("2")).await, ["k"]);
+    assert_eq!(fx.registrants(&dep("3")).await, ["k"]);
+    assert_eq!(fx.get(&ns.value_key("k")).await.as_deref(), Some("v2"));
+    assert!(!fx.exists(&ns.lease_key("k")).await, "the fence is lifted");
+    assert!(fx.stamp("k").await.is_some());
+    assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 0);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn sweep_leaves_the_registrations_of_a_fill_in_flight_under_new_dependencies() {
+    let mut fx = Fx::new("sweep_refill");
+    let ns = fx.ns.clone();
+    // Filled under row 1 with a TTL; expired; a fill under row 2 holds the
+    // lease (and the old stamp is still there).
+    let ttl = Some(Duration::from_millis(50));
+    assert_eq!(
+        acquire(&mut fx.con, &ns, "k", "a", LEASE, &[dep("1")])
+            .await
+            .unwrap(),
+        Acquired::Lease
+    );
+    assert!(fill(&mut fx.con, &ns, "k", "a", b"v1", ttl, &[dep("1")])
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        acquire(&mut fx.con, &ns, "k", "b", LEASE, &[dep("2")])
+            .await
+            .unwrap(),
+        Acquired::Lease
+    );
+    assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 0);
+    assert_eq!(
+        fx.registrants(&dep("2")).await,
+        ["k"],
+        "the fill's registration"
+    );
+    assert!(fill(&mut fx.con, &ns, "k", "b", b"v2", None, &[dep("2")])
+        .await
+        .unwrap());
+    assert_eq!(sweep(&mut fx.con, &ns).await.unwrap(), 1);
+    assert_eq!(fx.registrants(&dep("1")).await, Vec::<String>::new());
+    assert_eq!(fx.registrants(&dep("2")).await, ["k"]);
     fx.cleanup().await;
 }
 
@@ -601,7 +758,7 @@ async fn sweep_keeps_a_fill_in_flight_and_removes_entries_that_are_gone() {
         "the fence is lifted"
     );
     assert_eq!(fx.stamp("evicted").await, None);
-    assert!(fill(&mut fx.con, &ns, "filling", "a", b"v", None)
+    assert!(fill(&mut fx.con, &ns, "filling", "a", b"v", None, &[])
         .await
         .unwrap());
     fx.cleanup().await;
@@ -757,7 +914,9 @@ async fn dropping_every_value_defeats_fills_and_keeps_dependency_sets() {
         .await
         .unwrap();
     assert_eq!(drop_all_values(&mut fx.con, &ns).await.unwrap(), 1);
-    assert!(!fill(&mut fx.con, &ns, "b", "t", b"v", None).await.unwrap());
+    assert!(!fill(&mut fx.con, &ns, "b", "t", b"v", None, &[])
+        .await
+        .unwrap());
     assert_eq!(fx.registrants(&dep).await, ["a", "b"]);
     assert_eq!(
         check_markers(&mut fx.con, &ns).await.unwrap(),
