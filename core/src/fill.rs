@@ -199,9 +199,15 @@ pub async fn release(con: &mut Conn, ns: &Namespace, key: &str, token: &str) -> 
         .await
 }
 
+/// How long [`store`] waits for a sweeper's fence to go before it takes
+/// the lease anyway: the sweeper holds one for a few round trips, and one
+/// that died leaves it for 10 s.
+const SWEEP_FENCE_PATIENCE: Duration = Duration::from_millis(200);
+
 /// Unconditional store with dependency registration; defeats in-flight
 /// fills of the key. Returns whether it was stored. Three steps: take the
-/// lease whatever holds it (for `lease_ttl`), register `key` under `deps`,
+/// lease whatever holds it (for `lease_ttl`; a sweeper's fence is waited
+/// for first, up to 200 ms), register `key` under `deps`,
 /// then store as a fill does, under that lease. So the value is never
 /// there without its registrations: a registration that fails (the lease
 /// is given back and the error returned) or is cut short stores nothing,
@@ -229,13 +235,23 @@ pub async fn store(
     deps: &[DepId],
 ) -> RedisResult<bool> {
     let token = new_token();
-    SEIZE
-        .prepare_invoke()
-        .key(ns.lease_key(key))
-        .arg(&token)
-        .arg((lease_ttl.as_millis() as u64).max(1))
-        .invoke_async::<i64>(con)
-        .await?;
+    let lease = ns.lease_key(key);
+    let waited = std::time::Instant::now();
+    loop {
+        let force = waited.elapsed() >= SWEEP_FENCE_PATIENCE;
+        let seized: i64 = SEIZE
+            .prepare_invoke()
+            .key(&lease)
+            .arg(&token)
+            .arg((lease_ttl.as_millis() as u64).max(1))
+            .arg(if force { "1" } else { "" })
+            .invoke_async(con)
+            .await?;
+        if seized == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     if let Err(e) = register(con, ns, key, deps).await {
         let _ = release(con, ns, key, &token).await;
         return Err(e);

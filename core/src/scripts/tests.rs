@@ -283,6 +283,35 @@ async fn store_whose_registration_fails_stores_nothing_and_gives_the_lease_back(
     fx.cleanup().await;
 }
 
+/// The sweeper fenced `k` to take it out of a dependency; a `set` of `k`
+/// under that dependency meanwhile must not register before the removal.
+#[tokio::test]
+async fn a_store_waits_for_the_sweepers_fence_so_its_registration_survives_the_removal() {
+    let mut fx = Fx::new("store_fence");
+    let ns = fx.ns.clone();
+    let table = TableName::new("public", "products").table_dep();
+    let set = ns.dep_set_key(&table);
+    fx.cmd(&["SADD", &set, "k"]).await;
+    fx.cmd(&["SET", &ns.lease_key("k"), "sweep:t", "PX", "10000"])
+        .await;
+    let (mut con, writer_ns, deps) = (fx.con.clone(), ns.clone(), [table.clone()]);
+    let writer =
+        tokio::spawn(
+            async move { store(&mut con, &writer_ns, "k", b"v", None, LEASE, &deps).await },
+        );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The sweeper's removal, then its fence lifted.
+    fx.cmd(&["SREM", &set, "k"]).await;
+    fx.cmd(&["DEL", &ns.lease_key("k")]).await;
+    assert!(writer.await.unwrap().unwrap(), "stored");
+    assert_eq!(
+        fx.members(&set).await,
+        ["k"],
+        "the store's registration outlives the sweeper's removal"
+    );
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 async fn drop_deletes_value_lease_and_stamp_of_each_entry_and_counts_values() {
     let mut fx = Fx::new("drop");
@@ -477,7 +506,7 @@ async fn a_drain_that_died_before_its_drop_is_replayed_after_a_concurrent_one_fi
     forget(&mut fx.con, &ns, &a).await.unwrap();
     invalidate(&mut fx.con, &ns, &[], deps).await.unwrap();
     // The fill stores what it read before commit 2.
-    let stored = fill(&mut fx.con, &ns, "p:1", &token, read.as_bytes(), None)
+    let stored = fill(&mut fx.con, &ns, "p:1", &token, read.as_bytes(), None, deps)
         .await
         .unwrap();
     let cached = fx.get(&ns.value_key("p:1")).await;
@@ -582,9 +611,17 @@ async fn a_drop_leaves_the_sweepers_fence_so_no_fill_registers_before_the_remova
     // sweeper's removal; it must wait for the fence to be lifted.
     let mut fx = Fx::new("fence_vs_drop");
     let ns = fx.ns.clone();
-    store(&mut fx.con, &ns, "k", b"v", None, &[dep("1"), dep("2")])
-        .await
-        .unwrap();
+    store(
+        &mut fx.con,
+        &ns,
+        "k",
+        b"v",
+        None,
+        LEASE,
+        &[dep("1"), dep("2")],
+    )
+    .await
+    .unwrap();
     fx.cmd(&["UNLINK", &ns.value_key("k")]).await;
     let e = ns.entry_keys("k");
     let fenced: Vec<u8> = fx
@@ -610,7 +647,7 @@ async fn fence_takes_a_live_entry_only_when_its_fingerprint_rules_the_dependency
     let mut fx = Fx::new("fence_live");
     let ns = fx.ns.clone();
     let mine: Vec<DepId> = (0..3).map(|i| dep(&i.to_string())).collect();
-    store(&mut fx.con, &ns, "k", b"v", None, &mine)
+    store(&mut fx.con, &ns, "k", b"v", None, LEASE, &mine)
         .await
         .unwrap();
     let e = ns.entry_keys("k");
@@ -670,13 +707,29 @@ async fn sweep_removes_a_live_entry_from_dependencies_its_value_no_longer_has() 
     let ns = fx.ns.clone();
     // Set under rows 1 and 2, then under rows 2 and 3; another key takes
     // row 1 too, so row 1's registrants are in its set.
-    store(&mut fx.con, &ns, "k", b"v1", None, &[dep("1"), dep("2")])
-        .await
-        .unwrap();
-    store(&mut fx.con, &ns, "k", b"v2", None, &[dep("2"), dep("3")])
-        .await
-        .unwrap();
-    store(&mut fx.con, &ns, "other", b"v", None, &[dep("1")])
+    store(
+        &mut fx.con,
+        &ns,
+        "k",
+        b"v1",
+        None,
+        LEASE,
+        &[dep("1"), dep("2")],
+    )
+    .await
+    .unwrap();
+    store(
+        &mut fx.con,
+        &ns,
+        "k",
+        b"v2",
+        None,
+        LEASE,
+        &[dep("2"), dep("3")],
+    )
+    .await
+    .unwrap();
+    store(&mut fx.con, &ns, "other", b"v", None, LEASE, &[dep("1")])
         .await
         .unwrap();
     assert_eq!(fx.registrants(&dep("1")).await, ["k", "other"]);
