@@ -437,7 +437,27 @@ impl Namespace {
     /// assert_eq!(Namespace::default().match_row_dep_sets(&t), "cache:@sc:dep:{r:public.products:*}");
     /// ```
     pub fn match_row_dep_sets(&self, table: &TableName) -> String {
-        let head = format!("{}{DEP_SET}{{r:{}:", self.prefix, table.encoded());
+        self.match_row_keys(DEP_SET, table)
+    }
+
+    /// `SCAN MATCH` patterns for the drains hashes and the older versions'
+    /// drain sets of `table`'s row dependencies: what invalidations that
+    /// died midway took from them (a TRUNCATE must find those too).
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let t = TableName::parse("products").unwrap();
+    /// assert_eq!(
+    ///     Namespace::default().match_row_drains(&t),
+    ///     ["cache:@sc:drains:{r:public.products:*}", "cache:@sc:drain:{r:public.products:*}"]
+    /// );
+    /// ```
+    pub fn match_row_drains(&self, table: &TableName) -> [String; 2] {
+        [DRAINS, LEGACY_DRAIN].map(|kind| self.match_row_keys(kind, table))
+    }
+
+    fn match_row_keys(&self, kind: &str, table: &TableName) -> String {
+        let head = format!("{}{kind}{{r:{}:", self.prefix, table.encoded());
         format!("{}*}}", glob_escape(&head))
     }
 
@@ -491,9 +511,28 @@ impl Namespace {
     /// assert_eq!(ns.dep_id_of(&ns.dep_set_key(&dep)), Some(dep));
     /// ```
     pub fn dep_id_of(&self, redis_key: &str) -> Option<DepId> {
+        self.dep_id_after(DEP_SET, redis_key)
+    }
+
+    /// The dependency id of a drains hash ([`Namespace::drains_key`]) or of
+    /// an older version's drain set ([`Namespace::legacy_drain_key`]).
+    ///
+    /// ```
+    /// use smartcache_core::keys::{Namespace, TableName};
+    /// let (ns, dep) = (Namespace::default(), TableName::parse("t").unwrap().row_dep(&["1"]));
+    /// assert_eq!(ns.drained_dep_of(&ns.drains_key(&dep)), Some(dep.clone()));
+    /// assert_eq!(ns.drained_dep_of(&ns.legacy_drain_key(&dep)), Some(dep.clone()));
+    /// assert_eq!(ns.drained_dep_of(&ns.dep_set_key(&dep)), None);
+    /// ```
+    pub fn drained_dep_of(&self, redis_key: &str) -> Option<DepId> {
+        self.dep_id_after(DRAINS, redis_key)
+            .or_else(|| self.dep_id_after(LEGACY_DRAIN, redis_key))
+    }
+
+    fn dep_id_after(&self, kind: &str, redis_key: &str) -> Option<DepId> {
         redis_key
             .strip_prefix(&self.prefix)?
-            .strip_prefix(DEP_SET)?
+            .strip_prefix(kind)?
             .strip_prefix('{')?
             .strip_suffix('}')
             .map(|d| DepId(d.to_owned()))

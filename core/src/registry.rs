@@ -91,8 +91,9 @@ pub async fn registrants(con: &mut Conn, ns: &Namespace, dep: &DepId) -> RedisRe
 }
 
 /// Every row dependency of `table` that has registrants now: the fields of
-/// its row buckets and its row dependency sets, found with `SCAN` (each
-/// step calls `progress`).
+/// its row buckets, its row dependency sets and what invalidations that
+/// died midway left in its drains, found with `SCAN` (each step calls
+/// `progress`).
 ///
 /// ```no_run
 /// # async fn demo(mut con: smartcache_core::conn::Conn) -> redis::RedisResult<()> {
@@ -112,6 +113,12 @@ pub async fn row_deps(
         .iter()
         .filter_map(|k| ns.dep_id_of(k))
         .collect();
+    // Registrants an invalidation took and did not drop (it died): the
+    // next invalidation of the dependency takes them over.
+    for pattern in ns.match_row_drains(table) {
+        let found = scan(con, &pattern, progress).await?;
+        deps.extend(found.iter().filter_map(|k| ns.drained_dep_of(k)));
+    }
     let own = table.row_dep(&[""]);
     let buckets: Vec<(String, Kind)> = scan(con, &ns.match_row_buckets(table), progress)
         .await?

@@ -478,6 +478,27 @@ async fn members_a_dead_daemon_left_in_a_drain_set_go_with_the_next_invalidation
     fx.cleanup().await;
 }
 
+/// An invalidation of a row that died between its drain and its drop; a
+/// TRUNCATE of the table then finds the row in the drains and deletes the
+/// entry the dead call took.
+#[tokio::test]
+async fn a_truncate_finds_what_a_dead_invalidation_took_from_a_row() {
+    let mut fx = Fx::new("truncate_drained");
+    let (ns, dep) = (fx.ns.clone(), dep("7"));
+    store(&mut fx.con, &ns, "p:7", b"old", None, LEASE, from_ref(&dep))
+        .await
+        .unwrap();
+    let _dead = drain(&mut fx.con, &ns, from_ref(&dep)).await.unwrap();
+    let table = TableName::new("public", "products");
+    let deps = crate::registry::row_deps(&mut fx.con, &ns, &table, &|| {})
+        .await
+        .unwrap();
+    assert_eq!(deps, [dep], "the drained row is one of the table's");
+    invalidate(&mut fx.con, &ns, &[], &deps).await.unwrap();
+    assert_eq!(fx.get(&ns.value_key("p:7")).await, None);
+    fx.cleanup().await;
+}
+
 /// Issue 11, item 4: two invalidations of one dependency overlap, and the
 /// second dies between its drain and its drop. The first one's clean-up
 /// must not make the replay of the second miss the fill that started
