@@ -131,6 +131,7 @@ async fn no_password_appears_in_anything_the_cli_or_the_daemon_prints() {
         .arg(&config)
         .args(["admin", "--addr", &addr])
         .env("DATABASE_URL_FILE", &secret)
+        .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&admin_log).unwrap())
