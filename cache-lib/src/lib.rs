@@ -9,6 +9,7 @@ mod dep;
 mod entry;
 mod error;
 mod flight;
+pub mod freshness;
 mod inner;
 mod lease;
 mod local;
