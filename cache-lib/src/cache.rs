@@ -592,6 +592,12 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        // A local hit builds no entry: no allocation before the copy.
+        if let Some(bytes) = self.inner.local_copy(key) {
+            if let Ok(value) = serde_json::from_slice(&bytes) {
+                return Ok(value);
+            }
+        }
         self.entry(key).deps(deps).get_or_compute(compute).await
     }
 
@@ -615,6 +621,9 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, E>>,
     {
+        if let Some(bytes) = self.inner.local_copy(key) {
+            return Ok(bytes.to_vec());
+        }
         self.entry(key)
             .deps(deps)
             .get_or_compute_bytes(compute)

@@ -135,6 +135,14 @@ impl Inner {
         }
     }
 
+    /// The local tier's copy of `key`, if it holds one it may serve (and
+    /// `key` is valid: an invalid one must still get its error).
+    pub(crate) fn local_copy(&self, key: &str) -> Option<std::sync::Arc<[u8]>> {
+        let tier = self.tier.as_ref()?;
+        self.check_key(key).ok()?;
+        tier.local().get(key)
+    }
+
     /// The value of `key` on a request path: the local tier's copy, else
     /// one `GET` (on the tracking connection when the local tier is on, so
     /// the reply can be kept). `None` on a miss or when Redis is unavailable.

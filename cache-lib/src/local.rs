@@ -76,6 +76,34 @@ struct Held {
     expires_ms: u64,
 }
 
+/// A counter that threads bump without sharing a cache line: one shared
+/// atomic, bumped on every local hit from every core, cost a quarter of
+/// the hit's throughput at 64 tasks.
+#[derive(Default)]
+struct Striped([Padded; COUNTER_STRIPES]);
+
+const COUNTER_STRIPES: usize = 16;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    fn add_one(&self) {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local!(static SLOT: usize = NEXT.fetch_add(1, Relaxed) % COUNTER_STRIPES);
+        SLOT.with(|i| self.0[*i].0.fetch_add(1, Relaxed));
+    }
+
+    fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|p| p.0.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// Taken before a tracked `GET` is sent; see the module doc.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
@@ -91,7 +119,7 @@ pub(crate) struct Local {
     fresh_until: AtomicU64,
     stripes: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
-    hits: AtomicU64,
+    hits: Striped,
     fills: AtomicU64,
     invalidations: AtomicU64,
     flushes: AtomicU64,
@@ -117,7 +145,7 @@ impl Local {
             fresh_until: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: Default::default(),
-            hits: AtomicU64::new(0),
+            hits: Striped::default(),
             fills: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -144,7 +172,7 @@ impl Local {
         {
             return None;
         }
-        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.hits.add_one();
         Some(copy.bytes)
     }
 
@@ -241,7 +269,7 @@ impl Local {
         LocalStats {
             entries: self.map.entry_count(),
             bytes: self.map.weighted_size(),
-            hits: self.hits.load(relaxed),
+            hits: self.hits.sum(),
             fills: self.fills.load(relaxed),
             invalidations: self.invalidations.load(relaxed),
             flushes: self.flushes.load(relaxed),
