@@ -15,13 +15,16 @@
 //! passed together with the transactions then in progress, and that range
 //! is scanned again once some of them have finished: each range costs a
 //! few scans, and a long writing transaction costs one scan when it ends.
-//! A full pass from the start every [`FULL_PASS`] is the safety net for a
-//! peer that dies holding rows it took after our snapshot.
+//! A snapshot lists only the running transactions below its `xmax`, the
+//! latest completed id + 1; those above are known only to have ids below
+//! the claim's own, so they are listed from the first later snapshot whose
+//! `xmax` passes it (missing them left such rows to the full pass: a
+//! commit invalidated up to 10 s late under steady writes).
+//! A full pass from the start every `full_scan_interval_ms` (10 s by
+//! default) is the safety net for a peer that dies holding rows it took
+//! after our snapshot.
 
 use std::time::{Duration, Instant};
-
-/// How often the whole pending range is scanned, whatever the snapshots say.
-pub const FULL_PASS: Duration = Duration::from_secs(10);
 
 /// The claim: the snapshot it ran under and the WAL insert position (every
 /// change it can see committed before it), then the rows it took (none:
@@ -88,6 +91,20 @@ struct Pending {
     lo: i64,
     hi: i64,
     waiting: Vec<u64>,
+    /// `[from, below)`: transaction ids the snapshot could not list. Its
+    /// `xmax` is the latest completed id + 1, so writers with higher ids
+    /// may have been running (and holding ids below the claimed ones);
+    /// every one of them has an id below the claim's own. Resolved into
+    /// `waiting` by the first snapshot whose `xmax` reaches `below`.
+    unlisted: Option<(u64, u64)>,
+}
+
+impl Pending {
+    /// Whether a rescan under the last snapshot `seen` may find rows now.
+    fn due(&self, seen: &Snapshot) -> bool {
+        self.waiting.iter().any(|x| seen.finished(*x))
+            || self.unlisted.is_some_and(|(_, below)| seen.xmax >= below)
+    }
 }
 
 /// One daemon's claim position.
@@ -100,6 +117,9 @@ pub struct Cursor {
     /// Where the current full pass has got to, if one is under way.
     full_from: Option<i64>,
     last_full: Instant,
+    /// How often the whole range below the cursor is scanned, whatever
+    /// the snapshots say.
+    full_every: Duration,
 }
 
 /// The parameters of one claim.
@@ -113,14 +133,17 @@ pub struct Plan {
     pub cursor: i64,
 }
 
-impl Default for Cursor {
-    fn default() -> Self {
+impl Cursor {
+    /// A cursor at the start that scans everything below it every
+    /// `full_every`.
+    pub fn new(full_every: Duration) -> Self {
         Self {
             cursor: 0,
             pending: Vec::new(),
             seen: Snapshot::default(),
             full_from: None,
             last_full: Instant::now(),
+            full_every,
         }
     }
 }
@@ -128,16 +151,16 @@ impl Default for Cursor {
 impl Cursor {
     /// What the next claim scans.
     pub fn plan(&mut self) -> Plan {
-        if self.full_from.is_none() && self.last_full.elapsed() >= FULL_PASS && self.cursor > 0 {
+        if self.full_from.is_none()
+            && self.last_full.elapsed() >= self.full_every
+            && self.cursor > 0
+        {
             self.full_from = Some(0);
         }
         let (lo, hi) = match self.full_from {
             Some(from) => (from, self.cursor),
             None => {
-                let due = self
-                    .pending
-                    .iter()
-                    .filter(|p| p.waiting.iter().any(|x| self.seen.finished(*x)));
+                let due = self.pending.iter().filter(|p| p.due(&self.seen));
                 due.fold((i64::MAX, i64::MIN), |(lo, hi), p| {
                     (lo.min(p.lo), hi.max(p.hi))
                 })
@@ -158,8 +181,17 @@ impl Cursor {
     }
 
     /// Takes in a claim's outcome: its snapshot and the ids it took, with
-    /// `limit` the batch size.
-    pub fn claimed(&mut self, plan: Plan, snapshot: Snapshot, ids: &[i64], limit: usize) {
+    /// `limit` the batch size, and the claim's own transaction id when it
+    /// took any (without it, writers the snapshot could not list are left
+    /// to the full pass).
+    pub fn claimed(
+        &mut self,
+        plan: Plan,
+        snapshot: Snapshot,
+        ids: &[i64],
+        limit: usize,
+        own: Option<u64>,
+    ) {
         let late: Vec<i64> = ids.iter().copied().filter(|id| *id <= plan.hi).collect();
         let hot_max = ids.iter().copied().filter(|id| *id > plan.cursor).max();
         // How far the range scanned again was covered: all of it unless
@@ -182,11 +214,15 @@ impl Cursor {
         }
         if let Some(max) = hot_max {
             let waiting: Vec<u64> = snapshot.xip.clone();
-            if !waiting.is_empty() {
+            let unlisted = own
+                .filter(|own| *own > snapshot.xmax)
+                .map(|own| (snapshot.xmax, own));
+            if !waiting.is_empty() || unlisted.is_some() {
                 self.pending.push(Pending {
                     lo: self.cursor,
                     hi: max,
                     waiting,
+                    unlisted,
                 });
             }
             self.cursor = self.cursor.max(max);
@@ -228,13 +264,24 @@ impl Cursor {
                     lo: covered,
                     hi: p.hi,
                     waiting: p.waiting.clone(),
+                    unlisted: p.unlisted,
                 });
                 p.hi = covered;
             }
             p.waiting.retain(|x| !snapshot.finished(*x));
+            if let Some((from, below)) = p.unlisted {
+                if snapshot.xmax >= below {
+                    // Every id of the range is below this snapshot's xmax:
+                    // those still running are listed.
+                    let running = snapshot.xip.iter().filter(|x| (from..below).contains(*x));
+                    p.waiting.extend(running);
+                    p.unlisted = None;
+                }
+            }
         }
         self.pending.extend(split);
-        self.pending.retain(|p| !p.waiting.is_empty());
+        self.pending
+            .retain(|p| !p.waiting.is_empty() || p.unlisted.is_some());
     }
 
     /// Adjacent ranges waiting for the same transactions become one: a long
@@ -244,7 +291,11 @@ impl Cursor {
         let mut out: Vec<Pending> = Vec::with_capacity(self.pending.len());
         for p in self.pending.drain(..) {
             match out.last_mut() {
-                Some(last) if last.waiting == p.waiting && last.hi >= p.lo => {
+                Some(last)
+                    if last.waiting == p.waiting
+                        && last.unlisted == p.unlisted
+                        && last.hi >= p.lo =>
+                {
                     last.hi = last.hi.max(p.hi);
                 }
                 _ => out.push(p),
@@ -258,6 +309,8 @@ impl Cursor {
 mod tests {
     use super::*;
 
+    const FULL: Duration = Duration::from_secs(10);
+
     fn snap(text: &str) -> Snapshot {
         Snapshot::parse(text).unwrap()
     }
@@ -265,7 +318,8 @@ mod tests {
     /// A claim as planned, with its outcome.
     fn step(c: &mut Cursor, snapshot: Snapshot, ids: &[i64], limit: usize) {
         let plan = c.plan();
-        c.claimed(plan, snapshot, ids, limit);
+        let own = Some(snapshot.xmax);
+        c.claimed(plan, snapshot, ids, limit, own);
     }
 
     #[test]
@@ -286,51 +340,52 @@ mod tests {
 
     #[test]
     fn a_quiet_queue_claims_above_the_cursor_only() {
-        let mut c = Cursor::default();
+        let mut c = Cursor::new(FULL);
         let p = c.plan();
         assert_eq!((p.lo, p.hi, p.cursor), (0, 0, 0));
-        c.claimed(p, snap("5:5:"), &[1, 2, 3], 100);
+        c.claimed(p, snap("5:5:"), &[1, 2, 3], 100, Some(5));
         let p = c.plan();
         assert_eq!((p.lo, p.hi, p.cursor), (0, 0, 3));
     }
 
     #[test]
     fn a_range_passed_while_writers_ran_is_scanned_again_once_they_end() {
-        let mut c = Cursor::default();
+        let mut c = Cursor::new(FULL);
         let p = c.plan();
         // Transaction 7 holds id 2 (not yet visible) while 3 is claimed.
-        c.claimed(p, snap("7:9:7"), &[1, 3], 100);
+        c.claimed(p, snap("7:9:7"), &[1, 3], 100, Some(9));
         let p = c.plan();
         assert_eq!((p.lo, p.hi), (0, 0), "7 still runs");
-        c.claimed(p, snap("7:10:7"), &[], 100);
+        c.claimed(p, snap("7:10:7"), &[], 100, None);
         assert_eq!(c.plan().lo, 0);
         assert_eq!(c.plan().hi, 0);
         // 7 ended: the next plan learns it from the snapshot seen.
         step(&mut c, snap("9:10:"), &[], 100);
         let p = c.plan();
         assert_eq!((p.lo, p.hi, p.cursor), (0, 3, 3));
-        c.claimed(p, snap("10:10:"), &[2], 100);
+        c.claimed(p, snap("10:10:"), &[2], 100, Some(10));
         let p = c.plan();
         assert_eq!((p.lo, p.hi), (0, 0), "resolved");
     }
 
     #[test]
     fn a_long_transaction_keeps_one_range_and_the_others_resolve() {
-        let mut c = Cursor::default();
+        let mut c = Cursor::new(FULL);
         for (i, s) in ["100:110:100,105", "100:120:100,115", "100:130:100,125"]
             .iter()
             .enumerate()
         {
             let p = c.plan();
             let id = (i as i64 + 1) * 10;
-            c.claimed(p, snap(s), &[id], 100);
+            let own = Some(snap(s).xmax);
+            c.claimed(p, snap(s), &[id], 100, own);
         }
         // 105, 115, 125 ended; 100 runs on.
         let p = c.plan();
-        c.claimed(p, snap("100:140:100"), &[], 100);
+        c.claimed(p, snap("100:140:100"), &[], 100, None);
         let p = c.plan();
         assert!(p.lo < p.hi, "the ranges whose short writers ended are due");
-        c.claimed(p, snap("100:140:100"), &[], 100);
+        c.claimed(p, snap("100:140:100"), &[], 100, None);
         assert_eq!(c.pending.len(), 1, "{:?}", c.pending);
         assert_eq!(c.pending[0].waiting, vec![100]);
         assert_eq!(c.plan().hi, 0, "nothing due while 100 runs");
@@ -338,7 +393,7 @@ mod tests {
 
     #[test]
     fn rolled_back_rows_are_claimed_again_through_the_cursor() {
-        let mut c = Cursor::default();
+        let mut c = Cursor::new(FULL);
         step(&mut c, snap("5:5:"), &[1, 2, 3, 4], 100);
         c.returned(&[3, 4]);
         assert_eq!(c.plan().cursor, 2);
@@ -346,25 +401,46 @@ mod tests {
 
     #[test]
     fn a_rescan_stopped_by_its_limit_goes_on_where_it_stopped() {
-        let mut c = Cursor::default();
+        let mut c = Cursor::new(FULL);
         step(&mut c, snap("7:9:7"), &[100], 10);
         step(&mut c, snap("9:9:"), &[], 10);
         let p = c.plan();
         assert_eq!((p.lo, p.hi), (0, 100));
         let late: Vec<i64> = (1..=10).collect();
-        c.claimed(p, snap("9:9:"), &late, 10);
+        c.claimed(p, snap("9:9:"), &late, 10, Some(9));
         let p = c.plan();
         assert_eq!((p.lo, p.hi), (10, 100));
     }
 
     #[test]
+    fn a_writer_running_above_the_snapshots_xmax_is_waited_for() {
+        // Transaction 12 took id 5 and runs on; transaction 10 took id 6
+        // after it and committed. The snapshot's xmax is 11 (the latest
+        // completed + 1), so 12 is in progress yet not listed.
+        let mut c = Cursor::new(FULL);
+        let p = c.plan();
+        c.claimed(p, snap("11:11:"), &[6], 100, Some(13));
+        // 12 commits; later snapshots show everything up to 13 ended.
+        for _ in 0..3 {
+            let p = c.plan();
+            if p.lo < 5 && p.hi >= 5 {
+                c.claimed(p, snap("14:14:"), &[5], 100, Some(14));
+                assert_eq!(c.plan().hi, 0, "resolved");
+                return;
+            }
+            c.claimed(p, snap("14:14:"), &[], 100, None);
+        }
+        panic!("id 5 is never scanned again before the full pass: {c:?}");
+    }
+
+    #[test]
     fn the_full_pass_covers_everything_below_the_cursor() {
-        let mut c = Cursor::default();
+        let mut c = Cursor::new(FULL);
         step(&mut c, snap("5:5:"), &[50], 100);
-        c.last_full = Instant::now() - FULL_PASS;
+        c.last_full = Instant::now() - FULL;
         let p = c.plan();
         assert_eq!((p.lo, p.hi), (0, 50));
-        c.claimed(p, snap("5:5:"), &[], 100);
+        c.claimed(p, snap("5:5:"), &[], 100, None);
         assert_eq!(c.plan().hi, 0);
     }
 }

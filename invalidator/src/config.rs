@@ -62,6 +62,7 @@ struct FileConfig {
     poll_interval_ms: Option<u64>,
     canary_interval_ms: Option<u64>,
     sweep_interval_ms: Option<u64>,
+    full_scan_interval_ms: Option<u64>,
     metrics_addr: Option<SocketAddr>,
     admin_token: Option<String>,
     daemon_role: Option<String>,
@@ -147,6 +148,10 @@ pub struct Config {
     /// entries, and of live ones under dependencies they no longer have;
     /// `None` turns it off.
     pub sweep_interval: Option<Duration>,
+    /// How often the daemon scans the whole outbox below its position, the
+    /// safety net for rows no snapshot accounted for (a peer that died
+    /// holding them).
+    pub full_scan_interval: Duration,
     /// Where `run` serves `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// Token that the admin page's write actions (clear a key or a table)
@@ -270,6 +275,12 @@ impl Config {
                 "{origin}: setting `sweep_interval_ms`: {sweep_ms} is outside 100..=86400000 (0 turns the sweeper off)"
             )));
         }
+        let full_scan_ms = file.full_scan_interval_ms.unwrap_or(10_000);
+        if !(1_000..=86_400_000).contains(&full_scan_ms) {
+            return Err(ConfigError(format!(
+                "{origin}: setting `full_scan_interval_ms`: {full_scan_ms} is outside 1000..=86400000"
+            )));
+        }
         let redis_cluster = o.redis_cluster.or(file.redis_cluster).unwrap_or(false);
         let pg_timeout_ms = file.pg_timeout_ms.unwrap_or(30_000);
         if !(1_000..=3_600_000).contains(&pg_timeout_ms) {
@@ -358,6 +369,7 @@ impl Config {
             poll_interval: Duration::from_millis(poll_ms),
             canary_interval: (canary_ms > 0).then(|| Duration::from_millis(canary_ms)),
             sweep_interval: (sweep_ms > 0).then(|| Duration::from_millis(sweep_ms)),
+            full_scan_interval: Duration::from_millis(full_scan_ms),
             metrics_addr: o.metrics_addr.or(file.metrics_addr),
             admin_token,
             daemon_role: file.daemon_role,

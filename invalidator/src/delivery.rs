@@ -374,7 +374,7 @@ impl Daemon {
             Some(Doorbell::prepare(&client).await?)
         };
         backoff.reset();
-        let mut cursor = Cursor::default();
+        let mut cursor = Cursor::new(self.config.full_scan_interval);
         let mut last_rows: Option<Instant> = None;
         let mut look = LOOK_MIN;
         let mut backlog_sampled = Instant::now() - Duration::from_secs(1);
@@ -521,6 +521,7 @@ impl Daemon {
         .await;
         begin?;
         let rows = rows?;
+        let claimed_at = started.elapsed();
         let snapshot = rows
             .first()
             .and_then(|r| Snapshot::parse(r.get::<_, &str>(0)))
@@ -533,7 +534,7 @@ impl Daemon {
         let ids: Vec<i64> = claimed.iter().map(|r| r.get(2)).collect();
         if claimed.is_empty() {
             client.batch_execute("COMMIT").await?;
-            cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
+            cursor.claimed(plan, snapshot, &ids, self.config.batch_size, None);
             return Ok((0, false));
         }
         // The deletions and the generation increment that vouches for them
@@ -604,6 +605,7 @@ impl Daemon {
             deps,
             deleted,
         } = done;
+        let applied_at = started.elapsed();
         // After the deletions: see `time_travel`.
         let ns = self.config.namespace.clone();
         let generations = match self.generations.keys(&self.redis, &ns).await {
@@ -642,8 +644,9 @@ impl Daemon {
                 .query(client, &[&d.id, &d.event, &d.error])
                 .await?;
         }
-        client.batch_execute("COMMIT").await?;
-        cursor.claimed(plan, snapshot, &ids, self.config.batch_size);
+        let committing_at = started.elapsed();
+        let own = commit_with_xid(client).await?;
+        cursor.claimed(plan, snapshot, &ids, self.config.batch_size, own);
         if let Some((keys, deps)) = owed {
             self.replicas.owe(&lsn, keys, deps);
         }
@@ -674,6 +677,11 @@ impl Daemon {
             keys,
             dep_sets = deps,
             deleted,
+            lag_max_ms = (lag_max * 1000.0) as u64,
+            plan = ?plan,
+            claim_us = claimed_at.as_micros() as u64,
+            redis_us = (applied_at - claimed_at).as_micros() as u64,
+            commit_from_us = committing_at.as_micros() as u64,
             elapsed_us = started.elapsed().as_micros() as u64,
             "batch applied"
         );
@@ -802,6 +810,19 @@ async fn with_keepalive<T>(
             _ = tokio::time::sleep(every) => client.batch_execute("SELECT 1").await?,
         }
     }
+}
+
+/// Commits the claim's transaction; returns its transaction id (it has
+/// one: it deleted rows), which bounds the writers that were in progress
+/// when it took its snapshot (see [`Cursor::claimed`]). One round trip.
+async fn commit_with_xid(client: &Client) -> Result<Option<u64>, tokio_postgres::Error> {
+    let messages = client
+        .simple_query("SELECT pg_current_xact_id_if_assigned()::text; COMMIT")
+        .await?;
+    Ok(messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|x| x.parse().ok()),
+        _ => None,
+    }))
 }
 
 /// Whether `e` is the connection going away rather than an answer from

@@ -140,3 +140,70 @@ async fn a_long_transaction_and_a_vacuum_do_not_stall_the_drain() {
     assert!(most <= 2, "the daemon held {most} backends at once");
     long.batch_execute("COMMIT").await.unwrap();
 }
+
+/// Whether `item:{id}` is cached.
+async fn item_cached(stack: &Stack, id: i64) -> bool {
+    let mut con = stack.redis_con().await;
+    redis::AsyncCommands::exists(&mut con, stack.ns.value_key(&format!("item:{id}")))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_the_claims_snapshot_does_not_list_is_found_without_the_full_scan() {
+    // No canary (its heartbeats would commit xids), and a full scan too
+    // rare to find anything: only the claim's own bookkeeping can.
+    let mut stack = Stack::start(
+        10,
+        "canary_interval_ms = 0\nfull_scan_interval_ms = 3600000\n",
+    )
+    .await;
+    let daemon = stack.daemon();
+    let mut con = stack.redis_con().await;
+    for id in [1, 2, 3] {
+        let key = stack.ns.value_key(&format!("item:{id}"));
+        let _: () = redis::AsyncCommands::set(&mut con, key, "cached")
+            .await
+            .unwrap();
+    }
+    let (a, b) = (stack.pg.connect().await, stack.pg.connect().await);
+    // Past its start (whose doorbell writes commit xids of their own): the
+    // daemon has applied a change and waits for the next.
+    a.batch_execute("UPDATE items SET val = val + 1 WHERE id = 3")
+        .await
+        .unwrap();
+    wait_for("item:3 to be invalidated", WAIT, || async {
+        (!item_cached(&stack, 3).await).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A gets its xid first; B gets a later one and takes the lower outbox
+    // id; A takes the next id and commits. The latest completed xid is
+    // then A's, so a snapshot's xmax is A + 1: B runs but is not listed,
+    // while the row above its id is claimed.
+    a.batch_execute("BEGIN; SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN; UPDATE items SET val = val + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    a.batch_execute("UPDATE items SET val = val + 1 WHERE id = 2; COMMIT")
+        .await
+        .unwrap();
+    wait_for("item:2 to be invalidated", WAIT, || async {
+        (!item_cached(&stack, 2).await).then_some(())
+    })
+    .await;
+    assert!(
+        item_cached(&stack, 1).await,
+        "item:1 is cached until B commits"
+    );
+    b.batch_execute("COMMIT").await.unwrap();
+    wait_for(
+        "item:1 (its row below the daemon's position) to be invalidated",
+        WAIT,
+        || async { (!item_cached(&stack, 1).await).then_some(()) },
+    )
+    .await;
+    drop(daemon);
+}
