@@ -141,19 +141,36 @@ pub(crate) async fn commit_to_delete_by(
     let watcher = tokio::spawn(watch(con, rx));
     let started = Instant::now();
     let sql = format!("UPDATE {table} SET val = val + 1 WHERE id = $1");
+    // An id changed again (a phase longer than the table) finds its key
+    // deleted by the first change: set it again first, or the figure
+    // would count those as instant deletions.
+    let mut seen = std::collections::HashSet::new();
+    let again: Vec<bool> = ids.iter().map(|id| !seen.insert(*id)).collect();
     let tasks = (0..writers).map(|w| {
         let (tx, sql) = (tx.clone(), sql.clone());
-        let mine: Vec<i64> = ids.iter().copied().skip(w).step_by(writers).collect();
+        let mine: Vec<(i64, bool)> = ids
+            .iter()
+            .copied()
+            .zip(again.iter().copied())
+            .skip(w)
+            .step_by(writers)
+            .collect();
         let (db_url, prefix) = (db_url.to_owned(), prefix.to_owned());
+        let redis_url = args.redis_url.clone();
         tokio::spawn(async move {
             let writer = crate::connect(&db_url).await?;
+            let mut con = crate::redis_con(&redis_url).await?;
             let stmt = writer.prepare(&sql).await?;
             let mut tick = tokio::time::interval(TICK * writers as u32);
             tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-            for id in mine {
+            for (id, again) in mine {
                 tick.tick().await;
+                let key = format!("{NS}:{prefix}:{id}");
+                if again {
+                    let _: () = con.set(&key, "v").await?;
+                }
                 writer.execute(&stmt, &[&id]).await?;
-                let _ = tx.send((format!("{NS}:{prefix}:{id}"), Instant::now()));
+                let _ = tx.send((key, Instant::now()));
             }
             anyhow::Ok(())
         })
