@@ -149,9 +149,7 @@ impl Cursor {
             full_every,
         }
     }
-}
 
-impl Cursor {
     /// What the next claim scans.
     pub fn plan(&mut self) -> Plan {
         if self.full_from.is_none()

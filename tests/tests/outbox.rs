@@ -149,6 +149,14 @@ async fn item_cached(stack: &Stack, id: i64) -> bool {
         .unwrap()
 }
 
+/// Waits until the daemon deleted `item:{id}`.
+async fn wait_invalidated(stack: &Stack, id: i64) {
+    wait_for(&format!("item:{id} to be invalidated"), WAIT, || async {
+        (!item_cached(stack, id).await).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_the_claims_snapshot_does_not_list_is_found_without_the_full_scan() {
     // No canary (its heartbeats would commit xids), and a full scan too
@@ -172,10 +180,7 @@ async fn a_writer_that_the_claims_snapshot_does_not_list_is_found_without_the_fu
     a.batch_execute("UPDATE items SET val = val + 1 WHERE id = 3")
         .await
         .unwrap();
-    wait_for("item:3 to be invalidated", WAIT, || async {
-        (!item_cached(&stack, 3).await).then_some(())
-    })
-    .await;
+    wait_invalidated(&stack, 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A gets its xid first; B gets a later one and takes the lower outbox
     // id; A takes the next id and commits. The latest completed xid is
@@ -190,20 +195,13 @@ async fn a_writer_that_the_claims_snapshot_does_not_list_is_found_without_the_fu
     a.batch_execute("UPDATE items SET val = val + 1 WHERE id = 2; COMMIT")
         .await
         .unwrap();
-    wait_for("item:2 to be invalidated", WAIT, || async {
-        (!item_cached(&stack, 2).await).then_some(())
-    })
-    .await;
+    wait_invalidated(&stack, 2).await;
     assert!(
         item_cached(&stack, 1).await,
         "item:1 is cached until B commits"
     );
     b.batch_execute("COMMIT").await.unwrap();
-    wait_for(
-        "item:1 (its row below the daemon's position) to be invalidated",
-        WAIT,
-        || async { (!item_cached(&stack, 1).await).then_some(()) },
-    )
-    .await;
+    // Its row is below the daemon's position now.
+    wait_invalidated(&stack, 1).await;
     drop(daemon);
 }
