@@ -46,8 +46,8 @@ pub(crate) async fn run(args: &Args, db_url: &str, daemon: &mut Daemon) -> anyho
     println!("## A single commit at rest, after a daemon start\n");
     println!(
         "{COMMITS} single-row commits {} ms apart after each event (the first 1 s after it), \
-         commit ack → key gone, watched with `EXISTS` in a tight loop. Floor: the same spacing, \
-         ack → NOTIFY received + one `DEL` round trip. Median of {} runs, µs.\n",
+         commit ack → key gone, seen through a Redis client-tracking push (no polling). Floor: the \
+         same spacing, ack → NOTIFY received, then one `DEL` seen through the same push. Median of {} runs, µs.\n",
         SPACING.as_millis(),
         args.runs
     );
@@ -103,6 +103,7 @@ async fn cut(db_url: &str) -> anyhow::Result<()> {
 /// Commits one row at a time, `SPACING` apart; ack → key gone for each.
 async fn spaced_commits(args: &Args, db_url: &str, base: i64) -> anyhow::Result<Histogram<u64>> {
     let mut con = crate::redis_con(&args.redis_url).await?;
+    let mut watch = Watcher::open(&args.redis_url).await?;
     let writer = crate::connect(db_url).await?;
     let stmt = writer
         .prepare("UPDATE bench_items SET val = val + 1 WHERE id = $1")
@@ -112,26 +113,83 @@ async fn spaced_commits(args: &Args, db_url: &str, base: i64) -> anyhow::Result<
         let id = 50_001 + (base + i) % 50_000;
         let key = format!("{NS}:item:{id}");
         let _: () = con.set(&key, "v").await?;
+        watch.track(&key).await?;
         writer.execute(&stmt, &[&id]).await?;
         let ack = Instant::now();
-        loop {
-            let exists: bool = con.exists(&key).await?;
-            if !exists {
-                record(&mut h, ack.elapsed());
-                break;
-            }
-            anyhow::ensure!(
-                ack.elapsed() < Duration::from_secs(10),
-                "{key} never deleted"
-            );
-        }
+        let gone = watch.gone(&key).await?;
+        record(&mut h, gone.saturating_duration_since(ack));
         tokio::time::sleep(SPACING).await;
     }
     Ok(h)
 }
 
-/// Ack → NOTIFY received (a row trigger with `pg_notify`) plus a `DEL`
-/// round trip, spaced like the commits.
+/// Learns when keys are deleted from Redis client tracking (RESP3
+/// invalidation pushes), as a process holding them would: no polling that
+/// would take the cores the daemon needs.
+struct Watcher {
+    con: redis::aio::MultiplexedConnection,
+    pushes: tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<String>)>,
+}
+
+impl Watcher {
+    async fn open(url: &str) -> anyhow::Result<Self> {
+        let client = smartcache_core::conn::node_client(
+            url,
+            &smartcache_core::conn::Options::default(),
+            None,
+        )?;
+        let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let sink = move |push: redis::PushInfo| -> Result<(), std::convert::Infallible> {
+            if push.kind == redis::PushKind::Invalidate {
+                let keys = match push.data.first() {
+                    Some(redis::Value::Array(keys)) => keys
+                        .iter()
+                        .filter_map(|k| match k {
+                            redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let _ = tx.send((Instant::now(), keys));
+            }
+            Ok(())
+        };
+        let config = redis::AsyncConnectionConfig::new().set_push_sender(sink);
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .exec_async(&mut con)
+            .await?;
+        Ok(Self { con, pushes })
+    }
+
+    /// Reads `key` so that its deletion is pushed; forgets earlier pushes.
+    async fn track(&mut self, key: &str) -> anyhow::Result<()> {
+        let _: Option<String> = self.con.get(key).await?;
+        while self.pushes.try_recv().is_ok() {}
+        Ok(())
+    }
+
+    /// When the push saying `key` changed arrived.
+    async fn gone(&mut self, key: &str) -> anyhow::Result<Instant> {
+        loop {
+            let (at, keys) = tokio::time::timeout(Duration::from_secs(10), self.pushes.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("{key} never deleted"))?
+                .ok_or_else(|| anyhow::anyhow!("tracking connection closed"))?;
+            if keys.iter().any(|k| k == key) {
+                return Ok(at);
+            }
+        }
+    }
+}
+
+/// Ack → NOTIFY received (a row trigger with `pg_notify`), then a `DEL`
+/// seen through the same tracking push, spaced like the commits.
 async fn floor(args: &Args, db_url: &str) -> anyhow::Result<Histogram<u64>> {
     let (listener, mut connection) = tokio_postgres::connect(db_url, NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
@@ -145,22 +203,27 @@ async fn floor(args: &Args, db_url: &str) -> anyhow::Result<Histogram<u64>> {
     });
     listener.batch_execute("LISTEN bench_naive").await?;
     let mut del = crate::redis_manager(&args.redis_url).await?;
+    let mut watch = Watcher::open(&args.redis_url).await?;
     let writer = crate::connect(db_url).await?;
     let stmt = writer
         .prepare("UPDATE naive_items SET val = val + 1 WHERE id = $1")
         .await?;
     let mut h = histogram();
     for i in 0..COMMITS as i64 {
+        let k = format!("{NS}:floor:{i}");
+        let _: () = del.set(&k, "v").await?;
+        watch.track(&k).await?;
         writer.execute(&stmt, &[&(1 + i)]).await?;
         let ack = Instant::now();
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("listener gone"))?;
-        let k = format!("{NS}:floor:{i}");
-        let _: () = del.set(&k, "v").await?;
-        let t = Instant::now();
         let _: () = del.del(&k).await?;
-        record(&mut h, got.saturating_duration_since(ack) + t.elapsed());
+        let gone = watch.gone(&k).await?;
+        record(
+            &mut h,
+            got.saturating_duration_since(ack) + gone.saturating_duration_since(got),
+        );
         tokio::time::sleep(SPACING).await;
     }
     driver.abort();
