@@ -15,6 +15,7 @@ use crate::schema;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, Telemetry};
 use crate::time_travel::{self, Generations, Regressed};
+use futures_util::future::BoxFuture;
 use smartcache_core::conn::Conn;
 use smartcache_core::invalidate::invalidate;
 use smartcache_core::keys::DepId;
@@ -561,6 +562,7 @@ impl Daemon {
         let mut ages = Vec::with_capacity(claimed.len());
         let mut changed = 0u64;
         let keepalive = self.config.pg_timeout / 4;
+        let mut inflight: Option<BoxFuture<'static, redis::RedisResult<Applied>>> = None;
         for row in &claimed {
             let event = match outbox::parse(row, 2) {
                 Ok(event) => event,
@@ -584,16 +586,47 @@ impl Daemon {
                     }
                 }
                 // A statement over many rows is applied in chunks: memory
-                // stays bounded and Redis starts early.
+                // stays bounded, and Redis deletes one chunk while the next
+                // is read (at most one in flight).
                 if work.len() >= CHUNK {
-                    let chunk = std::mem::take(&mut work);
-                    let applied =
-                        with_keepalive(client, keepalive, self.apply(chunk, owed.as_mut())).await?;
-                    match applied {
-                        Ok(a) => done.add(a),
-                        Err(e) => return self.give_back(client, cursor, &ids, e).await,
+                    let (keys, deps) = work.take_rows();
+                    if let Some((k, d)) = owed.as_mut() {
+                        k.extend(keys.iter().cloned());
+                        d.extend(deps.iter().cloned());
+                    }
+                    if let Some(previous) = inflight.take() {
+                        match with_keepalive(client, keepalive, previous).await? {
+                            Ok(a) => done.add(a),
+                            Err(e) => return self.give_back(client, cursor, &ids, e).await,
+                        }
+                    }
+                    let mut next = apply_chunk(
+                        self.redis.clone(),
+                        config.namespace.clone(),
+                        self.telemetry.clone(),
+                        keys,
+                        deps,
+                    );
+                    // Polled once, its commands are queued; the yield lets
+                    // the connection write them before the CPU-bound
+                    // reading of the next chunk.
+                    match futures_util::poll!(&mut next) {
+                        std::task::Poll::Ready(Ok(a)) => done.add(a),
+                        std::task::Poll::Ready(Err(e)) => {
+                            return self.give_back(client, cursor, &ids, e).await
+                        }
+                        std::task::Poll::Pending => {
+                            inflight = Some(next);
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
+            }
+        }
+        if let Some(previous) = inflight.take() {
+            match with_keepalive(client, keepalive, previous).await? {
+                Ok(a) => done.add(a),
+                Err(e) => return self.give_back(client, cursor, &ids, e).await,
             }
         }
         match with_keepalive(client, keepalive, self.apply(work, owed.as_mut())).await? {
@@ -792,6 +825,26 @@ impl Daemon {
         }
         Ok((keys, deps))
     }
+}
+
+/// Deletes a chunk of a batch's keys and dependency sets; owns what it
+/// needs, so it can run while the next chunk is read.
+fn apply_chunk(
+    mut redis: Conn,
+    ns: smartcache_core::keys::Namespace,
+    telemetry: Arc<Telemetry>,
+    keys: Vec<String>,
+    deps: Vec<DepId>,
+) -> BoxFuture<'static, redis::RedisResult<Applied>> {
+    Box::pin(async move {
+        let deleted = invalidate(&mut redis, &ns, &keys, &deps).await?;
+        telemetry.steps.inc();
+        Ok(Applied {
+            keys: keys.len(),
+            deps: deps.len(),
+            deleted,
+        })
+    })
 }
 
 /// Runs `work` (Redis work inside a claim transaction), touching the

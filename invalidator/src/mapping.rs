@@ -120,6 +120,16 @@ impl Work {
         }
     }
 
+    /// Takes the keys and dependency sets gathered so far, leaving what
+    /// needs a `SCAN` (truncations, templates that cannot be rendered) for
+    /// the last step of the batch.
+    pub fn take_rows(&mut self) -> (Vec<String>, Vec<DepId>) {
+        (
+            std::mem::take(&mut self.keys).into_iter().collect(),
+            std::mem::take(&mut self.deps).into_iter().collect(),
+        )
+    }
+
     /// Keys and dependency sets gathered so far.
     pub fn len(&self) -> usize {
         self.keys.len() + self.deps.len()

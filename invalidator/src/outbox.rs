@@ -108,17 +108,35 @@ impl Event {
         }
     }
 
-    /// Every row version that matters (old and new images). A row that
-    /// cannot be read is an error naming it.
+    /// Every row version that matters (old and new images), a row's old
+    /// image next to its new one: the two usually make the same keys, and
+    /// a statement applied in chunks then meets each key in one chunk, not
+    /// in one chunk per side. A row that cannot be read is an error naming
+    /// it.
     pub fn rows(&self) -> impl Iterator<Item = Result<RowImage, String>> + '_ {
         let (single, statement) = match &self.images {
             Images::Single(rows) => (Some(rows.iter().cloned().map(Ok)), None),
             Images::Statement { cols, npk, sides } => {
-                let rows = sides.iter().flat_map(move |text| {
-                    let raws: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_default();
-                    raws.into_iter()
-                        .map(move |raw| statement_row(raw, cols, *npk, &self.broken))
-                });
+                let mut parsed: Vec<std::vec::IntoIter<&RawValue>> = sides
+                    .iter()
+                    .map(|text| {
+                        serde_json::from_str::<Vec<&RawValue>>(text)
+                            .unwrap_or_default()
+                            .into_iter()
+                    })
+                    .collect();
+                let mut turn = 0;
+                let rows = std::iter::from_fn(move || {
+                    for _ in 0..parsed.len() {
+                        let side = turn % parsed.len();
+                        turn += 1;
+                        if let Some(raw) = parsed[side].next() {
+                            return Some(raw);
+                        }
+                    }
+                    None
+                })
+                .map(move |raw| statement_row(raw, cols, *npk, &self.broken));
                 (None, Some(rows))
             }
         };
@@ -462,10 +480,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rows(&e).len(), 4);
-        assert_eq!(rows(&e)[1].key, Some(vec![Some("2".into())]));
-        assert_eq!(rows(&e)[1].values["cat"], None);
+        assert_eq!(rows(&e)[2].key, Some(vec![Some("2".into())]));
+        assert_eq!(rows(&e)[2].values["cat"], None);
         assert_eq!(rows(&e)[3].values["cat"].as_deref(), Some("c"));
         assert!(e.broken.is_empty());
+    }
+
+    #[test]
+    fn a_rows_old_image_comes_next_to_its_new_one() {
+        let e = statement(
+            "U",
+            Some(r#"[[1, "a"], [2, "b"], [3, "c"]]"#),
+            Some(r#"[[1, "x"], [2, "y"]]"#),
+        )
+        .unwrap();
+        let cats: Vec<String> = rows(&e)
+            .iter()
+            .map(|r| r.values["cat"].clone().unwrap())
+            .collect();
+        assert_eq!(cats, ["a", "x", "b", "y", "c"]);
     }
 
     #[test]
