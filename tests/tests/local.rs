@@ -8,8 +8,8 @@ use smartcache::Cache;
 use smartcache_core::conn::Conn;
 use smartcache_core::keys::Namespace;
 use smartcache_tests::servers::{wait_for, Redis, RedisCluster, WAIT};
-use std::time::{Duration, Instant};
 use smartcache_tests::{redis_conn, redis_url};
+use std::time::{Duration, Instant};
 
 fn namespace(tag: &str) -> Namespace {
     Namespace::new(&format!(
@@ -422,7 +422,10 @@ async fn the_local_tier_follows(failover: Failover) {
 
     wait_serving(&reader).await;
     let after = reader.local_stats().unwrap();
-    assert!(after.flushes > before.flushes, "the failover flushed the tier: {after:?}");
+    assert!(
+        after.flushes > before.flushes,
+        "the failover flushed the tier: {after:?}"
+    );
     assert_eq!(read_locally(&reader, &changed).await, 2);
 
     // Values set after the failover are tracked on the new master.
