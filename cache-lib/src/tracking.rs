@@ -5,10 +5,11 @@
 //! same connection when one changes; the push is applied inside the
 //! connection's reader, before any later reply is delivered.
 //!
-//! A supervisor task opens them, sends a `PING` through each every
+//! A supervisor task opens them, sends a heartbeat through each every
 //! `max_lag / 4` and vouches for the local tier when all answer. A
 //! connection that drops (the reader sees it at once), a heartbeat later
-//! than `max_lag`, or a cluster whose slot map changed flushes the tier
+//! than `max_lag`, a cluster node that is no longer a primary (its
+//! heartbeat fails), or a cluster whose slot map changed flushes the tier
 //! and pauses it until every connection is open again.
 
 use std::collections::HashMap;
@@ -181,6 +182,16 @@ async fn watch(shared: &Shared, router: &Router, max_lag: Duration) -> &'static 
     let mut beat = tokio::time::interval(max_lag / 4);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_topology = Instant::now() + TOPOLOGY_EVERY;
+    // On a cluster `WAIT 0 0` (answered at once) instead of `PING`: a
+    // primary that a graceful failover made a replica keeps answering
+    // `PING` on the same connection, but changes now go to the new primary
+    // and reach this connection only through replication (if it stalls,
+    // not before the next slot map check); `WAIT` fails on a replica.
+    let heartbeat = if router.slots.is_some() {
+        redis::cmd("WAIT").arg(0).arg(0).to_owned()
+    } else {
+        redis::cmd("PING")
+    };
     loop {
         // A ring (a connection closed, a read was redirected) checks at
         // once; it may also be left over from connections already gone.
@@ -191,11 +202,12 @@ async fn watch(shared: &Shared, router: &Router, max_lag: Duration) -> &'static 
         let epoch = shared.local.epoch();
         let sent = shared.local.now_ms();
         let pings = try_join_all(router.nodes.iter().map(|con| {
-            let mut con = con.clone();
-            async move { redis::cmd("PING").query_async::<()>(&mut con).await }
+            let (mut con, heartbeat) = (con.clone(), &heartbeat);
+            async move { heartbeat.query_async::<Value>(&mut con).await }
         }));
         match tokio::time::timeout(max_lag, pings).await {
             Ok(Ok(_)) => shared.local.vouch(epoch, sent, max_lag),
+            Ok(Err(e)) if e.code().is_some() => return "a tracked node is no longer a primary",
             Ok(Err(_)) => return "a tracking connection failed",
             Err(_) => return "a tracking connection lags",
         }

@@ -859,12 +859,14 @@ impl ClusterNode {
     }
 }
 
-/// A throwaway Redis Cluster of [`CLUSTER_NODES`] masters and no
-/// replicas, each a `redis-server` on a free port of 127.0.0.1 (its bus
-/// on the port + 10000) with its own temporary directory, no persistence.
-/// Every node is killed by PID on drop.
+/// A throwaway Redis Cluster of [`CLUSTER_NODES`] masters, without
+/// replicas ([`RedisCluster::start`]) or with one each
+/// ([`RedisCluster::start_with_replicas`]), each a `redis-server` on a free
+/// port of 127.0.0.1 (its bus on the port + 10000) with its own temporary
+/// directory, no persistence. Every node is killed by PID on drop.
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
+    replicas: bool,
 }
 
 impl RedisCluster {
@@ -872,12 +874,31 @@ impl RedisCluster {
     /// waits until every node reports `cluster_state:ok` and a slot map
     /// covering all 16384 slots with the masters of this cluster.
     pub async fn start() -> Self {
-        let mut ports = Vec::with_capacity(CLUSTER_NODES);
-        for _ in 0..CLUSTER_NODES {
+        Self::start_nodes(false).await
+    }
+
+    /// Like [`RedisCluster::start`] with one replica per master (six
+    /// nodes), for failovers: also waits until every replica's link to its
+    /// master is up, so that a replica can take over at once.
+    pub async fn start_with_replicas() -> Self {
+        Self::start_nodes(true).await
+    }
+
+    async fn start_nodes(replicas: bool) -> Self {
+        let n = if replicas {
+            2 * CLUSTER_NODES
+        } else {
+            CLUSTER_NODES
+        };
+        let mut ports = Vec::with_capacity(n);
+        for _ in 0..n {
             ports.push(free_cluster_port(&ports));
         }
         // Pushed one by one: a panic below still kills the started ones.
-        let mut cluster = Self { nodes: Vec::new() };
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            replicas,
+        };
         for &port in &ports {
             cluster.nodes.push(ClusterNode::spawn(port));
         }
@@ -899,7 +920,8 @@ impl RedisCluster {
             Command::new("redis-cli")
                 .args(["--cluster", "create"])
                 .args(&addrs)
-                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .args(["--cluster-replicas", if replicas { "1" } else { "0" }])
+                .arg("--cluster-yes")
                 .stdin(Stdio::null())
                 .output()
         })
@@ -916,27 +938,141 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until every node sees the whole cluster.
+    /// Waits until every running node sees the whole cluster: the same
+    /// slot map, covering every slot, served by [`CLUSTER_NODES`] running
+    /// masters (all the nodes without replicas); with replicas, also every
+    /// replica's link to its master up.
     async fn wait_whole(&self) {
-        let ports = self.ports();
-        for node in &self.nodes {
-            let url = node.url();
-            let ports = &ports;
-            wait_for(
-                &format!("Redis cluster node {url} to see the whole cluster"),
-                WAIT,
-                || {
-                    let url = url.clone();
-                    async move { cluster_ready(&url, ports).await.then_some(()) }
-                },
-            )
-            .await;
-        }
+        let running: Vec<&ClusterNode> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+        let ports: Vec<u16> = running.iter().map(|n| n.port).collect();
+        let replicas = self.replicas;
+        wait_for("the Redis cluster to be whole", WAIT, || {
+            let (running, ports) = (&running, &ports);
+            async move {
+                let mut first: Option<Vec<(i64, i64, u16)>> = None;
+                for node in running {
+                    let map = slot_map(&node.url()).await?;
+                    let masters = map_masters(&map);
+                    let served_by_running = masters.iter().all(|m| ports.contains(m));
+                    let all_masters = replicas || masters.len() == ports.len();
+                    if !served_by_running || masters.len() != CLUSTER_NODES || !all_masters {
+                        return None;
+                    }
+                    if first.get_or_insert_with(|| map.clone()) != &map {
+                        return None;
+                    }
+                    if replicas && !replica_linked(&node.url()).await? {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
     }
 
-    /// Ports of the nodes on 127.0.0.1.
+    /// Ports of the first [`CLUSTER_NODES`] nodes on 127.0.0.1: every node
+    /// of [`RedisCluster::start`], the masters as
+    /// [`RedisCluster::start_with_replicas`] made them.
     pub fn ports(&self) -> [u16; CLUSTER_NODES] {
         std::array::from_fn(|i| self.nodes[i].port)
+    }
+
+    /// Port of node `i` (an index of [`RedisCluster::urls`]).
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Index of the node that the running nodes agree is the master of
+    /// `key`'s slot: the node a failover test fails.
+    pub async fn master_of(&self, key: &str) -> usize {
+        let (slot, map) = self.slot_and_map(key).await;
+        let port = map
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|r| r.2)
+            .expect("the slot map covers every slot");
+        self.index_of(port)
+    }
+
+    /// Index of the replica of the master of `key`'s slot: the node that
+    /// takes over when that master fails.
+    pub async fn replica_of(&self, key: &str) -> usize {
+        let master = self.port(self.master_of(key).await);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_some() && replica_linked_to(&node.url(), master).await {
+                return i;
+            }
+        }
+        panic!("the master on port {master} has no replica linked to it");
+    }
+
+    async fn slot_and_map(&self, key: &str) -> (i64, Vec<(i64, i64, u16)>) {
+        self.wait_whole().await;
+        let url = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a running node")
+            .url();
+        let mut con = try_connect(&url).await.expect("connect to a node");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        (slot, slot_map(&url).await.expect("the slot map"))
+    }
+
+    fn index_of(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+
+    /// `CLUSTER FAILOVER` on replica `i`: the graceful, coordinated
+    /// switch (no write lost; the old master becomes its replica and keeps
+    /// its client connections). Waits until every node sees node `i` as a
+    /// master and the cluster is whole.
+    pub async fn failover(&self, i: usize) {
+        let url = self.nodes[i].url();
+        let mut con = try_connect(&url).await.expect("connect to the replica");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut con)
+            .await
+            .expect("CLUSTER FAILOVER");
+        self.wait_master(i).await;
+    }
+
+    /// SIGKILL to node `i` (our own child, by its PID), which stays down;
+    /// with replicas, its replica is elected in its place after
+    /// `cluster-node-timeout` (2 s). Waits until the cluster is whole
+    /// again without it.
+    pub async fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.wait_whole().await;
+    }
+
+    /// Waits until every running node's slot map names node `i` a master.
+    async fn wait_master(&self, i: usize) {
+        let port = self.nodes[i].port;
+        wait_for(&format!("node {port} to be a master"), WAIT, || async {
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                let map = slot_map(&node.url()).await?;
+                if !map_masters(&map).contains(&port) {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        self.wait_whole().await;
     }
 
     /// URLs of the nodes, `redis://127.0.0.1:{port}/`.
@@ -1005,61 +1141,94 @@ impl Drop for RedisCluster {
     }
 }
 
-/// Whether the node at `url` reports `cluster_state:ok` and its
-/// `CLUSTER SLOTS` covers every slot exactly once, served by masters on
-/// exactly `ports`.
-async fn cluster_ready(url: &str, ports: &[u16]) -> bool {
-    let Some(mut con) = try_connect(url).await else {
-        return false;
-    };
-    let info: Result<String, _> = redis::cmd("CLUSTER")
+/// The slot map of the node at `url` (`(first, last, master port)`,
+/// sorted), if it reports `cluster_state:ok` and its `CLUSTER SLOTS`
+/// covers every slot exactly once.
+async fn slot_map(url: &str) -> Option<Vec<(i64, i64, u16)>> {
+    let mut con = try_connect(url).await?;
+    let info: String = redis::cmd("CLUSTER")
         .arg("INFO")
         .query_async(&mut con)
-        .await;
-    if !info.is_ok_and(|i| i.lines().any(|l| l.trim() == "cluster_state:ok")) {
-        return false;
+        .await
+        .ok()?;
+    if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+        return None;
     }
-    let Ok(redis::Value::Array(entries)) = redis::cmd("CLUSTER")
+    let redis::Value::Array(entries) = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async::<redis::Value>(&mut con)
         .await
+        .ok()?
     else {
-        return false;
+        return None;
     };
     // Each entry: [first slot, last slot, [ip, port, id, ...], replicas...].
-    let mut ranges = Vec::new();
-    let mut masters = Vec::new();
+    let mut map = Vec::new();
     for entry in entries {
         let redis::Value::Array(entry) = entry else {
-            return false;
+            return None;
         };
         let (Some(redis::Value::Int(first)), Some(redis::Value::Int(last))) =
             (entry.first(), entry.get(1))
         else {
-            return false;
+            return None;
         };
         let Some(redis::Value::Array(master)) = entry.get(2) else {
-            return false;
+            return None;
         };
         let Some(redis::Value::Int(port)) = master.get(1) else {
-            return false;
+            return None;
         };
-        ranges.push((*first, *last));
-        masters.push(*port);
+        map.push((*first, *last, u16::try_from(*port).ok()?));
     }
-    ranges.sort_unstable();
+    map.sort_unstable();
     let mut next = 0;
-    for (first, last) in ranges {
-        if first != next || last < first {
-            return false;
+    for (first, last, _) in &map {
+        if *first != next || last < first {
+            return None;
         }
         next = last + 1;
     }
+    (next == CLUSTER_SLOTS).then_some(map)
+}
+
+/// The distinct master ports of a slot map, sorted.
+fn map_masters(map: &[(i64, i64, u16)]) -> Vec<u16> {
+    let mut masters: Vec<u16> = map.iter().map(|r| r.2).collect();
     masters.sort_unstable();
     masters.dedup();
-    let mut want: Vec<i64> = ports.iter().map(|&p| i64::from(p)).collect();
-    want.sort_unstable();
-    next == CLUSTER_SLOTS && masters == want
+    masters
+}
+
+/// `INFO replication` of the node at `url`.
+async fn replication(url: &str) -> Option<String> {
+    let mut con = try_connect(url).await?;
+    redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut con)
+        .await
+        .ok()
+}
+
+/// Whether the node at `url` is a master, or a replica whose link to its
+/// master is up.
+async fn replica_linked(url: &str) -> Option<bool> {
+    let info = replication(url).await?;
+    Some(info.lines().any(|l| l.trim() == "role:master") || info_linked(&info))
+}
+
+fn info_linked(info: &str) -> bool {
+    info.lines().any(|l| l.trim() == "master_link_status:up")
+}
+
+/// Whether the node at `url` is a replica of the master on `port`, linked.
+async fn replica_linked_to(url: &str, port: u16) -> bool {
+    replication(url).await.is_some_and(|info| {
+        info_linked(&info)
+            && info
+                .lines()
+                .any(|l| l.trim() == format!("master_port:{port}"))
+    })
 }
 
 /// The `smartcache-invalidator` binary next to the test executable

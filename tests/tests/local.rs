@@ -9,6 +9,7 @@ use smartcache_core::conn::Conn;
 use smartcache_core::keys::Namespace;
 use smartcache_tests::servers::{wait_for, Redis, RedisCluster, WAIT};
 use smartcache_tests::{redis_conn, redis_url};
+use std::time::{Duration, Instant};
 
 fn namespace(tag: &str) -> Namespace {
     Namespace::new(&format!(
@@ -271,6 +272,188 @@ async fn a_delete_reaches_the_local_tier_on_a_redis_cluster() {
     }
     let s = reader.local_stats().unwrap();
     assert!(s.invalidations >= keys.len() as u64, "{s:?}");
+}
+
+/// How a failover test fails the master holding its keys.
+#[derive(Clone, Copy, Debug)]
+enum Failover {
+    /// `CLUSTER FAILOVER` on its replica: the old master becomes a replica
+    /// and the reader's tracking connection to it stays open.
+    Graceful,
+    /// [`Failover::Graceful`], then the new master refuses its replica (the
+    /// old master) replication: no invalidation can reach the reader
+    /// through the old master.
+    GracefulUnreplicated,
+    /// SIGKILL; its replica is elected in its place.
+    Killed,
+}
+
+/// The first of `{prefix}0`, `{prefix}1`, … whose slot is on node `master`.
+async fn key_on(cluster: &RedisCluster, ns: &Namespace, master: usize, prefix: &str) -> String {
+    for i in 0.. {
+        let key = format!("{prefix}{i}");
+        if cluster.master_of(&ns.value_key(&key)).await == master {
+            return key;
+        }
+    }
+    unreachable!()
+}
+
+/// The reader's `local_max_lag` (the default): how long a copy may outlive
+/// a change whose invalidation is on its way (an invalidation races the
+/// writer's reply).
+const MAX_LAG: Duration = Duration::from_millis(250);
+
+/// How long a failover test keeps reading after a change: past the
+/// reader's slot map check (every second) and a rebuild of tracking.
+const WATCH: Duration = Duration::from_secs(4);
+
+/// Reads `key` for [`WATCH`] after it was changed from `old` to `new` (the
+/// change acknowledged at `changed`): no read may return `old` once
+/// `grace` has passed since, and the reads must end on `new`. Returns how
+/// many reads within the grace still returned `old`.
+async fn sees_only_the_change(
+    cache: &Cache,
+    key: &str,
+    old: Option<i64>,
+    new: Option<i64>,
+    changed: Instant,
+    grace: Duration,
+) -> usize {
+    let mut early = 0;
+    let mut last = old;
+    while changed.elapsed() < WATCH {
+        let started = changed.elapsed();
+        last = cache.get::<i64>(key).await.unwrap();
+        if last == old && old != new {
+            assert!(
+                started < grace,
+                "{key}: read {started:?} after the change to {new:?} returned the old value {old:?} \
+                 ({:?})",
+                cache.local_stats()
+            );
+            early += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(last, new, "{key}: the change never reached the reader");
+    early
+}
+
+/// A reader holds local copies of two keys on the master that fails; after
+/// the failover another `Cache` changes one and a raw client deletes the
+/// other on the new master. The reader never serves the old values, serves
+/// locally again once tracking is rebuilt, and stays coherent for values
+/// set after the failover.
+async fn the_local_tier_follows(failover: Failover) {
+    let mut cluster = RedisCluster::start_with_replicas().await;
+    let seeds = cluster.urls().join(",");
+    let ns = namespace(&format!("{failover:?}").to_lowercase());
+    let reader = reader(&seeds, &ns, true, 1 << 20, 1000).await;
+    let writer = other(&seeds, &ns, true).await;
+    let changed = "changed".to_owned();
+    let master = cluster.master_of(&ns.value_key(&changed)).await;
+    let replica = cluster.replica_of(&ns.value_key(&changed)).await;
+    let deleted = key_on(&cluster, &ns, master, "deleted").await;
+    let later = key_on(&cluster, &ns, master, "later").await;
+    for k in [&changed, &deleted] {
+        assert!(writer.set(k, &1, []).await.unwrap());
+        assert_eq!(read_locally(&reader, k).await, 1);
+    }
+    let before = reader.local_stats().unwrap();
+
+    let started = Instant::now();
+    match failover {
+        Failover::Graceful | Failover::GracefulUnreplicated => cluster.failover(replica).await,
+        Failover::Killed => cluster.kill9(master).await,
+    }
+    assert_eq!(
+        cluster.master_of(&ns.value_key(&changed)).await,
+        replica,
+        "the replica took over the slot"
+    );
+    let mut raw = redis_conn(&cluster.urls()[replica], false);
+    if let Failover::GracefulUnreplicated = failover {
+        // Replication refused to every user, then the old master's link cut.
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("-psync")
+            .arg("-sync")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let cut: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(cut, 1, "the old master was the new one's replica");
+    }
+    // Whether the change below races the reader's slot map check (it
+    // usually does: a graceful failover takes less than its second).
+    println!(
+        "{failover:?} took {:?}; the reader still holds its copies: {}",
+        started.elapsed(),
+        reader.holds_locally(&changed) && reader.holds_locally(&deleted)
+    );
+
+    // A plain connection to the new master: a `MOVED` would fail the call.
+    let n: u64 = raw.del(ns.value_key(&deleted)).await.unwrap();
+    assert_eq!(n, 1, "the new master had the value");
+    let deleted_at = Instant::now();
+    assert!(writer.set(&changed, &2, []).await.unwrap());
+    let changed_at = Instant::now();
+    // A killed master's connection closed, which flushed the tier before
+    // the change. A graceful failover leaves the reader's tracking
+    // connection on the old master, which learns of the change by
+    // replication: allow the documented bound.
+    let grace = match failover {
+        Failover::Graceful | Failover::GracefulUnreplicated => MAX_LAG,
+        Failover::Killed => Duration::ZERO,
+    };
+    let (early_changed, early_deleted) = tokio::join!(
+        sees_only_the_change(&reader, &changed, Some(1), Some(2), changed_at, grace),
+        sees_only_the_change(&reader, &deleted, Some(1), None, deleted_at, grace),
+    );
+    println!("{failover:?}: old values read within the grace: {early_changed} + {early_deleted}");
+
+    wait_serving(&reader).await;
+    let after = reader.local_stats().unwrap();
+    assert!(
+        after.flushes > before.flushes,
+        "the failover flushed the tier: {after:?}"
+    );
+    assert_eq!(read_locally(&reader, &changed).await, 2);
+
+    // Values set after the failover are tracked on the new master.
+    assert!(writer.set(&changed, &3, []).await.unwrap());
+    sees_only_the_change(&reader, &changed, Some(2), Some(3), Instant::now(), MAX_LAG).await;
+    assert_eq!(read_locally(&reader, &changed).await, 3);
+    assert!(writer.set(&later, &1, []).await.unwrap());
+    assert_eq!(read_locally(&reader, &later).await, 1);
+    assert!(writer.clear(&later).await.unwrap());
+    sees_only_the_change(&reader, &later, Some(1), None, Instant::now(), MAX_LAG).await;
+    let s = reader.local_stats().unwrap();
+    assert!(s.hits > after.hits, "local hits after the rebuild: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_cluster_failover_leaves_no_stale_copy_in_the_local_tier() {
+    the_local_tier_follows(Failover::Graceful).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_cluster_failover_leaves_no_stale_copy_even_if_the_old_master_gets_no_replication(
+) {
+    the_local_tier_follows(Failover::GracefulUnreplicated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_replaced_by_its_replica_leaves_no_stale_copy_in_the_local_tier() {
+    the_local_tier_follows(Failover::Killed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
