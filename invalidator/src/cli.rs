@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        use crate::pg::redact;
+        use crate::conninfo::redact;
         assert_eq!(
             redact("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"

@@ -346,13 +346,3 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Hides the password of a connection string in messages; see
-/// [`conninfo::redact`].
-///
-/// ```
-/// use smartcache_invalidator::pg::redact;
-/// assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-/// ```
-pub fn redact(conn: &str) -> String {
-    conninfo::redact(conn)
-}
