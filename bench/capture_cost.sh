@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# What each part of the capture function costs a single-row UPDATE, in
+# PostgreSQL CPU per transaction (every server process: backends, WAL
+# writer, ...; read from /proc, so the server must run on this machine).
+# CPU time, unlike tps, barely moves when other work shares the cores.
+#
+# pgbench_accounts (100k rows) watched with `account:{aid}` and
+# `branch:{bid}`, no daemon, doorbell quiet; 2 clients x 10,000 UPDATEs by
+# primary key per run, median of 3 runs per variant:
+#   none          no trigger (the baseline)
+#   installed     the capture function `install` writes
+#   no-check      without the per-statement check of the captured columns
+#   insert-only   no check, no doorbell read, no empty-statement guard
+#   trigger-only  the trigger fires (transition tables, SECURITY DEFINER)
+#                 and the function does nothing
+# Usage: bench/capture_cost.sh [transactions per client, default 10000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/servers.sh
+sc_ensure_servers
+N=${1:-10000}
+DB=sc_capture_cost
+ADMIN="$DATABASE_URL"
+URL="${ADMIN%/*}/$DB"
+BIN=target/release/smartcache-invalidator
+cargo build --quiet --release -p smartcache-invalidator
+psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+WORK=$(mktemp -d /tmp/sc-capture-cost.XXXXXX)
+trap 'psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true; rm -rf "$WORK"; sc_cleanup' EXIT
+pgbench -q -i -s 1 "$URL" >/dev/null 2>&1
+printf '[[tables]]\nname = "pgbench_accounts"\nkeys = ["account:{aid}", "branch:{bid}"]\n' > "$WORK/config.toml"
+"$BIN" --config "$WORK/config.toml" --database-url "$URL" --redis-url "$REDIS_URL" --namespace capturecost install >/dev/null
+psql "$URL" -qc "ALTER TABLE pgbench_accounts SET (autovacuum_enabled = false)" \
+    -c "ALTER TABLE smartcache.outbox SET (autovacuum_enabled = false)"
+FN='smartcache."capture:public.pgbench_accounts"'
+psql "$URL" -Atc "SELECT pg_get_functiondef('$FN'::regproc)" > "$WORK/installed.sql"
+printf '\\set aid random(1, 100000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n' > "$WORK/update.sql"
+
+# The variants, by editing the installed definition.
+perl -0pe 's/SELECT array_agg\(c\.name\) INTO broken.*?attisdropped\);/broken := NULL;/s' \
+    "$WORK/installed.sql" > "$WORK/no-check.sql"
+perl -0pe 's/IF \(SELECT last_value.*?END IF;\n(\s*)RETURN/$1RETURN/s; s/IF EXISTS \(SELECT FROM smartcache_(new|old)\) THEN/IF true THEN/g' \
+    "$WORK/no-check.sql" > "$WORK/insert-only.sql"
+perl -0pe 's/AS \$function\$.*\$function\$/AS \$function\$BEGIN RETURN NULL; END\$function\$/s' \
+    "$WORK/installed.sql" > "$WORK/trigger-only.sql"
+
+# Postmaster PID, from its data directory.
+PM=$(head -1 "$(psql "$URL" -Atc "SHOW data_directory")/postmaster.pid" 2>/dev/null || true)
+[ -n "$PM" ] && [ -r "/proc/$PM/stat" ] || { echo "PostgreSQL must run on this machine (no /proc entry for its postmaster)" >&2; exit 1; }
+# CPU ticks of the server: its processes alive now, plus the children it reaped.
+ticks() {
+    local t f
+    read -ra f < "/proc/$PM/stat"
+    t=$(( f[13] + f[14] + f[15] + f[16] ))
+    for c in $(cat /proc/"$PM"/task/*/children); do
+        if read -ra f < "/proc/$c/stat" 2>/dev/null; then t=$(( t + f[13] + f[14] )); fi
+    done
+    echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+use() {
+    if [ "$1" = none ]; then
+        psql "$URL" -qc "ALTER TABLE pgbench_accounts DISABLE TRIGGER USER"
+    else
+        psql "$URL" -q -c "ALTER TABLE pgbench_accounts ENABLE TRIGGER USER" -f "$WORK/$1.sql"
+    fi
+}
+run_us() {
+    psql "$URL" -qc "TRUNCATE smartcache.outbox" -c "VACUUM pgbench_accounts" >/dev/null
+    sleep 1
+    local a b
+    a=$(ticks)
+    pgbench -n -c 2 -j 2 -t "$N" -f "$WORK/update.sql" "$URL" >/dev/null 2>&1
+    sleep 1
+    b=$(ticks)
+    echo $(( (b - a) * 1000000 / HZ / (2 * N) ))
+}
+
+VARIANTS=(none installed no-check insert-only trigger-only)
+declare -A R
+for _ in 1 2 3; do
+    for v in "${VARIANTS[@]}"; do
+        use "$v"
+        R[$v]="${R[$v]:-} $(run_us)"
+    done
+done
+median() { tr ' ' '\n' <<< "$1" | grep . | sort -n | sed -n 2p; }
+base=$(median "${R[none]}")
+echo
+echo "PostgreSQL CPU per single-row UPDATE transaction, µs (median of 3; the runs)"
+echo
+echo "| variant | µs | over no trigger | ratio | runs |"
+echo "|---|---|---|---|---|"
+for v in "${VARIANTS[@]}"; do
+    m=$(median "${R[$v]}")
+    printf '| %s | %s | %+d | %s | %s |\n' "$v" "$m" $(( m - base )) \
+        "$(awk -v a="$base" -v b="$m" 'BEGIN {printf "%.2fx", a/b}')" "${R[$v]# }"
+done
