@@ -794,9 +794,14 @@ mod tests {
     fn full_scan_interval_is_read_and_range_checked() {
         let c = load("full_scan_interval_ms = 5000").unwrap();
         assert_eq!(c.full_scan_interval, Duration::from_secs(5));
-        assert_eq!(load("").unwrap().full_scan_interval, Duration::from_secs(10));
+        assert_eq!(
+            load("").unwrap().full_scan_interval,
+            Duration::from_secs(10)
+        );
         for bad in ["999", "86400001", "0"] {
-            let e = load(&format!("full_scan_interval_ms = {bad}")).unwrap_err().0;
+            let e = load(&format!("full_scan_interval_ms = {bad}"))
+                .unwrap_err()
+                .0;
             assert!(
                 e.contains("full_scan_interval_ms") && e.contains("1000..=86400000"),
                 "{e}"

@@ -345,4 +345,3 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
-
