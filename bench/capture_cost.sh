@@ -17,24 +17,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/servers.sh
+. bench/pgbench_lib.sh
 sc_ensure_servers
 N=${1:-10000}
 DB=sc_capture_cost
 ADMIN="$DATABASE_URL"
 URL="${ADMIN%/*}/$DB"
-BIN=target/release/smartcache-invalidator
 cargo build --quiet --release -p smartcache-invalidator
-psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 WORK=$(mktemp -d /tmp/sc-capture-cost.XXXXXX)
 trap 'psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true; rm -rf "$WORK"; sc_cleanup' EXIT
-pgbench -q -i -s 1 "$URL" >/dev/null 2>&1
-printf '[[tables]]\nname = "pgbench_accounts"\nkeys = ["account:{aid}", "branch:{bid}"]\n' > "$WORK/config.toml"
-"$BIN" --config "$WORK/config.toml" --database-url "$URL" --redis-url "$REDIS_URL" --namespace capturecost install >/dev/null
+sc_pgbench_db "$DB" "$WORK/config.toml" capturecost
 psql "$URL" -qc "ALTER TABLE pgbench_accounts SET (autovacuum_enabled = false)" \
     -c "ALTER TABLE smartcache.outbox SET (autovacuum_enabled = false)"
 FN='smartcache."capture:public.pgbench_accounts"'
 psql "$URL" -Atc "SELECT pg_get_functiondef('$FN'::regproc)" > "$WORK/installed.sql"
-printf '\\set aid random(1, 100000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n' > "$WORK/update.sql"
+sc_update_script "$WORK/update.sql"
 
 # The variants, by editing the installed definition.
 perl -0pe 's/SELECT array_agg\(c\.name\) INTO broken.*?attisdropped\);/broken := NULL;/s' \

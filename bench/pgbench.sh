@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/servers.sh
+. bench/pgbench_lib.sh
 sc_ensure_servers
 SECS=${1:-10}
 REPEATS=${2:-3}
@@ -26,17 +27,10 @@ URL="${ADMIN%/*}/$DB"
 BIN=target/release/smartcache-invalidator
 cargo build --quiet --release -p smartcache-invalidator
 
-psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-pgbench -q -i -s 1 "$URL" >/dev/null 2>&1
 CFG=$(mktemp /tmp/sc-pgbench.XXXXXX.toml)
-cat > "$CFG" <<TOML
-[[tables]]
-name = "pgbench_accounts"
-keys = ["account:{aid}", "branch:{bid}"]
-TOML
 sc() { "$BIN" --config "$CFG" --database-url "$URL" --redis-url "$REDIS_URL" --namespace pgbench "$@"; }
 SCRIPT=$(mktemp /tmp/sc-pgbench.XXXXXX.sql)
-printf '\\set aid random(1, 100000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n' > "$SCRIPT"
+sc_update_script "$SCRIPT"
 DAEMON=""
 cleanup_bench() {
     [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null || true
@@ -45,7 +39,7 @@ cleanup_bench() {
     psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
 }
 trap 'cleanup_bench; sc_cleanup' EXIT
-sc install >/dev/null
+sc_pgbench_db "$DB" "$CFG" pgbench
 
 triggers() { psql "$URL" -qc "ALTER TABLE pgbench_accounts $1 TRIGGER USER"; }
 start_daemon() {

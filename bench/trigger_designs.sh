@@ -13,19 +13,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/servers.sh
+. bench/pgbench_lib.sh
 sc_ensure_servers
 SECS=${1:-10}
 DB=sc_trigger_designs
 ADMIN="$DATABASE_URL"
 URL="${ADMIN%/*}/$DB"
-BIN=target/release/smartcache-invalidator
 cargo build --quiet --release -p smartcache-invalidator
-psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 trap 'psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true; sc_cleanup' EXIT
-pgbench -q -i -s 1 "$URL" >/dev/null 2>&1
 CFG=$(mktemp /tmp/sc-designs.XXXXXX.toml)
-printf '[[tables]]\nname = "pgbench_accounts"\nkeys = ["account:{aid}", "branch:{bid}"]\n' > "$CFG"
-"$BIN" --config "$CFG" --database-url "$URL" --redis-url "$REDIS_URL" install >/dev/null
+sc_pgbench_db "$DB" "$CFG" designs
 rm -f "$CFG"
 psql "$URL" -q <<'SQL'
 UPDATE smartcache.wakeup SET idle = false;
@@ -49,7 +46,7 @@ CREATE TRIGGER stmt_capture AFTER UPDATE ON pgbench_accounts
 ALTER TABLE pgbench_accounts DISABLE TRIGGER stmt_capture;
 SQL
 SCRIPT=$(mktemp /tmp/sc-designs.XXXXXX.sql)
-printf '\\set aid random(1, 100000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n' > "$SCRIPT"
+sc_update_script "$SCRIPT"
 
 use() {
     psql "$URL" -q -c "ALTER TABLE pgbench_accounts DISABLE TRIGGER smartcache_capture" \
