@@ -1,5 +1,5 @@
-# Sourced by the pgbench-based scripts (pgbench.sh, trigger_designs.sh,
-# capture_cost.sh), after scripts/servers.sh: the same database, config and
+# Sourced by the pgbench-based scripts (pgbench.sh, capture_cost.sh),
+# after scripts/servers.sh: the same database, config and
 # UPDATE for all, so their figures compare.
 
 # sc_pgbench_db DB CONFIG NAMESPACE: (re)creates database DB with pgbench's
