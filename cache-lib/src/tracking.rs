@@ -207,7 +207,7 @@ async fn watch(shared: &Shared, router: &Router, max_lag: Duration) -> &'static 
         }));
         match tokio::time::timeout(max_lag, pings).await {
             Ok(Ok(_)) => shared.local.vouch(epoch, sent, max_lag),
-            Ok(Err(e)) if e.code().is_some() => return "a tracked node is no longer a primary",
+            Ok(Err(e)) if e.code().is_some() => return "a tracked node refused the heartbeat (a replica now, or WAIT not permitted)",
             Ok(Err(_)) => return "a tracking connection failed",
             Err(_) => return "a tracking connection lags",
         }
