@@ -34,7 +34,7 @@ psql "$URL" -Atc "SELECT pg_get_functiondef('$FN'::regproc)" > "$WORK/installed.
 sc_update_script "$WORK/update.sql"
 
 # The variants, by editing the installed definition.
-perl -0pe 's/SELECT array_agg\(c\.name\) INTO broken.*?attisdropped\);/broken := NULL;/s' \
+perl -0pe 's/SELECT pg_catalog\.array_agg\(c\.name\) INTO broken.*?attisdropped\);/broken := NULL;/s' \
     "$WORK/installed.sql" > "$WORK/no-check.sql"
 perl -0pe 's/IF \(SELECT last_value.*?END IF;\n(\s*)RETURN/$1RETURN/s; s/IF EXISTS \(SELECT FROM smartcache_(new|old)\) THEN/IF true THEN/g' \
     "$WORK/no-check.sql" > "$WORK/insert-only.sql"

@@ -4,6 +4,7 @@
 
 use smartcache::Dep;
 use smartcache_invalidator::config::{Config, Overrides};
+use smartcache_invalidator::pg::chain;
 use smartcache_tests::db::{self, with_user};
 use smartcache_tests::{free_port, http_get, Env, PATIENCE};
 use std::path::Path;
@@ -184,6 +185,63 @@ async fn an_application_role_keeps_writing_after_install_and_cannot_touch_the_ou
             "{sql}: {e:?}"
         );
     }
+    daemon.stop().await;
+}
+
+/// Capture runs with the installer's rights but, to spare every write a
+/// GUC save and restore, under the writer's `search_path`: a writer that
+/// puts its own schema first must not get its functions or operators run.
+#[tokio::test]
+async fn a_writers_search_path_cannot_make_capture_run_its_code() {
+    let mut env = Env::new("hostilepath", PRODUCTS).await;
+    let db_name = env.db.url.rsplit('/').next().unwrap().to_owned();
+    let app = Role::create(
+        &env,
+        "evil",
+        &format!(
+            "GRANT ALL ON products TO {{role}}; GRANT CREATE ON DATABASE \"{db_name}\" TO {{role}}"
+        ),
+    )
+    .await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    env.put(&["product:1", "category:1", "product:2"]).await;
+    let as_app = db::connect(&app.url(&env)).await;
+    // Each trap fails the statement that calls it, naming the role it ran as.
+    as_app
+        .batch_execute(
+            "CREATE SCHEMA evil;
+             CREATE FUNCTION evil.trap() RETURNS bool LANGUAGE plpgsql AS
+                 $$BEGIN RAISE EXCEPTION 'hijacked, running as %', current_user; END$$;
+             CREATE FUNCTION evil.texteq(text, text) RETURNS bool LANGUAGE sql AS 'SELECT evil.trap()';
+             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.texteq);
+             CREATE FUNCTION evil.jsonb_build_array(int, int) RETURNS jsonb LANGUAGE sql
+                 AS 'SELECT evil.trap()::text::jsonb';
+             CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE sql
+                 AS 'SELECT evil.trap()::text::timestamptz';
+             CREATE FUNCTION evil.pg_notify(text, text) RETURNS void LANGUAGE sql AS 'SELECT evil.trap()';
+             SET search_path = evil, pg_catalog, public;",
+        )
+        .await
+        .unwrap();
+    let armed = as_app
+        .batch_execute("SELECT 'a'::text = 'a'::text")
+        .await
+        .expect_err("the trap is armed for unqualified names");
+    assert!(chain(&armed).contains("hijacked"), "{armed:?}");
+    for sql in [
+        "UPDATE products SET name = 'x' WHERE id = 1",
+        "INSERT INTO products VALUES (500, 'n', 3)",
+        "DELETE FROM products WHERE id = 500",
+    ] {
+        as_app
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} under a hostile search_path: {}", chain(&e)));
+    }
+    env.wait_gone(&["product:1", "category:1"]).await;
+    assert!(env.cached("product:2").await);
     daemon.stop().await;
 }
 
