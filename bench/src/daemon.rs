@@ -57,7 +57,11 @@ impl Daemon {
         let log = std::fs::File::create(std::env::temp_dir().join("sc-bench-daemon.log"))?;
         let child = run
             .arg("run")
-            .env("RUST_LOG", "warn")
+            // SMARTCACHE_BENCH_DAEMON_LOG=debug logs each batch (claim_us, redis_us).
+            .env(
+                "RUST_LOG",
+                std::env::var("SMARTCACHE_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
