@@ -13,6 +13,10 @@
 #   insert-only   no check, no doorbell read, no empty-statement guard
 #   trigger-only  the trigger fires (transition tables, SECURITY DEFINER)
 #                 and the function does nothing
+# Then the same variants inside one backend: a procedure running 20,000
+# single-row UPDATEs, each committed (synchronous_commit off), timed with
+# clock_timestamp(): no client, protocol or fsync in the figure, so it
+# shows what the capture itself costs a transaction, with little noise.
 # Usage: bench/capture_cost.sh [transactions per client, default 10000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,12 +77,33 @@ run_us() {
     echo $(( (b - a) * 1000000 / HZ / (2 * N) ))
 }
 
+# µs per committed UPDATE inside one backend.
+loop_us() {
+    psql "$URL" -qc "TRUNCATE smartcache.outbox" -c "VACUUM pgbench_accounts" >/dev/null
+    psql "$URL" -At <<'SQL' | tail -1
+SET synchronous_commit = off;
+CREATE TEMP TABLE took (us float8);
+CREATE OR REPLACE PROCEDURE pg_temp.updates() LANGUAGE plpgsql AS $$
+DECLARE started timestamptz := clock_timestamp();
+BEGIN
+    FOR i IN 1..20000 LOOP
+        UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1 + (i * 7919) % 100000;
+        COMMIT;
+    END LOOP;
+    INSERT INTO took VALUES (extract(epoch FROM clock_timestamp() - started) * 1e6 / 20000);
+END $$;
+CALL pg_temp.updates();
+SELECT round(us) FROM took;
+SQL
+}
+
 VARIANTS=(none installed no-check insert-only trigger-only)
-declare -A R
+declare -A R L
 for _ in 1 2 3; do
     for v in "${VARIANTS[@]}"; do
         use "$v"
         R[$v]="${R[$v]:-} $(run_us)"
+        L[$v]="${L[$v]:-} $(loop_us)"
     done
 done
 median() { tr ' ' '\n' <<< "$1" | grep . | sort -n | sed -n 2p; }
@@ -92,4 +117,14 @@ for v in "${VARIANTS[@]}"; do
     m=$(median "${R[$v]}")
     printf '| %s | %s | %+d | %s | %s |\n' "$v" "$m" $(( m - base )) \
         "$(awk -v a="$base" -v b="$m" 'BEGIN {printf "%.2fx", a/b}')" "${R[$v]# }"
+done
+lbase=$(median "${L[none]}")
+echo
+echo "Inside one backend (procedure loop, COMMIT per UPDATE, synchronous_commit off), µs per transaction"
+echo
+echo "| variant | µs | over no trigger | runs |"
+echo "|---|---|---|---|"
+for v in "${VARIANTS[@]}"; do
+    m=$(median "${L[$v]}")
+    printf '| %s | %s | %+d | %s |\n' "$v" "$m" $(( m - lbase )) "${L[$v]# }"
 done
