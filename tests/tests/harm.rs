@@ -6,7 +6,7 @@ use smartcache::Dep;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::pg::chain;
 use smartcache_tests::db::{self, with_user};
-use smartcache_tests::{free_port, http_get, Env, PATIENCE};
+use smartcache_tests::{free_port, http_get, Daemon, Env, PATIENCE};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -148,15 +148,22 @@ fn check(config: &Config) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-#[tokio::test]
-async fn an_application_role_keeps_writing_after_install_and_cannot_touch_the_outbox() {
-    let mut env = Env::new("approle", PRODUCTS).await;
-    let app = Role::create(&env, "app", "GRANT ALL ON products TO {role}").await;
+/// Installs [`TABLES`], starts the daemon, caches `product:1`,
+/// `category:1` and `product:2`, and connects as `app`.
+async fn install_and_connect(env: &mut Env, app: &Role) -> (Daemon, tokio_postgres::Client) {
     let config = env.config(TABLES);
     env.install(&config).await;
     let daemon = env.start_daemon(&config);
     env.put(&["product:1", "category:1", "product:2"]).await;
-    let as_app = db::connect(&app.url(&env)).await;
+    let as_app = db::connect(&app.url(env)).await;
+    (daemon, as_app)
+}
+
+#[tokio::test]
+async fn an_application_role_keeps_writing_after_install_and_cannot_touch_the_outbox() {
+    let mut env = Env::new("approle", PRODUCTS).await;
+    let app = Role::create(&env, "app", "GRANT ALL ON products TO {role}").await;
+    let (daemon, as_app) = install_and_connect(&mut env, &app).await;
     as_app
         .batch_execute("UPDATE products SET name = 'x' WHERE id = 1")
         .await
@@ -203,11 +210,7 @@ async fn a_writers_search_path_cannot_make_capture_run_its_code() {
         ),
     )
     .await;
-    let config = env.config(TABLES);
-    env.install(&config).await;
-    let daemon = env.start_daemon(&config);
-    env.put(&["product:1", "category:1", "product:2"]).await;
-    let as_app = db::connect(&app.url(&env)).await;
+    let (daemon, as_app) = install_and_connect(&mut env, &app).await;
     // Each trap fails the statement that calls it, naming the role it ran as.
     as_app
         .batch_execute(
