@@ -267,8 +267,8 @@ fn definition(body: &str, security_definer: bool, config: &[String]) -> String {
 }
 
 /// Settings of a capture function. None for most tables: a `SET` clause
-/// costs every write statement a GUC save and restore (~15 µs per setting
-/// on a single-row `UPDATE` of about 200 µs), so the body names every
+/// costs every write statement a GUC save and restore (~1.5 µs per setting,
+/// measured inside one backend; see BENCHMARKS.md), so the body names every
 /// function, operator and type with its schema instead of pinning
 /// `search_path`, and `TimeZone` is pinned to UTC only when a captured
 /// column renders differently in another zone (a `timestamptz` key must
