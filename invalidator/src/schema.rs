@@ -20,13 +20,25 @@ use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
 /// The schema version this binary installs.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Upgrade scripts, applied in order from the installed version + 1.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_schema.sql")),
     (2, include_str!("../../sql/002_capture.sql")),
     (3, include_str!("../../sql/003_time_travel.sql")),
+    (4, include_str!("../../sql/004_ddl_epoch.sql")),
+];
+
+/// The event triggers that count schema changes (sql/004_ddl_epoch.sql):
+/// `(name, event, WHEN clause)`.
+const DDL_WATCH: [(&str, &str, &str); 2] = [
+    (
+        "smartcache_ddl",
+        "ddl_command_end",
+        " WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'ALTER DOMAIN')",
+    ),
+    ("smartcache_ddl_drop", "sql_drop", ""),
 ];
 
 /// Name of the row trigger on a partitioned table (inherited by every
@@ -185,6 +197,12 @@ pub struct Installed {
     pub inherited: Vec<((String, String), String, String)>,
     /// Generated capture functions by name.
     pub functions: BTreeMap<String, InstalledFunction>,
+    /// Whether our event triggers are installed and fire in every session
+    /// (`ENABLE ALWAYS`), so capture may check its columns once per session.
+    pub ddl_watch: bool,
+    /// Whether the connected role may create event triggers (probed by
+    /// [`install_plan`] only).
+    pub can_watch_ddl: bool,
 }
 
 /// Prefix of the generated per-table capture functions.
@@ -247,6 +265,17 @@ pub async fn inspect(client: &Client) -> Result<Installed, tokio_postgres::Error
             &[&CAPTURE_PREFIX],
         )
         .await?;
+    let watching: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_event_trigger e JOIN pg_proc p ON p.oid = e.evtfoid \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE e.evtname = ANY($1) AND n.nspname = 'smartcache' AND p.proname = 'note_ddl' \
+               AND e.evtenabled = 'A'",
+            &[&DDL_WATCH.map(|(name, _, _)| name).to_vec()],
+        )
+        .await?
+        .get(0);
+    installed.ddl_watch = watching == DDL_WATCH.len() as i64;
     for r in rows {
         let config: Vec<String> = r.get(3);
         let comment: Option<String> = r.get(4);
@@ -304,6 +333,22 @@ const ZONE_FREE_TYPES: &[&str] = &[
     "pg_catalog.oid",
 ];
 
+/// The session setting in which the capture function of `table` remembers
+/// the schema-change epoch at which its columns were last found intact.
+///
+/// ```
+/// use smartcache_core::keys::TableName;
+/// use smartcache_invalidator::schema::checked_setting;
+/// let s = checked_setting(&TableName::parse("public.products").unwrap());
+/// assert!(s.starts_with("smartcache.checked_"));
+/// ```
+pub fn checked_setting(table: &TableName) -> String {
+    format!(
+        "smartcache.checked_{:016x}",
+        fnv1a(capture_function_name(table).as_bytes())
+    )
+}
+
 /// Name of the generated capture function of `table`: readable when it
 /// fits PostgreSQL's 63 bytes, shortened with a hash otherwise.
 pub fn capture_function_name(table: &TableName) -> String {
@@ -337,7 +382,9 @@ fn text_array(items: impl IntoIterator<Item = String>, ty: &str) -> String {
 ///
 /// Per statement (per row on a partitioned table, whose partitions inherit
 /// a row trigger): one catalog lookup checks that the captured columns
-/// still exist with their install-time types. If so, the primary key and
+/// still exist with their install-time types; with `once_per_session`
+/// (our event triggers count schema changes, see sql/004_ddl_epoch.sql)
+/// only until it passes, and again after any schema change. If so, the primary key and
 /// template columns of every changed row go into one outbox row, as JSON
 /// arrays in the order of `cols`; if not, the rows go whole and `broken`
 /// names the columns that changed, so a migration never fails a write.
@@ -347,7 +394,7 @@ fn text_array(items: impl IntoIterator<Item = String>, ty: &str) -> String {
 /// (see [`function_settings`]): every function, operator and type is
 /// named with its schema, relations too, and the transition tables are
 /// found before any relation of the same name.
-pub fn capture_function_body(t: &ResolvedTable, channel: &str) -> String {
+pub fn capture_function_body(t: &ResolvedTable, channel: &str, once_per_session: bool) -> String {
     let cols: Vec<&String> = t.captured().collect();
     let names = text_array(cols.iter().map(|c| (*c).clone()), "pg_catalog.name");
     let types = text_array(
@@ -363,10 +410,16 @@ pub fn capture_function_body(t: &ResolvedTable, channel: &str) -> String {
     );
     let cols_literal = text_array(cols.iter().map(|c| (*c).clone()), "pg_catalog.text");
     let (schema, table) = (literal(t.spec.name.schema()), literal(t.spec.name.name()));
-    let insert = |op: char, old: &str, new: &str, broken: &str| {
+    // An empty statement (an UPDATE that matched nothing) writes no row;
+    // the guard is part of the INSERT, one plan less per statement.
+    let insert = |op: char, old: &str, new: &str, broken: &str, guard: Option<&str>| {
+        let (start, end) = match guard {
+            Some(tt) => ("SELECT", format!(" WHERE EXISTS (SELECT FROM {tt})")),
+            None => ("VALUES (", ")".to_owned()),
+        };
         format!(
             "INSERT INTO smartcache.outbox (table_schema, table_name, op, cols, npk, broken, old_rows, new_rows, created_at)\n            \
-             VALUES ({schema}, {table}, '{op}', {cols_literal}, {npk}, {broken}, {old}, {new}, pg_catalog.clock_timestamp());",
+             {start} {schema}, {table}, '{op}', {cols_literal}, {npk}, {broken}, {old}, {new}, pg_catalog.clock_timestamp(){end};",
             npk = t.pk.len(),
         )
     };
@@ -379,41 +432,32 @@ pub fn capture_function_body(t: &ResolvedTable, channel: &str) -> String {
         let whole = |rec: &str| format!("pg_catalog.jsonb_build_array(pg_catalog.to_jsonb({rec}))");
         (
             [
-                insert('I', "NULL", &row("NEW"), "NULL"),
-                insert('U', &row("OLD"), &row("NEW"), "NULL"),
-                insert('D', &row("OLD"), "NULL", "NULL"),
+                insert('I', "NULL", &row("NEW"), "NULL", None),
+                insert('U', &row("OLD"), &row("NEW"), "NULL", None),
+                insert('D', &row("OLD"), "NULL", "NULL", None),
             ],
             [
-                insert('I', "NULL", &whole("NEW"), "broken"),
-                insert('U', &whole("OLD"), &whole("NEW"), "broken"),
-                insert('D', &whole("OLD"), "NULL", "broken"),
+                insert('I', "NULL", &whole("NEW"), "broken", None),
+                insert('U', &whole("OLD"), &whole("NEW"), "broken", None),
+                insert('D', &whole("OLD"), "NULL", "broken", None),
             ],
         )
     } else {
-        // An empty statement (an UPDATE that matched nothing) writes no row.
         let agg =
             |tt: &str, expr: &str| format!("(SELECT pg_catalog.jsonb_agg({expr}) FROM {tt} r)");
         let rows = |tt: &str| agg(tt, &values("r"));
         let whole = |tt: &str| agg(tt, "pg_catalog.to_jsonb(r)");
-        let guarded = |sql: String, tt: &str| {
-            format!("IF EXISTS (SELECT FROM {tt}) THEN\n                {sql}\n            END IF;")
-        };
+        let (new, old) = (Some(NEW_TABLE), Some(OLD_TABLE));
         (
             [
-                guarded(insert('I', "NULL", &rows(NEW_TABLE), "NULL"), NEW_TABLE),
-                guarded(
-                    insert('U', &rows(OLD_TABLE), &rows(NEW_TABLE), "NULL"),
-                    NEW_TABLE,
-                ),
-                guarded(insert('D', &rows(OLD_TABLE), "NULL", "NULL"), OLD_TABLE),
+                insert('I', "NULL", &rows(NEW_TABLE), "NULL", new),
+                insert('U', &rows(OLD_TABLE), &rows(NEW_TABLE), "NULL", new),
+                insert('D', &rows(OLD_TABLE), "NULL", "NULL", old),
             ],
             [
-                guarded(insert('I', "NULL", &whole(NEW_TABLE), "broken"), NEW_TABLE),
-                guarded(
-                    insert('U', &whole(OLD_TABLE), &whole(NEW_TABLE), "broken"),
-                    NEW_TABLE,
-                ),
-                guarded(insert('D', &whole(OLD_TABLE), "NULL", "broken"), OLD_TABLE),
+                insert('I', "NULL", &whole(NEW_TABLE), "broken", new),
+                insert('U', &whole(OLD_TABLE), &whole(NEW_TABLE), "broken", new),
+                insert('D', &whole(OLD_TABLE), "NULL", "broken", old),
             ],
         )
     };
@@ -423,25 +467,44 @@ pub fn capture_function_body(t: &ResolvedTable, channel: &str) -> String {
             branches[0], branches[1], branches[2]
         )
     };
+    let lookup = format!(
+        "SELECT pg_catalog.array_agg(c.name) INTO broken\n        \
+FROM ROWS FROM (pg_catalog.unnest({names}), pg_catalog.unnest({types}), pg_catalog.unnest({typmods}))\n             AS c(name, typ, typmod)\n        \
+WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID\n                          AND a.attname OPERATOR(pg_catalog.=) c.name\n                          \
+AND a.atttypid OPERATOR(pg_catalog.=) c.typ::pg_catalog.oid\n                          AND a.atttypmod OPERATOR(pg_catalog.=) c.typmod AND NOT a.attisdropped);"
+    );
+    // The epoch is read before the lookup: a change counted after it
+    // makes the next statement look again.
+    let check = if once_per_session {
+        let setting = literal(&checked_setting(&t.spec.name));
+        format!(
+            "epoch := pg_catalog.pg_sequence_last_value('smartcache.ddl_epoch'::pg_catalog.regclass)::pg_catalog.text;\n        \
+IF (pg_catalog.current_setting({setting}, true) OPERATOR(pg_catalog.=) epoch) IS NOT TRUE THEN\n        \
+{lookup}\n        \
+IF broken IS NULL THEN\n            \
+PERFORM pg_catalog.set_config({setting}, epoch, false);\n        \
+END IF;\n        \
+END IF;"
+        )
+    } else {
+        lookup
+    };
     format!(
         "\n-- generated by smartcache-invalidator install for {name}\n\
-DECLARE\n    broken pg_catalog.text[];\n\
+DECLARE\n    broken pg_catalog.text[];\n    epoch pg_catalog.text;\n\
 BEGIN\n    \
 IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN\n        \
 INSERT INTO smartcache.outbox (table_schema, table_name, op, created_at)\n        \
 VALUES ({schema}, {table}, 'T', pg_catalog.clock_timestamp());\n    \
 ELSE\n        \
-SELECT pg_catalog.array_agg(c.name) INTO broken\n        \
-FROM ROWS FROM (pg_catalog.unnest({names}), pg_catalog.unnest({types}), pg_catalog.unnest({typmods}))\n             AS c(name, typ, typmod)\n        \
-WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID\n                          AND a.attname OPERATOR(pg_catalog.=) c.name\n                          \
-AND a.atttypid OPERATOR(pg_catalog.=) c.typ::pg_catalog.oid\n                          AND a.atttypmod OPERATOR(pg_catalog.=) c.typmod AND NOT a.attisdropped);\n        \
+{check}\n        \
 IF broken IS NULL THEN\n        \
 {exact}\n        \
 ELSE\n        \
 {whole}\n        \
 END IF;\n    \
 END IF;\n    \
-IF (SELECT last_value FROM smartcache.doorbell) OPERATOR(pg_catalog.>)\n       (extract(epoch FROM pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 THEN\n        \
+IF pg_catalog.pg_sequence_last_value('smartcache.doorbell'::pg_catalog.regclass) OPERATOR(pg_catalog.>)\n       (extract(epoch FROM pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 THEN\n        \
 PERFORM pg_catalog.pg_notify({channel}, '');\n    \
 END IF;\n    \
 RETURN NULL;\n\
@@ -588,6 +651,38 @@ fn drop_trigger(t: &InstalledTrigger) -> String {
     )
 }
 
+/// Creates (or repairs) the event triggers that count schema changes.
+fn watch_ddl() -> String {
+    DDL_WATCH
+        .iter()
+        .map(|(name, event, when)| {
+            format!(
+                "DROP EVENT TRIGGER IF EXISTS {name};\n\
+                 CREATE EVENT TRIGGER {name} ON {event}{when} EXECUTE FUNCTION smartcache.note_ddl();\n\
+                 ALTER EVENT TRIGGER {name} ENABLE ALWAYS;\n"
+            )
+        })
+        .collect()
+}
+
+/// Whether the connected role may create event triggers (superusers, and
+/// on some managed services their stand-ins): tried, then rolled back.
+async fn may_create_event_triggers(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let tried = client
+        .batch_execute(
+            "CREATE FUNCTION pg_temp.smartcache_probe() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';\n\
+             CREATE EVENT TRIGGER smartcache_probe ON ddl_command_end EXECUTE FUNCTION pg_temp.smartcache_probe()",
+        )
+        .await;
+    client.batch_execute("ROLLBACK").await?;
+    match tried {
+        Ok(()) => Ok(true),
+        Err(e) if e.code().is_some() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Computes what `install` must do to reach the config.
 pub fn plan_install(
     installed: &Installed,
@@ -626,9 +721,18 @@ pub fn plan_install(
             format!("set doorbell channel to {channel:?}"),
         );
     }
+    let once_per_session = installed.ddl_watch || installed.can_watch_ddl;
+    if once_per_session && !installed.ddl_watch {
+        plan.add(
+            watch_ddl(),
+            "count schema changes (event triggers smartcache_ddl, smartcache_ddl_drop), so capture \
+             checks its columns once per session"
+                .to_owned(),
+        );
+    }
     for t in tables {
         let name = capture_function_name(&t.spec.name);
-        let body = capture_function_body(t, channel);
+        let body = capture_function_body(t, channel, once_per_session);
         let captured = Captured::of(t);
         let settings = function_settings(t);
         let want = InstalledFunction {
@@ -875,7 +979,8 @@ pub async fn install_plan(client: &Client, config: &Config) -> anyhow::Result<Pl
     for t in tables.iter().filter(|t| t.pk.is_empty()) {
         tracing::warn!(table = %t.spec.name, "table has no primary key: row dependencies cannot be tracked, only the table and its key templates");
     }
-    let installed = inspect(client).await?;
+    let mut installed = inspect(client).await?;
+    installed.can_watch_ddl = installed.ddl_watch || may_create_event_triggers(client).await?;
     let grants = match &config.daemon_role {
         Some(role) => {
             missing_grants(client, role, installed.version == Some(SCHEMA_VERSION)).await?
@@ -944,20 +1049,19 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], config: &Config) -
     }
     for t in tables {
         let name = capture_function_name(&t.spec.name);
+        let want =
+            |once| definition(&capture_function_body(t, channel, once), true, &function_settings(t));
         match installed.functions.get(&name) {
             None => out.push(format!("capture function smartcache.{name} missing")),
-            Some(f)
-                if f.definition
-                    != definition(
-                        &capture_function_body(t, channel),
-                        true,
-                        &function_settings(t),
-                    ) =>
-            {
-                out.push(format!(
-                    "capture function smartcache.{name} does not capture what the config needs"
-                ))
-            }
+            Some(f) if !installed.ddl_watch && f.definition == want(true) => out.push(format!(
+                "event triggers {} are missing or not enabled ALWAYS, but capture function smartcache.{name} \
+                 checks its columns only once per session: a column renamed or retyped now could go unnoticed \
+                 (the writes of sessions that already wrote would fail); run install",
+                DDL_WATCH.map(|(n, _, _)| n).join(", ")
+            )),
+            Some(f) if f.definition != want(installed.ddl_watch) => out.push(format!(
+                "capture function smartcache.{name} does not capture what the config needs"
+            )),
             Some(_) => {}
         }
     }
