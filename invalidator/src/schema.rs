@@ -1049,8 +1049,13 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], config: &Config) -
     }
     for t in tables {
         let name = capture_function_name(&t.spec.name);
-        let want =
-            |once| definition(&capture_function_body(t, channel, once), true, &function_settings(t));
+        let want = |once| {
+            definition(
+                &capture_function_body(t, channel, once),
+                true,
+                &function_settings(t),
+            )
+        };
         match installed.functions.get(&name) {
             None => out.push(format!("capture function smartcache.{name} missing")),
             Some(f) if !installed.ddl_watch && f.definition == want(true) => out.push(format!(

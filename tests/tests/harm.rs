@@ -386,6 +386,161 @@ async fn dropping_and_retyping_columns_never_fail_writes() {
     daemon.stop().await;
 }
 
+const PRODUCTS_AND_TAGS: &str = r#"
+[[tables]]
+name = "products"
+keys = ["product:{id}", "category:{category_id}"]
+
+[[tables]]
+name = "tags"
+keys = ["tag:{id}"]
+"#;
+
+/// Capture checks its columns once per session and again after a schema
+/// change: a session that wrote before a migration must see it at once,
+/// or its next write fails (a renamed column) or renders keys nobody
+/// caches (a retyped one) and leaves stale values.
+#[tokio::test]
+async fn a_session_that_wrote_before_a_migration_sees_it_at_its_next_write() {
+    let mut env = Env::new(
+        "session_ddl",
+        &format!(
+            "{PRODUCTS}
+             CREATE TABLE tags (id int PRIMARY KEY, label text);
+             INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 10) g;"
+        ),
+    )
+    .await;
+    let config = env.config(PRODUCTS_AND_TAGS);
+    env.install(&config).await;
+    let app = Role::create(&env, "app", "GRANT ALL ON products, tags TO {role}").await;
+    let daemon = env.start_daemon(&config);
+    let as_app = db::connect(&app.url(&env)).await;
+    env.put(&["product:1", "tag:1"]).await;
+    as_app
+        .batch_execute(
+            "UPDATE products SET name = 'a' WHERE id = 1; UPDATE tags SET label = 'a' WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["product:1", "tag:1"]).await;
+    env.put(&["product:2", "product:3", "category:3", "tag:2", "tag:3"])
+        .await;
+    env.pg
+        .batch_execute(
+            "ALTER TABLE products RENAME COLUMN category_id TO cat_id;
+             ALTER TABLE tags ALTER COLUMN id TYPE numeric(10,2);",
+        )
+        .await
+        .unwrap();
+    as_app
+        .batch_execute("UPDATE products SET name = 'b' WHERE id = 2")
+        .await
+        .expect("the same session writes after a rename");
+    as_app
+        .batch_execute("UPDATE tags SET label = 'b' WHERE id = 2")
+        .await
+        .unwrap();
+    // category:{category_id} cannot be rendered and tag:2 would render as
+    // tag:2.00: every key those templates can produce goes.
+    env.wait_gone(&["product:2", "category:3", "tag:2", "tag:3"])
+        .await;
+    assert!(
+        env.cached("product:3").await,
+        "product:{{id}} still renders exactly"
+    );
+    let (status, out) = check(&config);
+    assert_ne!(status, 0, "{out}");
+    assert!(
+        out.contains("category_id") && out.contains("numeric"),
+        "{out}"
+    );
+    daemon.stop().await;
+}
+
+/// Without the event triggers that count schema changes, a once-per-session
+/// check would miss a migration: `check` says so, and `install` repairs it.
+#[tokio::test]
+async fn the_schema_change_counter_switched_off_is_reported_and_install_repairs_it() {
+    let mut env = Env::new("ddl_watch", PRODUCTS).await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let (status, out) = check(&config);
+    assert_eq!(status, 0, "{out}");
+    for sql in [
+        "ALTER EVENT TRIGGER smartcache_ddl DISABLE",
+        "DROP EVENT TRIGGER smartcache_ddl_drop",
+    ] {
+        env.pg.batch_execute(sql).await.unwrap();
+        let (status, out) = check(&config);
+        assert_ne!(status, 0, "{sql}: {out}");
+        assert!(out.contains("smartcache_ddl"), "{sql}: {out}");
+        env.install(&config).await;
+        let (status, out) = check(&config);
+        assert_eq!(status, 0, "after install: {out}");
+    }
+    let n: i64 = env
+        .pg
+        .query_one(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtenabled = 'A'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+/// PostgreSQL lets only superusers create event triggers. Installed by a
+/// table owner that is not one, capture checks its columns on every
+/// statement, so a session that wrote before a migration still writes.
+#[tokio::test]
+async fn installed_without_superuser_capture_checks_every_statement() {
+    let mut env = Env::new("owner_install", PRODUCTS).await;
+    let owner = Role::create(
+        &env,
+        "owner",
+        &format!(
+            "ALTER TABLE products OWNER TO {{role}}; GRANT CREATE ON DATABASE \"{}\" TO {{role}}",
+            env.db.name
+        ),
+    )
+    .await;
+    let mut config = env.config(TABLES);
+    config.database_url = owner.url(&env).into();
+    let mut as_owner = db::connect(&owner.url(&env)).await;
+    let plan = smartcache_invalidator::schema::install_plan(&as_owner, &config)
+        .await
+        .expect("plan install as the table's owner");
+    smartcache_invalidator::schema::apply(&mut as_owner, &plan)
+        .await
+        .expect("install as the table's owner");
+    let n: i64 = env
+        .pg
+        .query_one("SELECT count(*) FROM pg_event_trigger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a non-superuser cannot create event triggers");
+    let (status, out) = check(&config);
+    assert_eq!(status, 0, "{out}");
+    let daemon = env.start_daemon(&config);
+    as_owner
+        .batch_execute("UPDATE products SET name = 'a' WHERE id = 1")
+        .await
+        .unwrap();
+    env.put(&["product:2", "category:2"]).await;
+    as_owner
+        .batch_execute(
+            "ALTER TABLE products RENAME COLUMN category_id TO cat_id;
+             UPDATE products SET name = 'b' WHERE id = 2;",
+        )
+        .await
+        .expect("the same session writes after its own rename");
+    env.wait_gone(&["product:2", "category:2"]).await;
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn renaming_the_watched_table_keeps_capturing_under_the_configured_name() {
     let mut env = Env::new("rename_table", PRODUCTS).await;
