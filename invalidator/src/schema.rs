@@ -6,10 +6,12 @@
 //!
 //! Capture never fails or slows the writers: the generated functions run
 //! with the installer's rights (any role that may write a watched table
-//! keeps writing), check once per statement that the columns they read
-//! still exist with the types they had at install (a migration never makes
-//! a write fail; when they changed, the rows go whole and the daemon
-//! invalidates broadly), and ring the doorbell only while a daemon waits.
+//! keeps writing), check that the columns they read still exist with the
+//! types they had at install (once per session and after every schema
+//! change where event triggers count those changes, once per statement
+//! elsewhere; a migration never makes a write fail: when they changed, the
+//! rows go whole and the daemon invalidates broadly), and ring the doorbell
+//! only while a daemon waits.
 
 use crate::catalog::ResolvedTable;
 use crate::config::{Config, ConfigError};
