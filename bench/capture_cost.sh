@@ -14,8 +14,12 @@
 #                    writes when its role may not create event triggers)
 #   no-check         without any check of the captured columns
 #   insert-only      no check, no doorbell read, no empty-statement guard
-#   trigger-only  the trigger fires (transition tables, SECURITY DEFINER)
-#                 and the function does nothing
+#   trigger-only     the trigger fires (transition tables, SECURITY
+#                    DEFINER) and the function does nothing
+#   outbox-floor     the function writes one constant outbox row: the
+#                    least any capture writing in the writer's transaction
+#                    can cost
+# Each variant is also timed as pgbench sees it: tps at 8 clients, 8 s.
 # Then the same variants inside one backend: a procedure running 20,000
 # single-row UPDATEs, each committed (synchronous_commit off), timed with
 # clock_timestamp(): no client, protocol or fsync in the figure, so it
@@ -52,6 +56,8 @@ for v in every-statement no-check insert-only; do
 done
 perl -0pe 's/AS \$function\$.*\$function\$/AS \$function\$BEGIN RETURN NULL; END\$function\$/s' \
     "$WORK/installed.sql" > "$WORK/trigger-only.sql"
+perl -0pe "s/AS \\\$function\\\$.*\\\$function\\\$/AS \\\$function\\\$BEGIN INSERT INTO smartcache.outbox (table_schema, table_name, op, created_at) VALUES ('public', 'pgbench_accounts', 'T', pg_catalog.clock_timestamp()); RETURN NULL; END\\\$function\\\$/s" \
+    "$WORK/installed.sql" > "$WORK/outbox-floor.sql"
 
 # Postmaster PID, from its data directory.
 PM=$(head -1 "$(psql "$URL" -Atc "SHOW data_directory")/postmaster.pid" 2>/dev/null || true)
@@ -85,6 +91,12 @@ run_us() {
     echo $(( (b - a) * 1000000 / HZ / (2 * N) ))
 }
 
+# tps at 8 clients, as a user's writers see it.
+tps8() {
+    psql "$URL" -qc "TRUNCATE smartcache.outbox" -c "VACUUM pgbench_accounts" >/dev/null
+    pgbench -n -c 8 -j 8 -T 8 -f "$WORK/update.sql" "$URL" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}'
+}
+
 # µs per committed UPDATE inside one backend.
 loop_us() {
     psql "$URL" -qc "TRUNCATE smartcache.outbox" -c "VACUUM pgbench_accounts" >/dev/null
@@ -105,13 +117,14 @@ SELECT round(us) FROM took;
 SQL
 }
 
-VARIANTS=(none installed every-statement no-check insert-only trigger-only)
-declare -A R L
+VARIANTS=(none installed every-statement no-check insert-only trigger-only outbox-floor)
+declare -A R L T
 for _ in 1 2 3; do
     for v in "${VARIANTS[@]}"; do
         use "$v"
         R[$v]="${R[$v]:-} $(run_us)"
         L[$v]="${L[$v]:-} $(loop_us)"
+        T[$v]="${T[$v]:-} $(tps8)"
     done
 done
 median() { tr ' ' '\n' <<< "$1" | grep . | sort -n | sed -n 2p; }
@@ -135,4 +148,15 @@ echo "|---|---|---|---|"
 for v in "${VARIANTS[@]}"; do
     m=$(median "${L[$v]}")
     printf '| %s | %s | %+d | %s |\n' "$v" "$m" $(( m - lbase )) "${L[$v]# }"
+done
+tbase=$(median "${T[none]}")
+echo
+echo "pgbench, 8 clients, 8 s: tps (median of 3) and the ratio to no trigger"
+echo
+echo "| variant | tps | ratio | runs |"
+echo "|---|---|---|---|"
+for v in "${VARIANTS[@]}"; do
+    m=$(median "${T[$v]}")
+    printf '| %s | %s | %s | %s |\n' "$v" "$m" \
+        "$(awk -v a="$tbase" -v b="$m" 'BEGIN {printf "%.2fx", b/a}')" "${T[$v]# }"
 done
