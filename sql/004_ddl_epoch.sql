@@ -18,6 +18,9 @@
 --     and is not transactional, so an uncommitted change already counts.
 --   * Without the event triggers, install writes capture functions that
 --     check on every statement, as before.
+--   * A session that sets smartcache.checked_* by hand skips its own
+--     check: a deliberate act of a role that may write the table, not
+--     defended against.
 
 CREATE SEQUENCE IF NOT EXISTS smartcache.ddl_epoch MINVALUE 1 START 1 NO CYCLE;
 -- last_value is NULL until first called; a NULL epoch must never match.
