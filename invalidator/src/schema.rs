@@ -653,6 +653,11 @@ fn drop_trigger(t: &InstalledTrigger) -> String {
     )
 }
 
+/// The names of the event triggers that count schema changes.
+fn ddl_watch_names() -> String {
+    DDL_WATCH.map(|(name, _, _)| name).join(", ")
+}
+
 /// Creates (or repairs) the event triggers that count schema changes.
 fn watch_ddl() -> String {
     DDL_WATCH
@@ -727,9 +732,10 @@ pub fn plan_install(
     if once_per_session && !installed.ddl_watch {
         plan.add(
             watch_ddl(),
-            "count schema changes (event triggers smartcache_ddl, smartcache_ddl_drop), so capture \
-             checks its columns once per session"
-                .to_owned(),
+            format!(
+                "count schema changes (event triggers {}), so capture checks its columns once per session",
+                ddl_watch_names()
+            ),
         );
     }
     for t in tables {
@@ -982,7 +988,9 @@ pub async fn install_plan(client: &Client, config: &Config) -> anyhow::Result<Pl
         tracing::warn!(table = %t.spec.name, "table has no primary key: row dependencies cannot be tracked, only the table and its key templates");
     }
     let mut installed = inspect(client).await?;
-    installed.can_watch_ddl = installed.ddl_watch || may_create_event_triggers(client).await?;
+    if !installed.ddl_watch {
+        installed.can_watch_ddl = may_create_event_triggers(client).await?;
+    }
     let grants = match &config.daemon_role {
         Some(role) => {
             missing_grants(client, role, installed.version == Some(SCHEMA_VERSION)).await?
@@ -1064,7 +1072,7 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], config: &Config) -
                 "event triggers {} are missing or not enabled ALWAYS, but capture function smartcache.{name} \
                  checks its columns only once per session: a column renamed or retyped now could go unnoticed \
                  (the writes of sessions that already wrote would fail); run install",
-                DDL_WATCH.map(|(n, _, _)| n).join(", ")
+                ddl_watch_names()
             )),
             Some(f) if f.definition != want(installed.ddl_watch) => out.push(format!(
                 "capture function smartcache.{name} does not capture what the config needs"

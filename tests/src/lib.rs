@@ -62,6 +62,14 @@ pub fn redis_conn(url: &str, cluster: bool) -> Conn {
     Conn::open(url, &options).expect("valid Redis URL")
 }
 
+/// What `smartcache-invalidator install` does, connected as `client`'s role.
+pub async fn install_with(client: &mut tokio_postgres::Client, config: &Config) {
+    let plan = schema::install_plan(client, config)
+        .await
+        .expect("plan install");
+    schema::apply(client, &plan).await.expect("install");
+}
+
 impl Env {
     /// Creates the database and runs `setup_sql` in it.
     pub async fn new(tag: &str, setup_sql: &str) -> Self {
@@ -142,10 +150,7 @@ impl Env {
 
     /// What `smartcache-invalidator install` does.
     pub async fn install(&mut self, config: &Config) {
-        let plan = schema::install_plan(&self.pg, config)
-            .await
-            .expect("plan install");
-        schema::apply(&mut self.pg, &plan).await.expect("install");
+        install_with(&mut self.pg, config).await;
     }
 
     /// Starts the daemon in-process.

@@ -509,12 +509,7 @@ async fn installed_without_superuser_capture_checks_every_statement() {
     let mut config = env.config(TABLES);
     config.database_url = owner.url(&env).into();
     let mut as_owner = db::connect(&owner.url(&env)).await;
-    let plan = smartcache_invalidator::schema::install_plan(&as_owner, &config)
-        .await
-        .expect("plan install as the table's owner");
-    smartcache_invalidator::schema::apply(&mut as_owner, &plan)
-        .await
-        .expect("install as the table's owner");
+    smartcache_tests::install_with(&mut as_owner, &config).await;
     let n: i64 = env
         .pg
         .query_one("SELECT count(*) FROM pg_event_trigger", &[])
