@@ -206,24 +206,47 @@ const POINTER_TABLES: &str =
 /// `view:{p}`: the value of the item pointer `p` points at, depending on
 /// the pointer's row and on the item's row, so its dependencies change
 /// whenever the pointer moves. Returns (target, v).
+/// A computation refused because the row it depends on moved after its
+/// dependencies were chosen.
+enum ViewError {
+    Moved,
+    Cache(smartcache::Error),
+}
+
+impl From<smartcache::Error> for ViewError {
+    fn from(e: smartcache::Error) -> Self {
+        ViewError::Cache(e)
+    }
+}
+
+/// `view:{p}` is `(target, items.v)` of pointer `p`: its dependencies come
+/// from data. The target read to choose them is older than the fill's lease,
+/// so the closure reads it again and refuses (nothing is stored) when it
+/// moved; the caller chooses again.
 async fn view(cache: &Cache, pg: &tokio_postgres::Client, p: i32) -> (i32, i32) {
-    let row = pg
-        .query_one("SELECT target FROM pointers WHERE id = $1", &[&p])
-        .await
-        .unwrap();
-    let target: i32 = row.get(0);
-    let deps = [Dep::row("pointers", [p]), Dep::row("items", [target])];
-    cache
-        .get_or_compute(&format!("view:{p}"), deps, || async {
-            let v: i32 = pg
-                .query_one("SELECT v FROM items WHERE id = $1", &[&target])
-                .await
-                .unwrap()
-                .get(0);
-            Ok::<_, smartcache::Error>((target, v))
-        })
-        .await
-        .unwrap()
+    loop {
+        let row = pg
+            .query_one("SELECT target FROM pointers WHERE id = $1", &[&p])
+            .await
+            .unwrap();
+        let target: i32 = row.get(0);
+        let deps = [Dep::row("pointers", [p]), Dep::row("items", [target])];
+        let got = cache
+            .get_or_compute(&format!("view:{p}"), deps, || async {
+                let now = view_in_db(pg, p).await;
+                if now.0 == target {
+                    Ok(now)
+                } else {
+                    Err(ViewError::Moved)
+                }
+            })
+            .await;
+        match got {
+            Ok(v) => return v,
+            Err(ViewError::Moved) => continue,
+            Err(ViewError::Cache(e)) => panic!("view:{p}: {e}"),
+        }
+    }
 }
 
 /// What `view:{p}` should hold now, read from the database.
