@@ -235,8 +235,10 @@ impl Cluster {
         for kid in kids {
             signal(kid, "-9");
         }
+        // A backend still dying keeps the shared memory attached, and the
+        // next start refuses it ("pre-existing shared memory block").
         let start = Instant::now();
-        while alive(pid) && start.elapsed() < WAIT {
+        while (alive(pid) || kids.iter().any(|&k| alive(k))) && start.elapsed() < WAIT {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
