@@ -232,7 +232,7 @@ impl Cluster {
         }
         let kids = children(pid);
         signal(pid, "-9");
-        for kid in kids {
+        for &kid in &kids {
             signal(kid, "-9");
         }
         // A backend still dying keeps the shared memory attached, and the
