@@ -203,9 +203,6 @@ const POINTERS: &str = "CREATE TABLE items (id int PRIMARY KEY, v int);
 const POINTER_TABLES: &str =
     "sweep_interval_ms = 0\n[[tables]]\nname = \"items\"\n[[tables]]\nname = \"pointers\"\n";
 
-/// `view:{p}`: the value of the item pointer `p` points at, depending on
-/// the pointer's row and on the item's row, so its dependencies change
-/// whenever the pointer moves. Returns (target, v).
 /// A computation refused because the row it depends on moved after its
 /// dependencies were chosen.
 enum ViewError {
@@ -219,10 +216,12 @@ impl From<smartcache::Error> for ViewError {
     }
 }
 
-/// `view:{p}` is `(target, items.v)` of pointer `p`: its dependencies come
-/// from data. The target read to choose them is older than the fill's lease,
-/// so the closure reads it again and refuses (nothing is stored) when it
-/// moved; the caller chooses again.
+/// `view:{p}`: the value of the item pointer `p` points at, depending on
+/// the pointer's row and on the item's row, so its dependencies change
+/// whenever the pointer moves. Returns (target, v). The target read to
+/// choose them is older than the fill's lease, so the closure reads it
+/// again and refuses (nothing is stored) when it moved; the caller chooses
+/// again.
 async fn view(cache: &Cache, pg: &tokio_postgres::Client, p: i32) -> (i32, i32) {
     loop {
         let row = pg
