@@ -236,6 +236,61 @@ pub fn parse(row: &Row, at: usize) -> Result<Event, DeadLetter> {
     }
 }
 
+/// An outbox row as the capture function sends it in a doorbell payload
+/// (`to_jsonb` of the row).
+#[derive(serde::Deserialize)]
+struct Payload<'a> {
+    id: i64,
+    table_schema: String,
+    table_name: String,
+    op: String,
+    old_key: Option<Vec<Option<String>>>,
+    new_key: Option<Vec<Option<String>>>,
+    #[serde(borrow)]
+    old_row: Option<&'a RawValue>,
+    #[serde(borrow)]
+    new_row: Option<&'a RawValue>,
+    cols: Option<Vec<String>>,
+    npk: Option<i16>,
+    broken: Option<Vec<String>>,
+    #[serde(borrow)]
+    old_rows: Option<&'a RawValue>,
+    #[serde(borrow)]
+    new_rows: Option<&'a RawValue>,
+}
+
+/// Reads the outbox row a doorbell notification carries. Anyone may
+/// NOTIFY the channel, so anything else is an error naming what is wrong,
+/// never a panic.
+///
+/// ```
+/// use smartcache_invalidator::outbox::{from_payload, Op};
+/// let e = from_payload(r#"{"id": 7, "table_schema": "public", "table_name": "products",
+///     "op": "U", "cols": ["id"], "npk": 1, "old_rows": [[1]], "new_rows": [[1]]}"#).unwrap();
+/// assert_eq!((e.id, e.op, e.rows().count()), (7, Op::Update, 2));
+/// assert!(from_payload("").is_err());
+/// ```
+pub fn from_payload(text: &str) -> Result<Event, String> {
+    let p: Payload = serde_json::from_str(text).map_err(|e| format!("not an outbox row: {e}"))?;
+    let text = |v: Option<&RawValue>| v.map(|v| v.get().to_owned());
+    event(&Fields {
+        id: p.id,
+        schema: p.table_schema,
+        table: p.table_name,
+        op: p.op,
+        old_key: p.old_key,
+        new_key: p.new_key,
+        old_row: text(p.old_row),
+        new_row: text(p.new_row),
+        cols: p.cols,
+        npk: p.npk,
+        broken: p.broken,
+        old_rows: text(p.old_rows),
+        new_rows: text(p.new_rows),
+        age: 0.0,
+    })
+}
+
 fn event(f: &Fields) -> Result<Event, String> {
     let op = match f.op.as_str() {
         "I" => Op::Insert,
@@ -397,6 +452,29 @@ fn row_values(text: &str) -> Result<RowValues, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_doorbell_payload_reads_like_the_claimed_row() {
+        // As `to_jsonb` of an outbox row renders it, nulls included.
+        let text = r#"{"id": 9, "op": "U", "npk": 1, "cols": ["id", "category_id"], "broken": null,
+            "new_key": null, "new_row": null, "old_key": null, "old_row": null,
+            "new_rows": [[5, 1]], "old_rows": [[5, 5]], "created_at": "2026-12-07T22:55:22.300737+00:00",
+            "table_name": "products", "table_schema": "public"}"#;
+        let e = from_payload(text).unwrap();
+        assert_eq!((e.id, e.op, e.changed), (9, Op::Update, 1));
+        let rows: Vec<RowImage> = e.rows().map(Result::unwrap).collect();
+        assert_eq!(rows[0].values["category_id"].as_deref(), Some("5"));
+        assert_eq!(rows[1].values["category_id"].as_deref(), Some("1"));
+        for junk in [
+            "",
+            "null",
+            "[]",
+            r#"{"id": "x"}"#,
+            r#"{"id": 1, "table_schema": "public", "table_name": "t", "op": "X"}"#,
+        ] {
+            assert!(from_payload(junk).is_err(), "{junk:?} was read");
+        }
+    }
 
     fn fields(op: &str) -> Fields {
         Fields {

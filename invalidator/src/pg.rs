@@ -8,6 +8,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::conninfo::{self, SslMode, TlsParams};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,8 +25,8 @@ pub struct Session {
     pub client: Client,
     /// Rung on every notification.
     pub doorbell: Arc<Notify>,
-    /// The channel and payload of the last notification received.
-    pub last_notification: Arc<Mutex<Option<(String, String)>>>,
+    /// Notifications received and not yet taken: channel and payload.
+    pub notifications: Arc<Mutex<VecDeque<(String, String)>>>,
     /// Ends with the connection.
     pub driver: JoinHandle<Result<(), tokio_postgres::Error>>,
 }
@@ -150,6 +151,9 @@ pub struct ConnectError {
     pub permanent: bool,
 }
 
+/// Notifications a session keeps until they are taken.
+const NOTIFICATIONS_KEPT: usize = 1024;
+
 /// Connects and starts the driver task.
 pub async fn connect(target: &Target) -> Result<Session, ConnectError> {
     let (client, mut connection) = target
@@ -158,14 +162,20 @@ pub async fn connect(target: &Target) -> Result<Session, ConnectError> {
         .await
         .map_err(|e| explain(target, e))?;
     let doorbell = Arc::new(Notify::new());
-    let last_notification = Arc::new(Mutex::new(None));
-    let (bell, last) = (doorbell.clone(), last_notification.clone());
+    let notifications = Arc::new(Mutex::new(VecDeque::new()));
+    let (bell, queue) = (doorbell.clone(), notifications.clone());
     let driver = tokio::spawn(async move {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    *last.lock().expect("not poisoned") =
-                        Some((n.channel().to_owned(), n.payload().to_owned()));
+                    let mut queue = queue.lock().expect("not poisoned");
+                    // Payloads only speed deletions up (the outbox has them
+                    // all): past this many, the oldest go.
+                    if queue.len() >= NOTIFICATIONS_KEPT {
+                        queue.pop_front();
+                    }
+                    queue.push_back((n.channel().to_owned(), n.payload().to_owned()));
+                    drop(queue);
                     bell.notify_one();
                 }
                 Some(Ok(AsyncMessage::Notice(n))) => {
@@ -180,7 +190,7 @@ pub async fn connect(target: &Target) -> Result<Session, ConnectError> {
     Ok(Session {
         client,
         doorbell,
-        last_notification,
+        notifications,
         driver,
     })
 }

@@ -81,12 +81,13 @@ pub(crate) async fn detect(
         .await?;
     let arrived = tokio::time::timeout(SELF_TEST, async {
         loop {
-            let last = session
-                .last_notification
+            let seen = session
+                .notifications
                 .lock()
                 .expect("not poisoned")
-                .clone();
-            if last.is_some_and(|(c, p)| c == channel && p == token) {
+                .iter()
+                .any(|(c, p)| *c == channel && *p == token);
+            if seen {
                 return;
             }
             session.doorbell.notified().await;

@@ -42,6 +42,8 @@ pub struct Telemetry {
     pub rows: Counter,
     /// Redis values deleted.
     pub keys_deleted: Counter,
+    /// Changes applied from a doorbell's payload before their claim.
+    pub doorbell_events: Counter,
     /// Events per applied batch.
     pub batch_size: Histogram,
     /// Seconds from the writer's change to the keys being deleted.
@@ -101,6 +103,7 @@ impl Telemetry {
         let mut registry = Registry::with_prefix("smartcache");
         let events = Counter::default();
         let keys_deleted = Counter::default();
+        let doorbell_events = Counter::default();
         let rows = Counter::default();
         let batch_size = Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]);
         let lag = Histogram::new([
@@ -167,6 +170,11 @@ impl Telemetry {
             rows.clone(),
         );
         registry.register("keys_deleted", "Redis values deleted", keys_deleted.clone());
+        registry.register(
+            "doorbell_events",
+            "Changes applied straight from the doorbell's payload at rest, before their outbox row was claimed (the claim applies them again)",
+            doorbell_events.clone(),
+        );
         registry.register("batch_size", "Events per applied batch", batch_size.clone());
         registry.register(
             "commit_to_delete_seconds",
@@ -209,6 +217,7 @@ impl Telemetry {
             events,
             rows,
             keys_deleted,
+            doorbell_events,
             batch_size,
             lag,
             errors,

@@ -860,3 +860,92 @@ async fn one_statement_over_many_rows_is_one_outbox_row() {
         .await;
     daemon.stop().await;
 }
+
+/// The value of counter `name` on the daemon's `/metrics`, 0 while absent.
+async fn counter(addr: &str, name: &str) -> u64 {
+    let body = http_get(addr, "/metrics")
+        .await
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_commit_at_rest_is_applied_from_the_doorbell_before_its_claim() {
+    let mut env = Env::new("bell_payload", PRODUCTS).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    // No poll to race the doorbell to the rows.
+    let settings = format!("metrics_addr = {addr:?}\npoll_interval_ms = 20000");
+    let config = config(&env, &settings, TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    wait_health(&addr, 200, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    const EARLY: &str = "smartcache_doorbell_events_total";
+    for id in [21, 22, 23, 24] {
+        env.put(&[&format!("product:{id}"), "category:1"]).await;
+        let before = counter(&addr, EARLY).await;
+        env.pg
+            .batch_execute(&format!(
+                "UPDATE products SET category_id = 1 WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+        env.wait_gone(&[&format!("product:{id}"), "category:1"])
+            .await;
+        // The daemon applied it from the notification itself.
+        let start = Instant::now();
+        while counter(&addr, EARLY).await <= before {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "commit {id} was not applied from the doorbell"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    env.wait_drained().await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_statement_too_big_for_a_notification_and_junk_on_the_channel_change_nothing() {
+    let mut env = Env::new("bell_junk", PRODUCTS).await;
+    let config = env.config(TABLES);
+    env.install(&config).await;
+    let daemon = env.start_daemon(&config);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Anyone may NOTIFY the channel: junk is ignored, nothing is deleted.
+    env.put(&["product:1"]).await;
+    env.pg
+        .batch_execute(
+            "NOTIFY smartcache, 'not json'; NOTIFY smartcache, '{\"id\": 1}'; \
+             NOTIFY smartcache, '{\"id\": 1, \"table_schema\": \"public\", \"table_name\": \"products\", \"op\": \"X\"}'",
+        )
+        .await
+        .unwrap();
+    // 2,001 rows: the captured keys alone are far over a notification's
+    // 8,000 bytes; the write succeeds and the outbox carries it.
+    env.put(&["product:1500", "product:3000"]).await;
+    env.pg
+        .batch_execute(
+            "INSERT INTO products SELECT g, 'n', g % 10 FROM generate_series(1000, 3000) g",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["product:1500", "product:3000"]).await;
+    assert!(
+        env.cached("product:1").await,
+        "junk on the channel deleted a key"
+    );
+    // And a single commit at rest still goes through.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    env.pg
+        .batch_execute("UPDATE products SET name = 'j' WHERE id = 1")
+        .await
+        .unwrap();
+    env.wait_gone(&["product:1"]).await;
+    daemon.stop().await;
+}
