@@ -25,9 +25,13 @@ impl Daemon {
             .batch_size
             .map(|b| format!("batch_size = {b}\n"))
             .unwrap_or_default();
+        let payload = args.doorbell_payload;
         std::fs::write(
             &config,
-            format!("{batch}[[tables]]\nname = \"bench_items\"\nkeys = [\"item:{{id}}\"]\n"),
+            format!(
+                "{batch}doorbell_payload = {payload}\n\
+                 [[tables]]\nname = \"bench_items\"\nkeys = [\"item:{{id}}\"]\n"
+            ),
         )?;
         let flags = |cmd: &mut Command| {
             cmd.arg("--config")

@@ -58,6 +58,9 @@ struct Args {
     /// The daemon's `batch_size` (rows claimed per transaction).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Runs the daemon with `doorbell_payload = true`.
+    #[arg(long)]
+    doorbell_payload: bool,
     /// Seconds per phase of the horizon section.
     #[arg(long, default_value_t = 20)]
     horizon_secs: u64,
@@ -145,12 +148,13 @@ async fn run(args: &Args, db_url: &str) -> anyhow::Result<()> {
     println!("# smartcache-bench\n");
     println!(
         "runs: {}, commit → delete: {} s at 1,000 commits/s per run, throughput rows: {}, \
-         daemon: {} (separate process, batch_size {})\n",
+         daemon: {} (separate process, batch_size {}, doorbell_payload {})\n",
         args.runs,
         args.commit_secs,
         args.rows,
         args.daemon_bin.display(),
-        args.batch_size.map_or("default".into(), |b| b.to_string())
+        args.batch_size.map_or("default".into(), |b| b.to_string()),
+        args.doorbell_payload
     );
     println!("daemon RSS idle: {:.1} MB\n", daemon.rss_mb()?);
     let sections = |s: &str| args.only.iter().any(|o| o == s);

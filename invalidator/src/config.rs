@@ -67,6 +67,7 @@ struct FileConfig {
     admin_token: Option<String>,
     daemon_role: Option<String>,
     capture_in_replica_mode: Option<bool>,
+    doorbell_payload: Option<bool>,
     pg_timeout_ms: Option<u64>,
     replica_urls: Option<Vec<String>>,
     replica_wait_ms: Option<u64>,
@@ -163,6 +164,10 @@ pub struct Config {
     /// (logical-replication apply workers, some restore tools): triggers
     /// are installed `ENABLE ALWAYS`.
     pub capture_in_replica_mode: bool,
+    /// The doorbell carries the changed rows' key columns, so an idle
+    /// daemon deletes before its claim. Off by default: any role that can
+    /// connect may LISTEN and would read them.
+    pub doorbell_payload: bool,
     /// Longest a daemon statement may run, and a daemon transaction may sit
     /// idle, before the server ends it: a frozen daemon's claimed rows go
     /// back to the queue after this, and nothing it abandons keeps running.
@@ -374,6 +379,7 @@ impl Config {
             admin_token,
             daemon_role: file.daemon_role,
             capture_in_replica_mode: file.capture_in_replica_mode.unwrap_or(false),
+            doorbell_payload: file.doorbell_payload.unwrap_or(false),
             pg_timeout: Duration::from_millis(pg_timeout_ms),
             replica_urls,
             replica_wait: Duration::from_millis(replica_wait_ms),

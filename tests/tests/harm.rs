@@ -704,6 +704,11 @@ async fn a_partition_attached_with_rows_invalidates_the_parents_keys() {
 /// Notifications on the doorbell channel seen by a separate listener
 /// while `load` runs.
 async fn notifications_during<F: std::future::Future<Output = ()>>(env: &Env, load: F) -> usize {
+    payloads_during(env, load).await.len()
+}
+
+/// The payloads of [`notifications_during`].
+async fn payloads_during<F: std::future::Future<Output = ()>>(env: &Env, load: F) -> Vec<String> {
     use futures_util::StreamExt;
     let (client, mut conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
         .await
@@ -713,8 +718,8 @@ async fn notifications_during<F: std::future::Future<Output = ()>>(env: &Env, lo
     let driver = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(Ok(m)) = stream.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(_) = m {
-                let _ = tx.send(());
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
             }
         }
     });
@@ -723,11 +728,11 @@ async fn notifications_during<F: std::future::Future<Output = ()>>(env: &Env, lo
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(client);
     let _ = driver.await;
-    let mut n = 0;
-    while rx.try_recv().is_ok() {
-        n += 1;
+    let mut payloads = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        payloads.push(p);
     }
-    n
+    payloads
 }
 
 async fn single_row_writes(env: &Env, n: i32) {
@@ -877,7 +882,8 @@ async fn a_commit_at_rest_is_applied_from_the_doorbell_before_its_claim() {
     let mut env = Env::new("bell_payload", PRODUCTS).await;
     let addr = format!("127.0.0.1:{}", free_port());
     // No poll to race the doorbell to the rows.
-    let settings = format!("metrics_addr = {addr:?}\npoll_interval_ms = 20000");
+    let settings =
+        format!("metrics_addr = {addr:?}\npoll_interval_ms = 20000\ndoorbell_payload = true");
     let config = config(&env, &settings, TABLES);
     env.install(&config).await;
     let daemon = env.start_daemon(&config);
@@ -913,7 +919,7 @@ async fn a_commit_at_rest_is_applied_from_the_doorbell_before_its_claim() {
 #[tokio::test]
 async fn a_statement_too_big_for_a_notification_and_junk_on_the_channel_change_nothing() {
     let mut env = Env::new("bell_junk", PRODUCTS).await;
-    let config = env.config(TABLES);
+    let config = config(&env, "doorbell_payload = true", TABLES);
     env.install(&config).await;
     let daemon = env.start_daemon(&config);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -948,4 +954,35 @@ async fn a_statement_too_big_for_a_notification_and_junk_on_the_channel_change_n
         .unwrap();
     env.wait_gone(&["product:1"]).await;
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn by_default_the_doorbell_carries_no_row_data() {
+    let mut env = Env::new("bell_quiet", PRODUCTS).await;
+    // Any role may LISTEN: by default it learns that something changed,
+    // never what.
+    for (settings, carries) in [("", false), ("doorbell_payload = true", true)] {
+        let config = config(&env, settings, TABLES);
+        env.install(&config).await;
+        let daemon = env.start_daemon(&config);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let payloads = payloads_during(&env, async {
+            env.pg
+                .batch_execute("UPDATE products SET category_id = 7 WHERE id = 31")
+                .await
+                .unwrap();
+        })
+        .await;
+        assert!(
+            !payloads.is_empty(),
+            "{settings:?}: the doorbell did not ring at rest"
+        );
+        let with_rows = payloads.iter().filter(|p| p.contains("products")).count();
+        assert_eq!(
+            with_rows > 0,
+            carries,
+            "{settings:?}: payloads {payloads:?}"
+        );
+        daemon.stop().await;
+    }
 }
