@@ -159,21 +159,36 @@ pub struct DeadLetter {
 }
 
 /// The claimed row's fields, owned, in the order of [`CLAIMED_COLUMNS`]
-/// (starting at column `at` of `row`).
+/// (starting at column `at` of `row`); or read from a doorbell payload,
+/// `to_jsonb` of the row.
+#[derive(serde::Deserialize)]
 struct Fields {
     id: i64,
+    #[serde(rename = "table_schema")]
     schema: String,
+    #[serde(rename = "table_name")]
     table: String,
     op: String,
+    #[serde(default)]
     old_key: Option<Vec<Option<String>>>,
+    #[serde(default)]
     new_key: Option<Vec<Option<String>>>,
+    #[serde(default, deserialize_with = "json_text")]
     old_row: Option<String>,
+    #[serde(default, deserialize_with = "json_text")]
     new_row: Option<String>,
+    #[serde(default)]
     cols: Option<Vec<String>>,
+    #[serde(default)]
     npk: Option<i16>,
+    #[serde(default)]
     broken: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "json_text")]
     old_rows: Option<String>,
+    #[serde(default, deserialize_with = "json_text")]
     new_rows: Option<String>,
+    /// Not in a payload: the daemon applies it at once.
+    #[serde(skip)]
     age: f64,
 }
 
@@ -236,29 +251,6 @@ pub fn parse(row: &Row, at: usize) -> Result<Event, DeadLetter> {
     }
 }
 
-/// An outbox row as the capture function sends it in a doorbell payload
-/// (`to_jsonb` of the row).
-#[derive(serde::Deserialize)]
-struct Payload<'a> {
-    id: i64,
-    table_schema: String,
-    table_name: String,
-    op: String,
-    old_key: Option<Vec<Option<String>>>,
-    new_key: Option<Vec<Option<String>>>,
-    #[serde(borrow)]
-    old_row: Option<&'a RawValue>,
-    #[serde(borrow)]
-    new_row: Option<&'a RawValue>,
-    cols: Option<Vec<String>>,
-    npk: Option<i16>,
-    broken: Option<Vec<String>>,
-    #[serde(borrow)]
-    old_rows: Option<&'a RawValue>,
-    #[serde(borrow)]
-    new_rows: Option<&'a RawValue>,
-}
-
 /// Reads the outbox row a doorbell notification carries. Anyone may
 /// NOTIFY the channel, so anything else is an error naming what is wrong,
 /// never a panic.
@@ -271,24 +263,14 @@ struct Payload<'a> {
 /// assert!(from_payload("").is_err());
 /// ```
 pub fn from_payload(text: &str) -> Result<Event, String> {
-    let p: Payload = serde_json::from_str(text).map_err(|e| format!("not an outbox row: {e}"))?;
-    let text = |v: Option<&RawValue>| v.map(|v| v.get().to_owned());
-    event(&Fields {
-        id: p.id,
-        schema: p.table_schema,
-        table: p.table_name,
-        op: p.op,
-        old_key: p.old_key,
-        new_key: p.new_key,
-        old_row: text(p.old_row),
-        new_row: text(p.new_row),
-        cols: p.cols,
-        npk: p.npk,
-        broken: p.broken,
-        old_rows: text(p.old_rows),
-        new_rows: text(p.new_rows),
-        age: 0.0,
-    })
+    let f: Fields = serde_json::from_str(text).map_err(|e| format!("not an outbox row: {e}"))?;
+    event(&f)
+}
+
+/// A JSON value as its text (the claim reads `jsonb` columns as text).
+fn json_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let raw: Option<Box<RawValue>> = serde::Deserialize::deserialize(d)?;
+    Ok(raw.map(|r| r.get().to_owned()))
 }
 
 fn event(f: &Fields) -> Result<Event, String> {
