@@ -1084,13 +1084,14 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], config: &Config) -
     }
     for t in tables {
         let name = capture_function_name(&t.spec.name);
-        let want = |once| {
+        let with = |once, payload| {
             definition(
-                &capture_function_body(t, channel, once, config.doorbell_payload),
+                &capture_function_body(t, channel, once, payload),
                 true,
                 &function_settings(t),
             )
         };
+        let want = |once| with(once, config.doorbell_payload);
         match installed.functions.get(&name) {
             None => out.push(format!("capture function smartcache.{name} missing")),
             Some(f) if !installed.ddl_watch && f.definition == want(true) => out.push(format!(
@@ -1099,6 +1100,13 @@ pub fn drift(installed: &Installed, tables: &[ResolvedTable], config: &Config) -
                  (the writes of sessions that already wrote would fail); run install",
                 ddl_watch_names()
             )),
+            Some(f) if f.definition == with(installed.ddl_watch, !config.doorbell_payload) => {
+                out.push(format!(
+                    "capture function smartcache.{name} was installed with doorbell_payload = {}, \
+                     the config says {}",
+                    !config.doorbell_payload, config.doorbell_payload
+                ))
+            }
             Some(f) if f.definition != want(installed.ddl_watch) => out.push(format!(
                 "capture function smartcache.{name} does not capture what the config needs"
             )),

@@ -128,7 +128,8 @@ fn check(config: &Config) -> (i32, String) {
             )
         })
         .collect();
-    std::fs::write(&path, tables).unwrap();
+    let settings = format!("doorbell_payload = {}\n", config.doorbell_payload);
+    std::fs::write(&path, settings + &tables).unwrap();
     let out = std::process::Command::new(smartcache_tests::servers::daemon_binary())
         .arg("--config")
         .arg(&path)
@@ -963,6 +964,13 @@ async fn by_default_the_doorbell_carries_no_row_data() {
     // never what.
     for (settings, carries) in [("", false), ("doorbell_payload = true", true)] {
         let config = config(&env, settings, TABLES);
+        if carries {
+            let (code, text) = check(&config);
+            assert!(
+                code != 0 && text.contains("installed with doorbell_payload = false"),
+                "check did not name the setting the install lacks: {code} {text}"
+            );
+        }
         env.install(&config).await;
         let daemon = env.start_daemon(&config);
         tokio::time::sleep(Duration::from_millis(1000)).await;
