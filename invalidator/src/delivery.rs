@@ -758,13 +758,9 @@ impl Daemon {
             if event.table.schema() == "smartcache" {
                 continue;
             }
-            let rows = work.begin(&config, &event);
-            for image in event.rows() {
-                match image {
-                    Ok(image) => work.add_row(&rows, &image),
-                    Err(_) => break,
-                }
-            }
+            // An unreadable row is the claim's to set aside; the rows
+            // before it were added.
+            let _ = work.add(&config, &event);
             events += 1;
         }
         let (keys, deps) = work.take_rows();

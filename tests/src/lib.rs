@@ -298,6 +298,16 @@ impl HttpResponse {
     }
 }
 
+/// The value of the first sample line of Prometheus text `metrics` that
+/// starts with `name` (labels included in `name` if any).
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// GET over plain HTTP/1.1 with `Connection: close`.
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<HttpResponse> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,7 +6,7 @@ use smartcache::Dep;
 use smartcache_invalidator::config::{Config, Overrides};
 use smartcache_invalidator::pg::chain;
 use smartcache_tests::db::{self, with_user};
-use smartcache_tests::{free_port, http_get, Daemon, Env, PATIENCE};
+use smartcache_tests::{free_port, http_get, sample, Daemon, Env, PATIENCE};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -868,14 +868,12 @@ async fn one_statement_over_many_rows_is_one_outbox_row() {
 }
 
 /// The value of counter `name` on the daemon's `/metrics`, 0 while absent.
-async fn counter(addr: &str, name: &str) -> u64 {
+async fn counter(addr: &str, name: &str) -> f64 {
     let body = http_get(addr, "/metrics")
         .await
         .map(|r| r.body)
         .unwrap_or_default();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
+    sample(&body, name).unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! silent failures.
 
 use smartcache_invalidator::config::Config;
-use smartcache_tests::{free_port, http_get, Env, PATIENCE};
+use smartcache_tests::{free_port, http_get, sample, Env, PATIENCE};
 use std::time::{Duration, Instant};
 
 const SETUP: &str = "CREATE TABLE items (id int PRIMARY KEY, v int);
@@ -15,16 +15,6 @@ fn config_with(env: &Env, extra: &str) -> (Config, String) {
         "metrics_addr = {addr:?}\n{extra}\n[[tables]]\nname = \"items\"\nkeys = [\"item:{{id}}\"]\n"
     ));
     (config, addr)
-}
-
-/// The value of the first sample line starting with `name` (labels
-/// included in `name` if any).
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Polls `/metrics` until `ok` holds; panics after [`PATIENCE`].
